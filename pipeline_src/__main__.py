@@ -1,0 +1,150 @@
+"""Command line: the one entry point the Snakemake rules, the tests and users call.
+
+    python -m pipeline_src check     --params params/default.yaml
+    python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
+    python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
+    python -m pipeline_src aggregate --set SET --kind KIND --out-prefix results/tables/SET METRICS...
+    python -m pipeline_src track-init --params P / track-resync --results results
+
+Every expected failure (bad params, missing data, bad noise setting) ends with one
+line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pipeline_src.config import ParamsError, RunConfig, find_run, load_params
+
+
+def _run_config(args) -> RunConfig:
+    if args.run_json:
+        return RunConfig.from_json(args.run_json)
+    if not (args.params and args.set and args.run_id):
+        raise ParamsError("train needs --run-json, or --params with --set and --run-id")
+    return find_run(load_params(args.params), args.set, args.run_id)
+
+
+def cmd_check(args) -> None:
+    from pipeline_src.config import expand_runs
+    from pipeline_src.preflight import check_runs
+
+    params = load_params(args.params)
+    runs = expand_runs(params)
+    check_runs(params, runs)
+    print(f"{args.params}: ok, {len(params['experiment_sets'])} experiment sets, {len(runs)} runs")
+
+
+def cmd_prepare(args) -> None:
+    from pipeline_src.data import prepare
+    from pipeline_src.provenance import REPO_ROOT
+
+    if args.spec_json:
+        spec = json.loads(args.spec_json)
+    else:
+        datasets = load_params(args.params)["datasets"] if args.params else {}
+        if args.dataset not in datasets:
+            raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; defined: {', '.join(datasets)}")
+        spec = datasets[args.dataset]
+    manifest = prepare(args.dataset, spec, Path(args.out), REPO_ROOT)
+    print(f"prepared {args.dataset}: data_version {manifest['data_version']}")
+
+
+def cmd_train(args) -> None:
+    from pipeline_src.provenance import write_json
+    from pipeline_src.train import train_run
+
+    cfg = _run_config(args)
+    out = Path(args.out)
+    metrics = train_run(cfg, Path(args.data), out, Path(args.base_checkpoint) if args.base_checkpoint else None)
+    metrics["provenance"]["snakemake_rule"] = args.rule
+    metrics["provenance"]["wildcards"] = {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}
+    if args.tracking:
+        from pipeline_src import track
+
+        metrics["mlflow_run_id"] = track.log_run(metrics, out, Path(args.tracking))
+    write_json(out / "metrics.json", metrics)
+    print(f"{cfg.run_id}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
+
+
+def cmd_aggregate(args) -> None:
+    from pipeline_src.aggregate import aggregate_set
+
+    table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], Path(args.out_prefix))
+    print(f"{args.set}: {len(table)} rows -> {args.out_prefix}.csv")
+
+
+def cmd_track_init(args) -> None:
+    from pipeline_src import track
+
+    sets = args.sets or list(load_params(args.params)["experiment_sets"])
+    info = track.init_store(Path(args.results), sets, args.params_hash)
+    print(f"tracking store ready: {info['tracking_uri']}")
+
+
+def cmd_track_resync(args) -> None:
+    from pipeline_src import track
+
+    synced, skipped = track.resync(Path(args.results))
+    print(f"resynced {synced} runs, {skipped} already in MLflow")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline_src", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a params file and every run it declares")
+    p.add_argument("--params", required=True)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("prepare", help="turn one dataset source into the canonical prepared form")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--spec-json", help="the dataset's params (as the DAG passes them)")
+    p.add_argument("--params", help="or: a params file defining the dataset")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train and evaluate one run")
+    p.add_argument("--run-json", help="the run's resolved params (as the DAG passes them)")
+    p.add_argument("--params")
+    p.add_argument("--set")
+    p.add_argument("--run-id")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint")
+    p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
+    p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
+    p.add_argument("--rule", default="train", help="recorded in provenance")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("aggregate", help="one table (csv + md) and figure for an experiment set")
+    p.add_argument("--set", required=True)
+    p.add_argument("--kind", required=True, help="the set's kind: chooses its extra columns and figure")
+    p.add_argument("--out-prefix", required=True, help="e.g. results/tables/baseline (.csv, .md are added)")
+    p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
+    p.add_argument("--sets", nargs="*", help="experiment set names")
+    p.add_argument("--params", help="or: take the set names from this params file")
+    p.add_argument("--results", default="results")
+    p.add_argument("--params-hash", default="")
+    p.set_defaults(func=cmd_track_init)
+
+    p = sub.add_parser("track-resync", help="log runs that never reached MLflow, without duplicates")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_track_resync)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ParamsError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Per-set tables: every run's metrics.json -> one row per configuration and eval mode."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_src.provenance import write_atomic
+
+KEYS = ["dataset", "model", "method", "eval_mode"]
+
+
+def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
+    """Long table: one line per run and eval mode, with sweep values and diagnostics as columns."""
+    rows, sweep_keys = [], set()
+    for path in metrics_paths:
+        metrics = json.loads(Path(path).read_text())
+        sweep = {key.split(".")[-1]: value for key, value in metrics["sweep"].items()}
+        sweep_keys.update(sweep)
+        method = metrics["params"]["method"]
+        for eval_mode, value in metrics["evaluations"].items():
+            # labels cannot contain '-', so the part before it is the method's own label
+            rows.append({"dataset": metrics["dataset"], "model": metrics["model"],
+                         "method": metrics["method"].split("-")[0], **sweep, "eval_mode": eval_mode,
+                         "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
+                         "train_noise": method["name"] == "noisynn" and method.get("apply_at", "both") != "test",
+                         "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
+                         **metrics.get("diagnostics", {})})
+    if not rows:
+        raise ValueError("no metrics files given")
+    frame = pd.DataFrame(rows)
+    frame.attrs["sweep"] = sorted(sweep_keys)
+    return frame
+
+
+def summarize(long: pd.DataFrame, keys: list[str], extra_first: list[str] = ()) -> pd.DataFrame:
+    """Mean, sample std and count over seeds for each configuration."""
+    value_cols = ["top1"] + [c for c in long.columns if c not in set(keys) | ID_COLUMNS
+                             and pd.api.types.is_float_dtype(long[c])]
+    grouped = long.groupby(keys, sort=False, dropna=False)
+    table = grouped.size().rename("n_seeds").to_frame()
+    for col in value_cols:
+        table[f"{col}_mean"] = grouped[col].mean()
+        table[f"{col}_std"] = grouped[col].std(ddof=1).fillna(0.0)
+    for col in extra_first:
+        table[col] = grouped[col].first()
+    table["scale"] = grouped["scale"].first()
+    table["run_ids"] = grouped["run_id"].agg(lambda ids: " ".join(ids))
+    return table.reset_index()
+
+
+def eval_protocol_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Name each row by where noise was applied and how test batches were formed; difference vs clean.
+
+    Training noise comes from the method (apply_at of its spec), test noise from the eval mode.
+    """
+    def where(row):
+        trained_noisy = row["train_noise"]
+        tested_noisy = row["eval_mode"] != "no_noise"
+        return {(False, False): "none", (True, False): "train", (False, True): "test", (True, True): "both"}[
+            (trained_noisy, tested_noisy)]
+
+    table = table.copy()
+    table["apply_at"] = table.apply(where, axis=1)
+    table["test_batches"] = table["eval_mode"].str.replace("noise_", "", regex=False).replace("no_noise", "-")
+    clean = table[table["apply_at"] == "none"].set_index(["dataset", "model"])["top1_mean"]
+    table["delta_vs_clean"] = table["top1_mean"] - [clean.get((d, m), float("nan"))
+                                                   for d, m in zip(table["dataset"], table["model"])]
+    return table.drop(columns="train_noise")
+
+
+def write_table(table: pd.DataFrame, out_prefix: Path, title: str) -> None:
+    write_atomic(out_prefix.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f"))
+    shown = table.drop(columns=[c for c in ("run_ids",) if c in table.columns])
+    write_atomic(out_prefix.with_suffix(".md"),
+                 f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=".2f") + "\n")
+
+
+ID_COLUMNS = {"dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
+              "mlflow_run_id", "scale"}
+
+
+def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out_prefix: Path) -> pd.DataFrame:
+    from pipeline_src.plots import plot_set
+
+    long = load_runs(metrics_paths)
+    table = summarize(long, KEYS[:3] + long.attrs["sweep"] + ["eval_mode"], extra_first=["train_noise"])
+    if kind == "eval_protocol":
+        table = eval_protocol_columns(table)
+    else:
+        table = table.drop(columns="train_noise")
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_prefix.parent / f"{out_prefix.name}_runs.csv", long.to_csv(index=False))
+    write_table(table, out_prefix, f"{experiment_set} ({long['scale'].iloc[0]}): top-1 accuracy (%) over seeds")
+    plot_set(kind, experiment_set, long, table, out_prefix.parent.parent / "figures" / f"{experiment_set}.png")
+    return table

@@ -1,0 +1,207 @@
+"""Params in one direction: YAML -> schema (defaults filled, typos rejected) -> run table -> RunConfig.
+
+Every error raised here is a ParamsError whose message is one line naming the key,
+the bad value and what is allowed, so the entry points can print it without a traceback.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+TRAINING_DEFAULTS = {
+    "epochs": 3,
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"},
+}
+
+
+# The VPN authors' code defaults (METHODS.md section 2), used for vpn_* sets when protocol: code.
+CODE_PROTOCOL_TRAINING = {
+    "epochs": 200,
+    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"},
+}
+
+
+class ParamsError(ValueError):
+    """A params problem, described in one line."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def validate_params(params: dict) -> dict:
+    """Validate against the schema, fill defaults, check cross-references. Returns a new dict."""
+    params = copy.deepcopy(params)
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = sorted(_Validator(schema).iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ParamsError(f"invalid params: {_describe(errors[0])}")
+    for set_name, spec in params["experiment_sets"].items():
+        for key, known in (("datasets", params["datasets"]), ("models", params["models"])):
+            for name in spec[key]:
+                if name not in known:
+                    raise ParamsError(f"invalid params: experiment_sets.{set_name}.{key}: {name!r} is not defined; "
+                                      f"defined {key}: {', '.join(known)}")
+        labels = [m["label"] for m in spec["methods"]]
+        if len(set(labels)) != len(labels):
+            raise ParamsError(f"invalid params: experiment_sets.{set_name}.methods: duplicate labels in {labels}")
+    return params
+
+
+def load_params(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"params file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    return validate_params(raw)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; written next to its results."""
+
+    run_id: str
+    experiment_set: str
+    set_kind: str
+    dataset: str
+    model: str
+    model_cfg: dict
+    method: dict
+    seed: int
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: dict
+    protocol: str = "paper"
+    scale: str = "embedded_default"
+    device: str = "auto"
+    sweep: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls(**json.loads(text))
+
+    def params_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        d = d.setdefault(key, {})
+    d[last] = value
+
+
+def _format_value(value) -> str:
+    return str(value).replace(":", "").replace("/", "_").replace(" ", "")
+
+
+def expand_methods(methods: list[dict]) -> list[tuple[dict, dict]]:
+    """Each method spec -> one (method, sweep values) per point of its grid."""
+    out = []
+    for spec in methods:
+        spec = copy.deepcopy(spec)
+        grid = spec.pop("grid", {})
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            method = copy.deepcopy(spec)
+            sweep = dict(zip(keys, values))
+            for key, value in sweep.items():
+                _set_dotted(method, key, value)
+            if sweep:
+                suffix = "-".join(f"{k.split('.')[-1]}{_format_value(v)}" for k, v in sweep.items())
+                method["label"] = f"{spec['label']}-{suffix}"
+            out.append((method, sweep))
+    return out
+
+
+def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConfig]:
+    """The run table: set x dataset x model x method (x grid) x seed."""
+    runs = []
+    for set_name, spec in params["experiment_sets"].items():
+        if experiment_set is not None and set_name != experiment_set:
+            continue
+        training = _merge(_merge(TRAINING_DEFAULTS, params.get("training", {})), spec.get("training", {}))
+        if params["protocol"] == "code" and spec.get("kind", set_name).startswith("vpn"):
+            training = _merge(training, CODE_PROTOCOL_TRAINING)
+        for dataset, model, (method, sweep), seed in itertools.product(
+                spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
+            runs.append(RunConfig(
+                run_id=f"{dataset}-{model}-{method['label']}-s{seed}",
+                experiment_set=set_name,
+                set_kind=spec.get("kind", set_name),
+                dataset=dataset,
+                model=model,
+                model_cfg=copy.deepcopy(params["models"][model]),
+                method=method,
+                seed=seed,
+                epochs=training["epochs"],
+                batch_size=training["batch_size"],
+                eval_batch_size=training["eval_batch_size"],
+                optimizer=training["optimizer"],
+                protocol=params["protocol"],
+                scale=params["scale"],
+                device=params["device"],
+                sweep=sweep,
+            ))
+    return runs
+
+
+def find_run(params: dict, experiment_set: str, run_id: str) -> RunConfig:
+    for run in expand_runs(params, experiment_set):
+        if run.run_id == run_id:
+            return run
+    raise ParamsError(f"no run {run_id!r} in experiment set {experiment_set!r}")

@@ -1,0 +1,69 @@
+"""Training methods: what a run optimises and how it is evaluated.
+
+A method wraps the classifier in an nn.Module that owns everything trained with it
+(a VPN generator, a noise hook). The training loop only calls `training_loss` and
+`evaluations`, so the loop is one for every method.
+"""
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Method(nn.Module):
+    """Base model trained alone with cross-entropy; optional batched augmentation."""
+
+    def __init__(self, model: nn.Module, spec: dict, info: dict):
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.info = info
+        self.augment = None
+        if spec.get("augment"):
+            from pipeline_src.augment import make_augment
+
+            self.augment = make_augment(spec["augment"])
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x)
+        return F.cross_entropy(self.model(x), y)
+
+    @torch.no_grad()
+    def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+        """eval_mode -> top-1 accuracy in percent. The first entry is the run's headline number."""
+        return {"no_noise": top1(predict(self.model, x, batch_size), y)}
+
+    @torch.no_grad()
+    def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
+        """Extra measurements a method can report (VPN: sigma on background vs object)."""
+        return {}
+
+    def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Per-run figures a method can draw from test images."""
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * (pred == y).float().mean().item()
+
+
+# name -> "module:class"; imported on use so a baseline job never pays for the others
+REGISTRY = {
+    "baseline": "pipeline_src.methods:Method",
+    "noisynn": "pipeline_src.noisynn:NoisyNNMethod",
+    "vpn": "pipeline_src.vpn:VPNMethod",
+}
+
+
+def build_method(model: nn.Module, spec: dict, info: dict) -> Method:
+    """info: num_classes, in_shape, and (frozen VPN) base_checkpoint."""
+    module_name, class_name = REGISTRY[spec["name"]].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(model, spec, info)

@@ -1,0 +1,130 @@
+"""NoisyNN noise kinds (METHODS.md section 1), as plain functions on a batch.
+
+Every kind works on the first axis as the batch. Token tensors (B, N, D) may carry
+prefix tokens (the class token) that are never touched. Random draws use the torch
+global RNG, which the training loop seeds and checkpoints.
+
+A noise spec is the params dict {kind, strength, mean, sd, p}; `resolve_noise` fills
+the defaults so the resolved spec written next to a run says which values it used.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+KINDS = ("circular_shift", "optimal_q", "gaussian", "impulse")
+LINEAR_KINDS = ("circular_shift", "optimal_q")
+
+# Per kind: the keys it reads and their defaults. A key another kind reads is rejected,
+# so that e.g. a strength given to optimal_q does not silently do nothing.
+DEFAULTS = {
+    "circular_shift": {"strength": 0.3},  # the paper's default; the authors' CNN scripts use 0.4
+    "optimal_q": {},
+    "gaussian": {"strength": 1.0, "mean": 0.0, "sd": 1.0},
+    "impulse": {"p": 0.1},
+}
+
+
+def resolve_noise(spec: dict) -> dict:
+    """The spec with its kind's defaults filled in (validated first)."""
+    check_noise(spec)
+    return {"kind": spec["kind"], **DEFAULTS[spec["kind"]], **{k: v for k, v in spec.items() if k != "kind"}}
+
+
+def _number(spec: dict, key: str) -> float:
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"noise.{key}={value!r} is not a finite number")
+    return float(value)
+
+
+def check_noise(spec: dict, batch_size: int | None = None, training: bool = True) -> None:
+    """Raise ValueError (one line: key, bad value, allowed range) if the spec cannot run.
+
+    batch_size is the batch the noise will see; with training=True, optimal Q needs two
+    samples to mix (with one it is the identity, which is only allowed at test time).
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"noise={spec!r} must be a mapping with at least 'kind'")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"noise.kind={kind!r} is not a noise kind; allowed: {', '.join(KINDS)}")
+    allowed = DEFAULTS[kind]
+    for key in spec:
+        if key != "kind" and key not in allowed:
+            used = ", ".join(allowed) or "no parameters"
+            raise ValueError(f"noise.{key} is not used by {kind}; {kind} takes {used}")
+    full = {**allowed, **spec}
+    if kind == "circular_shift":
+        a = _number(full, "strength")
+        if not 0 <= a < 0.5:
+            raise ValueError(f"noise.strength={a:g} is out of range for circular_shift: 0 <= a < 0.5 "
+                             "(I + Q must be invertible and diagonally dominant)")
+    elif kind == "optimal_q":
+        if training and batch_size is not None and batch_size < 2:
+            raise ValueError(f"batch_size={batch_size} is out of range for optimal_q in training: batch_size >= 2 "
+                             "(with one sample optimal Q is the identity)")
+    elif kind == "gaussian":
+        if _number(full, "strength") < 0:
+            raise ValueError(f"noise.strength={full['strength']:g} is out of range for gaussian: strength >= 0")
+        _number(full, "mean")
+        if _number(full, "sd") < 0:
+            raise ValueError(f"noise.sd={full['sd']:g} is out of range for gaussian: sd >= 0")
+    elif kind == "impulse":
+        p = _number(full, "p")
+        if not 0 <= p <= 1:
+            raise ValueError(f"noise.p={p:g} is out of range for impulse: 0 <= p <= 1")
+
+
+def mixing_matrix(spec: dict, batch_size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The B x B matrix I + Q that a linear kind applies: X' = (I + Q) X over the batch axis."""
+    spec = resolve_noise(spec)
+    eye = torch.eye(batch_size, dtype=dtype)
+    if spec["kind"] == "circular_shift":
+        a = spec["strength"]
+        shift = eye.roll(1, dims=1)  # row i has its one at column i+1: sample i receives sample i+1
+        return (1 - a) * eye + a * shift
+    if spec["kind"] == "optimal_q":
+        return (eye + torch.ones(batch_size, batch_size, dtype=dtype)) / (batch_size + 1)
+    raise ValueError(f"noise.kind={spec['kind']!r} has no mixing matrix; linear kinds: {', '.join(LINEAR_KINDS)}")
+
+
+def apply_noise(x: torch.Tensor, spec: dict, prefix_tokens: int = 0) -> torch.Tensor:
+    """Noise x along its batch axis; with prefix_tokens > 0, x is (B, N, D) and tokens [:prefix] stay."""
+    if prefix_tokens:
+        if x.ndim != 3:
+            raise ValueError(f"prefix_tokens={prefix_tokens} needs a (B, N, D) token tensor, got shape {tuple(x.shape)}")
+        # cat, not in-place assignment, so autograd sees the untouched prefix as identity
+        return torch.cat([x[:, :prefix_tokens], apply_noise(x[:, prefix_tokens:], spec)], dim=1)
+    spec = resolve_noise(spec)
+    kind = spec["kind"]
+    if kind == "circular_shift":
+        a = spec["strength"]
+        # roll by -1: row i gets row i+1. Detached as in the authors' CNN code, so a sample's
+        # gradient does not leak into its neighbour's features.
+        return (1 - a) * x + a * torch.roll(x, shifts=-1, dims=0).detach()
+    if kind == "optimal_q":
+        # (I + J)/(B+1) X = (X_i + sum_j X_j)/(B+1): one batch sum, O(B) instead of the
+        # authors' O(B^2) concatenation of shifted copies.
+        return (x + x.sum(dim=0, keepdim=True)) / (x.shape[0] + 1)
+    if kind == "gaussian":
+        return x + spec["strength"] * (torch.randn_like(x) * spec["sd"] + spec["mean"])
+    if kind == "impulse":
+        p = spec["p"]
+        u = torch.rand_like(x)
+        high, low = x.detach().max(), x.detach().min()
+        return torch.where(u < p / 2, high, torch.where(u < p, low, x))
+    raise AssertionError(kind)  # resolve_noise rejected anything else
+
+
+def optimal_q_quadratic_reference(x: torch.Tensor) -> torch.Tensor:
+    """Optimal Q the authors' way: 2X plus B-1 shifted copies of the batch, summed.
+
+    Kept only to test and benchmark the linear form against; memory and time grow as B^2.
+    """
+    batch = x.shape[0]
+    if batch == 1:
+        return x.clone()
+    copies = torch.cat([torch.roll(x, shifts=k, dims=0) for k in range(1, batch)], dim=0)
+    return (2 * x + copies.view(batch - 1, *x.shape).sum(dim=0)) / (batch + 1)

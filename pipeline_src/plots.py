@@ -1,0 +1,93 @@
+"""Figures for the experiment-set tables (seaborn, PNG, written atomically)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _block_index(site: str) -> int:
+    return int(site.split(":")[1]) if isinstance(site, str) and site.startswith("block:") else -1
+
+
+def plot_layer_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
+    data = long[long["eval_mode"] == long.groupby("run_id")["eval_mode"].transform("first")].copy()
+    data["block"] = data["site"].map(_block_index)
+    grid = sns.relplot(data=data, x="block", y="top1", hue="model", col="dataset", kind="line", marker="o",
+                       errorbar="sd", height=3.6, aspect=1.3, facet_kws={"sharey": False})
+    grid.set_axis_labels("noise injected before block (0 = first)", "test top-1 (%)")
+    grid.figure.suptitle(f"{name}: accuracy vs injection depth (mean ± sd over seeds)", y=1.04)
+    save_figure(grid.figure, path)
+
+
+def plot_strength_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
+    strength_cols = [c for c in ("strength", "p") if c in long.columns]
+    data = long[long["eval_mode"] == long.groupby("run_id")["eval_mode"].transform("first")].copy()
+    data["noise strength (a, s or p)"] = data[strength_cols].bfill(axis=1).iloc[:, 0]
+    grid = sns.relplot(data=data, x="noise strength (a, s or p)", y="top1", hue="method", col="dataset",
+                       row="model", kind="line", marker="o", errorbar="sd", height=3.4, aspect=1.3,
+                       facet_kws={"sharey": False, "sharex": False})
+    grid.set_ylabels("test top-1 (%)")
+    grid.figure.suptitle(f"{name}: accuracy vs noise strength (mean ± sd over seeds)", y=1.03)
+    save_figure(grid.figure, path)
+
+
+def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
+    data = table.copy()
+    data["setting"] = "noise at " + data["apply_at"] + "\n" + data["test_batches"].replace("-", "") + " test batches"
+    data.loc[data["test_batches"] == "-", "setting"] = "noise at " + data["apply_at"] + "\n(clean test)"
+    panels = data.groupby(["dataset", "model"], sort=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    for ax, ((dataset, model), part) in zip(axes[0], panels):
+        ax.bar(part["setting"], part["top1_mean"], yerr=part["top1_std"], capsize=3,
+               color=sns.color_palette("deep", len(part)))
+        ax.set_title(f"{dataset} / {model}")
+        ax.set_ylabel("test top-1 (%), mean ± sd")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=8)
+        low = max(0.0, (part["top1_mean"] - part["top1_std"]).min() - 5)
+        ax.set_ylim(low, min(100.0, (part["top1_mean"] + part["top1_std"]).max() + 3))
+    fig.suptitle(f"{name}: the same trained models under each evaluation protocol")
+    save_figure(fig, path)
+
+
+def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
+    hue = "eval_mode" if long["eval_mode"].nunique() > 1 else None
+    grid = sns.catplot(data=long, x="method", y="top1", hue=hue, col="dataset", row="model", kind="bar",
+                       errorbar="sd", capsize=0.1, height=3.2, aspect=1.6, sharey=False)
+    grid.set_axis_labels("", "test top-1 (%)")
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=45)
+    grid.figure.suptitle(f"{name}: test accuracy per method (mean ± sd over seeds)", y=1.02)
+    save_figure(grid.figure, path)
+
+
+def plot_set(kind: str, name: str, long: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
+    if kind == "layer_sweep":
+        plot_layer_sweep(name, long, path)
+    elif kind == "strength_sweep":
+        plot_strength_sweep(name, long, path)
+    elif kind == "eval_protocol":
+        plot_eval_protocol(name, table, path)
+    else:
+        plot_bars(name, long, path)

@@ -1,0 +1,50 @@
+"""Checks every run can start, before the DAG launches a single job.
+
+Only cheap checks live here (no data, no model weights): names exist, noise and
+VPN settings are in range, a frozen run has a base run to load. Checks that need
+the built model (a layer name) run at the start of the job, still before training.
+"""
+from __future__ import annotations
+
+from pipeline_src.config import ParamsError, RunConfig
+from pipeline_src.models import is_known_arch
+
+
+def _check_vpn(run: RunConfig, runs_by_key: dict) -> None:
+    spec = run.method
+    if spec.get("k", 1) < 1:
+        raise ValueError(f"k={spec['k']} must be >= 1 (noise samples per input)")
+    if spec.get("c", 0.01) < 0:
+        raise ValueError(f"c={spec['c']} must be >= 0 (label conditioning coefficient)")
+    if spec.get("mode", "joint") == "frozen":
+        if "base_set" not in spec or "base_label" not in spec:
+            raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
+        key = (spec["base_set"], f"{run.dataset}-{run.model}-{spec['base_label']}-s{run.seed}")
+        if key not in runs_by_key:
+            raise ValueError(f"frozen mode: no run {key[1]!r} in experiment set {key[0]!r} to take the base model from")
+
+
+def base_run_of(run: RunConfig) -> tuple[str, str] | None:
+    """(experiment_set, run_id) of the run whose trained model a frozen VPN run starts from."""
+    spec = run.method
+    if spec["name"] != "vpn" or spec.get("mode", "joint") != "frozen":
+        return None
+    return spec["base_set"], f"{run.dataset}-{run.model}-{spec['base_label']}-s{run.seed}"
+
+
+def check_runs(params: dict, runs: list[RunConfig]) -> None:
+    for name, model in params["models"].items():
+        if not is_known_arch(model["arch"]):
+            raise ParamsError(f"invalid params: models.{name}.arch: {model['arch']!r} is not sr, dnn3 "
+                              "or a timm model name (see timm.list_models())")
+    runs_by_key = {(r.experiment_set, r.run_id): r for r in runs}
+    for run in runs:
+        try:
+            if run.method["name"] == "noisynn":
+                from pipeline_src.noisynn import check_method_spec
+
+                check_method_spec(run.method, run.batch_size)
+            elif run.method["name"] == "vpn":
+                _check_vpn(run, runs_by_key)
+        except ValueError as err:
+            raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: {err}") from None

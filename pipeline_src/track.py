@@ -1,0 +1,424 @@
+"""MLflow tracking: one experiment, one parent run per experiment set, one child run per training run.
+
+metrics.json is the record of a run; MLflow is a browsable mirror of it. Logging therefore never
+fails a job: after a bounded number of retries the run gets a `mlflow_pending` marker, and
+`resync()` logs it later.
+
+Layout. One experiment (EXPERIMENT_NAME, or $MLFLOW_EXPERIMENT_NAME): the point of the study is to
+compare sets (baseline vs noise methods), and one experiment puts every run in one table; the
+parent run of each set (tags pipeline_role=parent, experiment_set=<set>) groups that set's runs,
+which carry `mlflow.parentRunId`. The default store is `results_dir/mlflow.db` with artifacts under
+`results_dir/mlartifacts`, both absolute, so a job's working directory (Snakemake shadow or temp
+copy) cannot scatter them. Browse it with:
+    mlflow ui --backend-store-uri sqlite:///<ABSOLUTE results_dir>/mlflow.db --host 127.0.0.1
+
+Identity of a child run: tags run_key = "<experiment_set>/<run_id>" and params_hash. Looking up an
+existing active run with the same key and hash:
+  - same metrics_sha256 (the content of metrics.json without mlflow_run_id) and FINISHED: reused,
+    nothing logged (a retry, or resync of a run that was in fact logged);
+  - otherwise (a rerun of the same config produced new results, or an attempt died half-way):
+    the old run is soft-deleted (tagged pipeline_superseded_by, restorable until `mlflow gc`) and
+    a fresh one is logged. So the store holds one live run per (run_key, params_hash); a changed
+    config (new params_hash) is a new run and the old one stays.
+
+Concurrency. MLflow's SqlAlchemyStore creates the schema of a fresh database without a lock, so
+processes that open a fresh sqlite store at once race (we measured 7 of 8 runs lost). Every client
+here is opened under an flock on `results_dir/.mlflow.lock`, and init_store (run once, before any
+training job) creates the schema, the experiment and the parents under the same lock. Writes
+afterwards rely on sqlite's busy timeout (MLflow sets 20 s) plus our retries.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+EXPERIMENT_NAME = "beneficial-noise"
+PENDING_MARKER = "mlflow_pending"
+TRACKING_INFO = "tracking.json"
+BATCH = 100  # MLflow's per-request limit for params and tags (metrics allow 1000)
+
+# Retry budget for transient store errors (about 30 s of waiting at most, on top of sqlite's own
+# 20 s busy timeout per statement); PIPELINE_MLFLOW_ATTEMPTS / PIPELINE_MLFLOW_BACKOFF_S or the
+# keyword arguments of log_run/resync change it.
+DEFAULT_ATTEMPTS = 6
+DEFAULT_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 15.0
+
+# MLflow's own HTTP layer retries 7 times with exponential backoff and a 120 s timeout (minutes per
+# call); our retry loop is the one mechanism, so while we talk to a server its own retries are off
+# unless the user set these variables.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+_TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+_TRANSIENT_TEXT = ("database is locked", "database is busy", "connection refused", "max retries exceeded",
+                   "connection reset", "connection aborted", "timed out", "temporarily unavailable")
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")  # MLflow allows alphanumerics, _ - . / : and space
+
+
+def tracking_uri(results_dir) -> str:
+    """$MLFLOW_TRACKING_URI if set, else an absolute sqlite store in results_dir."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
+
+
+def init_store(results_dir, experiment_sets: list[str], params_hash: str | None) -> dict:
+    """Create store, experiment and one parent run per set (reusing existing ones); write tracking.json.
+
+    params_hash (the study-level hash of the params file) is stamped on each parent; None leaves
+    the tag alone. Parents of sets not named here are kept in tracking.json if they are still in
+    the same store.
+    """
+    results_dir = Path(results_dir).resolve()
+    uri = tracking_uri(results_dir)
+    with _http_defaults(), _store_lock(results_dir):
+        client = MlflowClient(uri)  # creates the schema of a fresh sqlite store, under the lock
+        experiment_id = _ensure_experiment(client, results_dir, uri)
+        old = _read_json(results_dir / TRACKING_INFO) or {}
+        same_store = old.get("tracking_uri") == uri and old.get("experiment_id") == experiment_id
+        parents = dict(old.get("parents", {})) if same_store else {}
+        for name in experiment_sets:
+            parents[name] = _ensure_parent(client, experiment_id, name, params_hash)
+        info = {"tracking_uri": uri, "experiment_id": experiment_id,
+                "experiment_name": experiment_name(), "parents": parents}
+        _atomic_write_json(results_dir / TRACKING_INFO, info)
+    return info
+
+
+def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
+            backoff_s: float | None = None) -> str | None:
+    """Log one finished run as a child of its set's parent; return the MLflow run id, or None.
+
+    None means the store stayed unreachable: a warning went to stderr and run_dir/mlflow_pending
+    was written for resync(). Never raises for tracking errors. Does not edit metrics.json: the
+    caller stores the returned id (resync does it for runs it logs).
+    """
+    run_dir, results_dir = Path(run_dir), Path(results_dir).resolve()
+    marker = run_dir / PENDING_MARKER
+    if attempts is None:
+        attempts = int(os.environ.get("PIPELINE_MLFLOW_ATTEMPTS", DEFAULT_ATTEMPTS))
+    if backoff_s is None:
+        backoff_s = float(os.environ.get("PIPELINE_MLFLOW_BACKOFF_S", DEFAULT_BACKOFF_S))
+    now_ms = int(time.time() * 1000)
+    try:
+        with _http_defaults():
+            run_id = _retrying(lambda: _log_once(metrics, run_dir, results_dir, now_ms), attempts, backoff_s)
+    except Exception as exc:  # noqa: BLE001 - tracking must never cost a training result
+        _mark_pending(metrics, run_dir, marker, attempts, exc)
+        return None
+    marker.unlink(missing_ok=True)
+    return run_id
+
+
+def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None = None) -> tuple[int, int]:
+    """Log every run under results_dir/runs/*/* that is pending or has no mlflow_run_id.
+
+    Returns (synced, skipped): synced runs now carry their MLflow id in metrics.json and lost their
+    marker; skipped counts runs already synced plus any that failed again (those keep the marker
+    and were warned about). Runs already in the store are found by run_key + params_hash, not
+    duplicated.
+    """
+    results_dir = Path(results_dir).resolve()
+    synced = skipped = 0
+    for path in sorted(results_dir.glob("runs/*/*/metrics.json")):
+        run_dir = path.parent
+        metrics = _read_json(path)
+        if metrics is None:
+            print(f"WARNING: resync skipped unreadable {path}", file=sys.stderr)
+            skipped += 1
+            continue
+        if metrics.get("mlflow_run_id") and not (run_dir / PENDING_MARKER).exists():
+            skipped += 1
+            continue
+        run_id = log_run(metrics, run_dir, results_dir, attempts=attempts, backoff_s=backoff_s)
+        if run_id is None:
+            skipped += 1
+            continue
+        _atomic_write_json(path, {**metrics, "mlflow_run_id": run_id})
+        synced += 1
+    return synced, skipped
+
+
+# --- one logging attempt -------------------------------------------------------------------------
+
+def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> str:
+    uri = tracking_uri(results_dir)
+    with _store_lock(results_dir):
+        client = MlflowClient(uri)
+    experiment_set = metrics["experiment_set"]
+    experiment_id, parent_id = _find_parent(client, experiment_set)
+    if parent_id is None:  # init_store did not run (or ran against another store): do it now
+        info = init_store(results_dir, [experiment_set], None)
+        experiment_id, parent_id = info["experiment_id"], info["parents"][experiment_set]
+
+    run_key = f"{experiment_set}/{metrics['run_id']}"
+    digest = _content_hash(metrics)
+    found = client.search_runs([experiment_id], _filter(run_key=run_key, params_hash=metrics["params_hash"]))
+    for run in found:
+        if run.data.tags.get("metrics_sha256") == digest and run.info.status == "FINISHED":
+            return run.info.run_id
+    tags = _run_tags(metrics, run_key, parent_id, digest)
+    history = metrics.get("history") or []
+    start_ms = now_ms - int(1000 * sum(_number(h.get("seconds")) or 0.0 for h in history))
+    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=metrics["run_id"])
+    run_id = run.info.run_id
+    for old in found:  # replaced: same config, different results (or an attempt that died)
+        client.set_tag(old.info.run_id, "pipeline_superseded_by", run_id)
+        client.delete_run(old.info.run_id)
+
+    params = [Param(_name(k), _param_value(v)) for k, v in _flatten(metrics.get("params") or {})]
+    for i in range(0, len(params), BATCH):
+        client.log_batch(run_id, params=params[i:i + BATCH])
+    points = _metric_points(metrics, start_ms, now_ms)
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i:i + 1000])
+
+    if (run_dir / "metrics.json").exists():
+        client.log_artifact(run_id, str(run_dir / "metrics.json"))
+    else:
+        client.log_dict(run_id, metrics, "metrics.json")
+    for extra in [run_dir / "train.log", *sorted(run_dir.glob("*.png"))]:
+        if extra.is_file():
+            client.log_artifact(run_id, str(extra))
+    client.set_terminated(run_id, "FINISHED", end_time=now_ms)
+    return run_id
+
+
+def _run_tags(metrics: dict, run_key: str, parent_id: str, digest: str) -> dict:
+    prov = metrics.get("provenance") or {}
+    rule = prov.get("snakemake_rule") or "train"
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        # Set by hand: MLflow would guess from the process's cwd, a Snakemake temp copy.
+        "mlflow.source.git.commit": prov.get("git_commit") or "unknown",
+        "mlflow.source.name": f"snakemake:{rule}",
+        "mlflow.source.type": "JOB",
+        "run_key": run_key,
+        "params_hash": metrics["params_hash"],
+        "metrics_sha256": digest,
+        "pipeline_role": "child",
+    }
+    for key in ("experiment_set", "set_kind", "dataset", "model", "method", "method_name", "seed", "scale"):
+        if metrics.get(key) is not None:
+            tags[key] = metrics[key]
+    for key, value in prov.items():  # git_dirty, data_version, device, torch_version, snakemake_rule, ...
+        if key in ("git_commit", "wildcards") or value is None:
+            continue
+        tags[key] = value
+    for key, value in (prov.get("wildcards") or {}).items():
+        tags[f"wildcards.{key}"] = value
+    return {_name(k): _tag_value(v) for k, v in tags.items()}
+
+
+def _metric_points(metrics: dict, start_ms: int, end_ms: int) -> list[Metric]:
+    """Per-epoch values at step=epoch; final values (test_top1, evaluations.*, diagnostics.*) at the last step."""
+    points, elapsed, last_step = [], 0.0, 0
+    for entry in metrics.get("history") or []:
+        step = int(entry.get("epoch", last_step + 1))
+        elapsed += _number(entry.get("seconds")) or 0.0
+        # Deterministic timestamps: re-logging the same point is a no-op in the store.
+        stamp = min(start_ms + int(1000 * elapsed), end_ms)
+        for key, value in entry.items():
+            if key != "epoch" and _number(value) is not None:
+                points.append(Metric(_name(key), _number(value), stamp, step))
+        last_step = max(last_step, step)
+    finals = {"test_top1": metrics.get("test_top1"),
+              **{f"evaluations.{k}": v for k, v in _flatten(metrics.get("evaluations") or {})},
+              **{f"diagnostics.{k}": v for k, v in _flatten(metrics.get("diagnostics") or {})}}
+    for key, value in finals.items():
+        if _number(value) is not None:
+            points.append(Metric(_name(key), _number(value), end_ms, last_step))
+    return points
+
+
+# --- store helpers ---------------------------------------------------------------------------------
+
+def _ensure_experiment(client: MlflowClient, results_dir: Path, uri: str) -> str:
+    name = experiment_name()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        # A tracking server manages its own artifact store; a local or database store gets ours.
+        server = uri.split(":", 1)[0] in ("http", "https", "databricks")
+        location = None if server else (results_dir / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:  # another machine created it first (a shared server)
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _find_parent(client: MlflowClient, experiment_set: str) -> tuple[str | None, str | None]:
+    experiment = client.get_experiment_by_name(experiment_name())
+    if experiment is None or experiment.lifecycle_stage != "active":
+        return None, None
+    runs = client.search_runs([experiment.experiment_id],
+                              _filter(pipeline_role="parent", experiment_set=experiment_set),
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    return experiment.experiment_id, (runs[0].info.run_id if runs else None)
+
+
+def _ensure_parent(client: MlflowClient, experiment_id: str, experiment_set: str, params_hash: str | None) -> str:
+    runs = client.search_runs([experiment_id], _filter(pipeline_role="parent", experiment_set=experiment_set),
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    if runs:
+        run_id = runs[0].info.run_id
+        if params_hash and runs[0].data.tags.get("params_hash") != params_hash:
+            client.set_tag(run_id, "params_hash", params_hash)
+        return run_id
+    tags = {"pipeline_role": "parent", "experiment_set": experiment_set, "mlflow.source.type": "JOB",
+            "mlflow.source.name": "snakemake:init_tracking"}
+    if params_hash:
+        tags["params_hash"] = params_hash
+    run_id = client.create_run(experiment_id, tags=tags, run_name=experiment_set).info.run_id
+    client.set_terminated(run_id, "FINISHED")  # a container; children nest via their tag
+    return run_id
+
+
+def _filter(**tags) -> str:
+    for value in tags.values():
+        if "'" in value:
+            raise ValueError(f"tag value {value!r} cannot contain a single quote")
+    return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+
+
+@contextlib.contextmanager
+def _store_lock(results_dir: Path):
+    """Serialise opening (and so creating) the store across processes sharing results_dir."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with open(results_dir / ".mlflow.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _http_defaults():
+    added = [key for key in _HTTP_DEFAULTS if key not in os.environ]
+    os.environ.update({key: _HTTP_DEFAULTS[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _retrying(action, attempts: int, backoff_s: float):
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            return action()
+        except Exception as exc:
+            if attempt >= attempts or not _is_transient(exc):
+                raise
+            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: parallel jobs do not retry in step
+
+
+def _is_transient(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if getattr(exc, "error_code", None) in _TRANSIENT_CODES:
+            return True
+        if any(text in str(exc).lower() for text in _TRANSIENT_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _mark_pending(metrics: dict, run_dir: Path, marker: Path, attempts: int, exc: Exception) -> None:
+    run_key = f"{metrics.get('experiment_set')}/{metrics.get('run_id')}"
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        tried = f"after {attempts} attempt(s)" if _is_transient(exc) else "not retryable"
+        marker.write_text(f"{stamp} {tried}: {reason}\n")
+        where = f"marker written: {marker}"
+    except OSError as err:
+        where = f"could NOT write marker {marker}: {err}"
+    bar = "!" * 78
+    print(f"\n{bar}\nWARNING: MLflow logging FAILED for {run_key} "
+          f"(tracking uri {os.environ.get('MLFLOW_TRACKING_URI') or 'default sqlite store'}).\n"
+          f"  {reason}\n  The result itself is safe in {run_dir}/metrics.json; {where}\n"
+          f"  Log it later with pipeline_src.track.resync(<results_dir>).\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _name(key) -> str:
+    return _BAD_NAME_CHARS.sub("_", str(key))[:MAX_ENTITY_KEY_LENGTH]
+
+
+def _param_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text[:MAX_PARAM_VAL_LENGTH]  # MLflow's limit; the full value is in the metrics.json artifact
+
+
+def _tag_value(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text[:MAX_TAG_VAL_LENGTH]
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)  # NaN and inf are fine: MLflow stores them
+
+
+def _content_hash(metrics: dict) -> str:
+    body = {k: v for k, v in metrics.items() if k != "mlflow_run_id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _atomic_write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

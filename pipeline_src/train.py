@@ -1,0 +1,172 @@
+"""The one training loop every method uses.
+
+The dataset lives on the device as uint8 tensors; batches are index gathers from a
+seeded permutation, converted to float [0, 1] on the fly. Each epoch ends with an
+atomic checkpoint (weights, optimizer, schedule, RNG state, history), so a killed
+job started again continues where it stopped and ends with the same numbers as an
+uninterrupted run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline_src.config import RunConfig
+from pipeline_src.methods import build_method, predict, top1
+from pipeline_src.models import build_model
+from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was requested but no CUDA device is available; allowed here: auto, cpu")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
+    if spec["name"] == "sgd":
+        return torch.optim.SGD(params, lr=spec["lr"], momentum=spec["momentum"], weight_decay=spec["weight_decay"])
+    cls = torch.optim.AdamW if spec["name"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=spec["lr"], weight_decay=spec["weight_decay"])
+
+
+def make_schedule(optimizer, spec: dict, epochs: int):
+    if spec["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def batches(n: int, batch_size: int) -> list[torch.Tensor]:
+    """A seeded permutation cut into batches; a trailing batch of one is dropped (batch-mixing noise needs two)."""
+    parts = list(torch.split(torch.randperm(n), batch_size))
+    return parts[:-1] if len(parts) > 1 and len(parts[-1]) == 1 else parts
+
+
+def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x_uint8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
+
+
+def _checkpoint_state(method, optimizer, schedule, epoch, history, params_hash) -> dict:
+    state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "epoch": epoch, "history": history, "params_hash": params_hash, "rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _try_resume(path: Path, params_hash: str, method, optimizer, schedule):
+    """Returns (start_epoch, history); a checkpoint of other params is ignored, not trusted."""
+    if not path.exists():
+        return 0, []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("params_hash") != params_hash:
+        print(f"ignoring {path}: it belongs to other params", file=sys.stderr)
+        return 0, []
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    print(f"resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
+    return state["epoch"], state["history"]
+
+
+def _kill_point(epoch: int) -> None:
+    """Tests set PIPELINE_KILL_AFTER_EPOCH to SIGKILL the job right after a checkpoint, like a pre-empted node."""
+    if os.environ.get("PIPELINE_KILL_AFTER_EPOCH") == str(epoch):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None) -> dict:
+    """Train and evaluate one run; writes model.pt and metrics.json into out_dir and returns the metrics."""
+    from pipeline_src.data import load_prepared
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+
+    data = load_prepared(data_dir)
+    in_shape = tuple(data.x_train.shape[1:])
+    num_classes = len(data.class_names)
+    model = build_model(cfg.model_cfg["arch"], in_shape, num_classes, hidden=cfg.model_cfg.get("hidden", 1024),
+                        small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"))
+    info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
+    method = build_method(model, cfg.method, info).to(device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], cfg.optimizer)
+    schedule = make_schedule(optimizer, cfg.optimizer, cfg.epochs)
+    params_hash = cfg.params_hash()
+    checkpoint = out_dir / CHECKPOINT_NAME
+    start_epoch, history = _try_resume(checkpoint, params_hash, method, optimizer, schedule)
+
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_test, y_test = to_input(data.x_test, device), data.y_test.to(device)
+    train_probe = torch.arange(min(TRAIN_EVAL_SAMPLES, len(x_train)), device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        method.train()
+        started, total_loss, seen = time.perf_counter(), 0.0, 0
+        for idx in tqdm(batches(len(x_train), cfg.batch_size), desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}",
+                        file=sys.stderr, mininterval=2.0, leave=False):
+            idx = idx.to(device)
+            with autocast:
+                loss = method.training_loss(to_input(x_train[idx], device), y_train[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+        schedule.step()
+        method.eval()
+        with torch.no_grad(), autocast:
+            train_pred = predict(method.model, to_input(x_train[train_probe], device), cfg.eval_batch_size)
+        history.append({"epoch": epoch + 1, "train_loss": total_loss / seen,
+                        "train_top1": top1(train_pred, y_train[train_probe]),
+                        "seconds": time.perf_counter() - started})
+        print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
+              f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
+        torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash), checkpoint)
+        _kill_point(epoch + 1)
+
+    method.eval()
+    with autocast:
+        evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
+        diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
+    method.save_figures(out_dir, x_test, y_test)
+    torch_save_atomic({"model": method.model.state_dict()}, out_dir / "model.pt")
+
+    metrics = {
+        "run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
+        "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"], "method_name": cfg.method["name"],
+        "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol, "sweep": cfg.sweep,
+        "params": cfg.__dict__, "params_hash": params_hash,
+        "history": history,
+        "evaluations": evaluations,
+        "test_top1": next(iter(evaluations.values())),
+        "diagnostics": diagnostics,
+        "provenance": {**git_state(), "data_version": data.manifest["data_version"], "device": str(device),
+                       **environment()},
+        "mlflow_run_id": None,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    checkpoint.unlink(missing_ok=True)
+    return metrics

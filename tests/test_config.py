@@ -1,0 +1,92 @@
+"""Params: schema errors are one clear line; the run table expands as declared."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline_src.config import REPO_ROOT, ParamsError, expand_runs, load_params, validate_params
+
+DEFAULT = REPO_ROOT / "params" / "default.yaml"
+PAPER = REPO_ROOT / "params" / "paper.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw_default():
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+@pytest.mark.parametrize("path", [DEFAULT, PAPER])
+def test_shipped_params_validate_and_expand(path):
+    params = load_params(path)
+    runs = expand_runs(params)
+    assert runs, "no runs declared"
+    assert len({(r.experiment_set, r.run_id) for r in runs}) == len(runs), "run ids collide"
+    assert {r.set_kind for r in runs} >= {"baseline", "noisynn_main", "harmful_noise", "layer_sweep",
+                                          "strength_sweep", "eval_protocol", "vpn_joint", "vpn_frozen",
+                                          "vpn_background"}
+
+
+def test_defaults_are_filled(raw_default):
+    raw = copy.deepcopy(raw_default)
+    del raw["seeds"], raw["device"]
+    params = validate_params(raw)
+    assert params["seeds"] == [0, 1] and params["device"] == "auto"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda p: p["training"].update(epoch=3), "training: unknown key 'epoch'; allowed keys: batch_size, epochs"),
+    (lambda p: p["training"].update(epochs=-1), "training.epochs: -1 is less than the minimum of 1"),
+    (lambda p: p["training"].update(batch_size="big"), "training.batch_size: 'big' is not of type 'integer'"),
+    (lambda p: p["datasets"]["digits"].update(source="mnist"),
+     "datasets.digits.source: 'mnist' is not allowed; allowed values: digits, fashion-mnist"),
+    (lambda p: p["experiment_sets"]["baseline"]["models"].append("resnt"),
+     "experiment_sets.baseline.models: 'resnt' is not defined; defined models: sr, dnn3, resnet, vit"),
+    (lambda p: p["experiment_sets"]["noisynn_main"]["methods"][1].update(apply_at="always"),
+     "'always' is not allowed; allowed values: train, test, both"),
+])
+def test_bad_params_give_one_line_naming_the_key(raw_default, mutate, expected):
+    raw = copy.deepcopy(raw_default)
+    mutate(raw)
+    with pytest.raises(ParamsError) as err:
+        validate_params(raw)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_grid_expands_one_run_per_value_and_seed():
+    runs = expand_runs(load_params(DEFAULT), "strength_sweep")
+    strengths = sorted({r.method["noise"]["strength"] for r in runs})
+    assert strengths == [0.0, 0.1, 0.2, 0.3, 0.4]
+    assert len(runs) == 5 * 2
+    assert "digits-vit-linear_shift-strength0.3-s1" in {r.run_id for r in runs}
+    assert all(r.sweep == {"noise.strength": r.method["noise"]["strength"]} for r in runs)
+
+
+def test_set_training_override_applies_only_to_that_set():
+    params = load_params(DEFAULT)
+    by_set = {r.experiment_set: r.epochs for r in expand_runs(params)}
+    assert by_set["vpn_background"] == 5
+    assert by_set["baseline"] == params["training"]["epochs"]
+
+
+def test_run_config_round_trips_and_hash_tracks_params():
+    run = expand_runs(load_params(DEFAULT), "baseline")[0]
+    again = type(run).from_json(run.to_json())
+    assert again == run and again.params_hash() == run.params_hash()
+    changed = type(run).from_json(run.to_json().replace('"epochs":3', '"epochs":4'))
+    assert changed.params_hash() != run.params_hash()
+
+
+def test_check_command_prints_one_line_without_traceback(tmp_path, raw_default):
+    raw = copy.deepcopy(raw_default)
+    raw["training"]["optimizer"]["name"] = "adagrad"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "pipeline_src", "check", "--params", str(bad)],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: invalid params: training.optimizer.name: 'adagrad' is not allowed; allowed values: adam, sgd, adamw"]

@@ -1,0 +1,183 @@
+"""Noise hooks over tiny timm models and the pipeline's own MLPs."""
+import pytest
+import torch
+
+from pipeline_src.hooks import attach_noise, block_sites, resolve_site
+from pipeline_src.models import build_model
+from pipeline_src.noise import apply_noise
+
+timm = pytest.importorskip("timm")
+
+OPTIMAL = {"kind": "optimal_q"}
+SHIFT = {"kind": "circular_shift", "strength": 0.3}
+
+
+def always():
+    return True
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("test_vit", img_size=32, num_classes=5).eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=5).eval()
+
+
+@pytest.fixture(scope="module")
+def dnn3():
+    torch.manual_seed(0)
+    return build_model("dnn3", (1, 8, 8), 5, hidden=16).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def capture(module, kind):
+    """Register a hook that stores the module's input ('pre') or output ('out') in a list."""
+    seen = []
+    if kind == "pre":
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    return seen, handle
+
+
+def test_block_sites(vit, resnet, dnn3):
+    assert block_sites(vit) == [f"blocks.{i}.attn" for i in range(6)]
+    assert block_sites(resnet) == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert block_sites(dnn3) == ["fc2", "head"]
+    assert block_sites(build_model("sr", (1, 8, 8), 5)) == ["head"]
+
+
+def test_resolve_site(vit, resnet, dnn3):
+    assert resolve_site(vit, "default") == ("blocks.5.attn", 1)
+    assert resolve_site(vit, "block:-2") == ("blocks.4.attn", 1)
+    assert resolve_site(vit, "embedding") == ("norm_pre", 1)
+    assert resolve_site(vit, "image") == ("", 0)
+    assert resolve_site(vit, "blocks.0.mlp.fc1") == ("blocks.0.mlp.fc1", 1)
+    assert resolve_site(vit, "head") == ("head", 0)
+    assert resolve_site(resnet, "default") == ("layer4.0", 0)
+    assert resolve_site(resnet, "block:0") == ("layer1.0", 0)
+    assert resolve_site(dnn3, "default") == ("head", 0)
+    assert resolve_site(dnn3, "block:0") == ("fc2", 0)
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet", "dnn3"])
+@pytest.mark.parametrize("site", ["default", "image", "block:0"])
+def test_attach_changes_logits_and_remove_restores_them(request, name, site, images):
+    model = request.getfixturevalue(name)
+    x = images[:, :1, :8, :8] if name == "dnn3" else images
+    with torch.no_grad():
+        clean = model(x)
+        handle = attach_noise(model, site, SHIFT, always)
+        noisy = model(x)
+        handle.remove()
+        restored = model(x)
+    assert not torch.allclose(clean, noisy)
+    assert torch.equal(clean, restored)
+
+
+def test_inactive_hook_is_a_no_op(vit, images):
+    with torch.no_grad():
+        clean = vit(images)
+        handle = attach_noise(vit, "default", SHIFT, lambda: False)
+        quiet = vit(images)
+        handle.remove()
+    assert torch.equal(clean, quiet)
+
+
+def test_vit_default_hook_gets_norm1_output(vit, images):
+    block = vit.blocks[-1]
+    normed, h1 = capture(block.norm1, "out")
+    handle = attach_noise(vit, "default", OPTIMAL, always)
+    received, h2 = capture(block.attn.qkv, "pre")  # sees what the noise hook handed to attn
+    with torch.no_grad():
+        vit(images)
+    for h in (h1, h2, handle):
+        h.remove()
+    expected = apply_noise(normed[0], OPTIMAL, prefix_tokens=1)
+    assert torch.equal(received[0], expected)
+    assert torch.equal(received[0][:, 0], normed[0][:, 0])  # class token untouched
+
+
+def test_vit_embedding_site_leaves_class_token(vit, images):
+    clean, h1 = capture(vit.norm_pre, "pre")
+    with torch.no_grad():
+        vit(images)
+    h1.remove()
+    handle = attach_noise(vit, "embedding", SHIFT, always)
+    noisy, h2 = capture(vit.norm_pre, "out")
+    with torch.no_grad():
+        vit(images)
+    handle.remove(), h2.remove()
+    assert torch.equal(noisy[0][:, 0], clean[0][:, 0])
+    assert torch.equal(noisy[0][:, 1:], apply_noise(clean[0][:, 1:], SHIFT))
+
+
+def test_resnet_default_hook_gets_last_block_input(resnet, images):
+    stage3, h1 = capture(resnet.layer3, "out")  # test_resnet has one block per stage
+    handle = attach_noise(resnet, "default", OPTIMAL, always)
+    received, h2 = capture(resnet.layer4[-1], "pre")
+    with torch.no_grad():
+        resnet(images)
+    for h in (h1, h2, handle):
+        h.remove()
+    assert torch.equal(received[0], apply_noise(stage3[0], OPTIMAL))
+
+
+def test_dnn3_default_hook_gets_last_hidden_output(dnn3, images):
+    x = images[:, :1, :8, :8]
+    hidden, h1 = capture(dnn3.act2, "out")
+    handle = attach_noise(dnn3, "default", OPTIMAL, always)
+    received, h2 = capture(dnn3.head, "pre")
+    with torch.no_grad():
+        dnn3(x)
+    for h in (h1, h2, handle):
+        h.remove()
+    assert torch.equal(received[0], apply_noise(hidden[0], OPTIMAL))
+
+
+def test_noise_survives_gradient_checkpointing(images):
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", img_size=32, num_classes=5).train()
+    handle = attach_noise(model, "default", SHIFT, always)
+    plain = model(images)
+    model.set_grad_checkpointing(True)
+    checkpointed = model(images)
+    checkpointed.sum().backward()
+    handle.remove()
+    assert torch.allclose(plain, checkpointed)
+    assert not torch.allclose(plain, model(images))
+
+
+def test_bad_site_name_lists_valid_names(vit):
+    with pytest.raises(ValueError) as err:
+        resolve_site(vit, "blocks.9.attn")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("site='blocks.9.attn' is not a module of VisionTransformer; valid: image, default, embedding")
+    assert "blocks.0.attn, blocks.1.attn" in message and "top level: patch_embed" in message
+
+
+@pytest.mark.parametrize("site", ["block:6", "block:-7"])
+def test_block_index_out_of_range(vit, site):
+    with pytest.raises(ValueError, match=rf"^site='{site}' is out of range: VisionTransformer has 6 block sites, "
+                                         r"valid indices -6 to 5$"):
+        resolve_site(vit, site)
+
+
+def test_embedding_site_only_for_vit(resnet):
+    with pytest.raises(ValueError, match="^site='embedding' exists only for ViTs, not ResNet"):
+        resolve_site(resnet, "embedding")
+
+
+def test_block_site_must_be_integer(dnn3):
+    with pytest.raises(ValueError, match="^site='block:last' is not block:<integer>"):
+        resolve_site(dnn3, "block:last")

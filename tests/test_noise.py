@@ -1,0 +1,144 @@
+"""Closed-form checks of the NoisyNN noise kinds on small tensors."""
+import pytest
+import torch
+
+from pipeline_src.noise import apply_noise, check_noise, mixing_matrix, optimal_q_quadratic_reference, resolve_noise
+
+SHIFT = {"kind": "circular_shift", "strength": 0.3}
+OPTIMAL = {"kind": "optimal_q"}
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 8])
+@pytest.mark.parametrize("a", [0.0, 0.1, 0.3, 0.4, 0.499])
+def test_circular_shift_matrix_rows_sum_to_one_invertible_diagonally_dominant(batch, a):
+    m = mixing_matrix({"kind": "circular_shift", "strength": a}, batch)
+    assert torch.allclose(m.sum(1), torch.ones(batch, dtype=m.dtype))
+    assert abs(torch.linalg.det(m).item()) > 1e-9
+    off_diagonal = m.abs().sum(1) - m.diagonal().abs()
+    assert bool((m.diagonal().abs() > off_diagonal).all())
+
+
+def test_circular_shift_matrix_is_exact():
+    m = mixing_matrix({"kind": "circular_shift", "strength": 0.25}, 3)
+    expected = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.75, 0.25], [0.25, 0.0, 0.75]], dtype=torch.float64)
+    assert torch.equal(m, expected)
+
+
+def test_half_strength_is_singular_for_even_batch_and_rejected():
+    s = torch.eye(4, dtype=torch.float64).roll(1, dims=1)
+    assert abs(torch.linalg.det(0.5 * torch.eye(4, dtype=torch.float64) + 0.5 * s).item()) < 1e-12
+    with pytest.raises(ValueError, match=r"^noise.strength=0.5 is out of range for circular_shift: 0 <= a < 0.5"):
+        check_noise({"kind": "circular_shift", "strength": 0.5})
+
+
+@pytest.mark.parametrize("batch", [2, 3, 7])
+def test_optimal_q_matrix(batch):
+    m = mixing_matrix(OPTIMAL, batch)
+    assert torch.allclose(m.sum(1), torch.ones(batch, dtype=m.dtype))
+    assert m[0, 0].item() == pytest.approx(2 / (batch + 1)) and m[0, 1].item() == pytest.approx(1 / (batch + 1))
+    assert abs(torch.linalg.det(m).item()) > 1e-9
+
+
+@pytest.mark.parametrize("spec", [SHIFT, OPTIMAL], ids=["circular_shift", "optimal_q"])
+def test_linear_kinds_apply_their_matrix(spec):
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    expected = (mixing_matrix(spec, 6) @ x.reshape(6, -1)).reshape_as(x)
+    assert torch.allclose(apply_noise(x, spec), expected, rtol=0, atol=1e-12)
+
+
+def test_circular_shift_sample_receives_next_sample():
+    x = torch.tensor([[1.0], [10.0], [100.0]])
+    out = apply_noise(x, {"kind": "circular_shift", "strength": 0.25})
+    assert out.flatten().tolist() == [0.75 + 2.5, 7.5 + 25.0, 75.0 + 0.25]
+
+
+def test_class_token_untouched():
+    x = torch.randn(4, 5, 3)
+    for spec in (SHIFT, OPTIMAL, {"kind": "gaussian"}, {"kind": "impulse", "p": 1.0}):
+        out = apply_noise(x, spec, prefix_tokens=1)
+        assert torch.equal(out[:, 0], x[:, 0])
+        assert not torch.equal(out[:, 1:], x[:, 1:])
+
+
+def test_prefix_tokens_need_token_tensor():
+    with pytest.raises(ValueError, match="needs a \\(B, N, D\\) token tensor"):
+        apply_noise(torch.zeros(2, 3), SHIFT, prefix_tokens=1)
+
+
+def test_circular_shift_mixed_in_term_is_detached():
+    x = torch.randn(3, 2, requires_grad=True)
+    apply_noise(x, {"kind": "circular_shift", "strength": 0.4})[0].sum().backward()
+    # output row 0 = 0.6 x0 + 0.4 x1.detach(): only x0 gets gradient
+    assert torch.equal(x.grad, torch.tensor([[0.6, 0.6], [0.0, 0.0], [0.0, 0.0]]))
+
+
+def test_optimal_q_one_sample_is_identity():
+    x = torch.randn(1, 7)
+    assert torch.equal(apply_noise(x, OPTIMAL), x)
+    assert torch.equal(mixing_matrix(OPTIMAL, 1), torch.ones(1, 1, dtype=torch.float64))
+
+
+def test_linear_optimal_q_matches_quadratic_reference():
+    x = torch.randn(32, 17, 24)
+    linear, reference = apply_noise(x, OPTIMAL), optimal_q_quadratic_reference(x)
+    assert ((linear - reference).abs().max() / reference.abs().max()).item() < 1e-5
+    exact = (x.double() + x.double().sum(0)) / 33
+    assert torch.allclose(reference.double(), exact, rtol=0, atol=1e-5)
+
+
+def test_impulse_sets_batch_max_and_min_at_rate_p():
+    torch.manual_seed(0)
+    x = torch.rand(64, 500) * 2 + 3  # values in (3, 5); max/min reached by single elements only
+    out = apply_noise(x, {"kind": "impulse", "p": 0.2})
+    high, low = out == x.max(), out == x.min()
+    # binomial sd of the rate at n=32000, p=0.1 is 0.0017: 5 sd tolerance
+    assert abs(high.float().mean().item() - 0.1) < 0.009
+    assert abs(low.float().mean().item() - 0.1) < 0.009
+    assert torch.equal(out[~(high | low)], x[~(high | low)])
+
+
+def test_impulse_extremes():
+    x = torch.randn(8, 9)
+    assert torch.equal(apply_noise(x, {"kind": "impulse", "p": 0.0}), x)
+    out = apply_noise(x, {"kind": "impulse", "p": 1.0})
+    assert bool(((out == x.max()) | (out == x.min())).all())
+
+
+def test_gaussian_closed_form_under_seed():
+    x = torch.zeros(2, 3)
+    torch.manual_seed(5)
+    out = apply_noise(x, {"kind": "gaussian", "strength": 0.5, "mean": 1.0, "sd": 2.0})
+    torch.manual_seed(5)
+    assert torch.equal(out, 0.5 * (torch.randn(2, 3) * 2.0 + 1.0))
+
+
+def test_defaults_are_filled():
+    assert resolve_noise({"kind": "circular_shift"}) == {"kind": "circular_shift", "strength": 0.3}
+    assert resolve_noise({"kind": "gaussian", "sd": 0.5}) == {"kind": "gaussian", "strength": 1.0, "mean": 0.0, "sd": 0.5}
+
+
+@pytest.mark.parametrize("spec, kwargs, message", [
+    ({"kind": "circular_shift", "strength": -0.1}, {}, "noise.strength=-0.1 is out of range for circular_shift"),
+    ({"kind": "impulse", "p": 1.5}, {}, "noise.p=1.5 is out of range for impulse: 0 <= p <= 1"),
+    ({"kind": "gaussian", "sd": -1}, {}, "noise.sd=-1 is out of range for gaussian: sd >= 0"),
+    ({"kind": "gaussian", "strength": -2}, {}, "noise.strength=-2 is out of range for gaussian: strength >= 0"),
+    ({"kind": "optimal_q"}, {"batch_size": 1}, "batch_size=1 is out of range for optimal_q in training: batch_size >= 2"),
+    ({"kind": "optimal_q", "strength": 0.3}, {}, "noise.strength is not used by optimal_q"),
+    ({"kind": "uniform"}, {}, "noise.kind='uniform' is not a noise kind; allowed: circular_shift, optimal_q"),
+    ({"kind": "circular_shift", "strength": "0.3"}, {}, "noise.strength='0.3' is not a finite number"),
+])
+def test_check_noise_errors_are_one_line(spec, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        check_noise(spec, **kwargs)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_optimal_q_single_sample_allowed_at_test_time():
+    check_noise(OPTIMAL, batch_size=1, training=False)
+    check_noise(OPTIMAL, batch_size=2)
+
+
+def test_mixing_matrix_rejects_nonlinear_kind():
+    with pytest.raises(ValueError, match="has no mixing matrix"):
+        mixing_matrix({"kind": "gaussian"}, 3)

@@ -1,0 +1,165 @@
+"""NoisyNN as a method: where noise applies, how test batches are formed, what is reported."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline_src.methods import build_method
+from pipeline_src.models import build_model
+from pipeline_src.noisynn import NoisyNNMethod, check_method_spec, eval_modes, eval_batch_order
+
+INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8}
+
+
+def spec(**kw):
+    return {"label": "n", "name": "noisynn", **kw}
+
+
+def make(**kw):
+    """SR as a nearest-class-mean classifier for inputs x = noise + class index:
+    logit_c = c * sum(x) - 8 c^2, so a prediction moves with the mean of what it is mixed with."""
+    model = build_model("sr", INFO["in_shape"], INFO["num_classes"])
+    with torch.no_grad():
+        classes = torch.arange(INFO["num_classes"], dtype=torch.float32)
+        model.head.weight.copy_(classes.view(-1, 1).expand(-1, 16))
+        model.head.bias.copy_(-8 * classes ** 2)
+    return NoisyNNMethod(model, spec(**kw), dict(INFO))
+
+
+def head_logits(method, flat):
+    """The head's map without its hooks (calling the module would apply the noise again)."""
+    return F.linear(flat, method.model.head.weight, method.model.head.bias)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(24) % 3  # interleaved classes, so sorting by class changes the batches
+    x = torch.randn(24, *INFO["in_shape"], generator=g) + y.view(-1, 1, 1, 1)
+    return x, y
+
+
+def sr_optimal_q_predictions(method, x, order, batch_size):
+    """By hand: noise at SR's head mixes the flattened images of each batch cut from `order`."""
+    pred = torch.empty(len(x), dtype=torch.long)
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        flat = x[idx].flatten(1)
+        mixed = (flat + flat.sum(0)) / (len(idx) + 1)
+        pred[idx] = head_logits(method, mixed).argmax(1)
+    return pred
+
+
+def test_class_sorted_and_shuffled_batches_differ_in_composition(data):
+    _, y = data
+    sorted_order = eval_batch_order("class_sorted", y, seed=0)
+    shuffled_order = eval_batch_order("shuffled", y, seed=0)
+    sorted_batches = [set(y[sorted_order[i:i + 8]].tolist()) for i in range(0, 24, 8)]
+    shuffled_batches = [set(y[shuffled_order[i:i + 8]].tolist()) for i in range(0, 24, 8)]
+    assert sorted_batches == [{0}, {1}, {2}]
+    assert all(len(classes) > 1 for classes in shuffled_batches)
+    assert torch.equal(sorted_order[:8], torch.arange(0, 24, 3))  # stable: same-class order kept
+    assert torch.equal(shuffled_order, torch.randperm(24, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(shuffled_order, eval_batch_order("shuffled", y, seed=1))
+
+
+@pytest.mark.parametrize("how", ["class_sorted", "shuffled"])
+def test_noisy_predictions_follow_batch_composition_exactly(data, how):
+    x, y = data
+    method = make(noise={"kind": "optimal_q"}, apply_at="test")
+    with torch.no_grad():
+        expected = sr_optimal_q_predictions(method, x, eval_batch_order(how, y, 0), 8)
+        assert torch.equal(method.predictions(f"noise_{how}", x, y, 8), expected)
+
+
+def test_class_sorted_and_shuffled_predictions_differ(data):
+    x, y = data
+    method = make(noise={"kind": "optimal_q"}, apply_at="test")
+    assert not torch.equal(method.predictions("noise_class_sorted", x, y, 8),
+                           method.predictions("noise_shuffled", x, y, 8))
+    method.spec["eval_protocols"] = ["class_sorted", "none"]
+    # same-class batches keep the class mean, mixed ones pull every image towards class 1
+    assert method.evaluations(x, y, 8) == {"noise_shuffled": pytest.approx(100 / 3), "noise_class_sorted": 100.0,
+                                           "no_noise": 100.0}
+
+
+def test_single_batches_with_optimal_q_equal_no_noise(data):
+    x, y = data
+    method = make(noise={"kind": "optimal_q"}, apply_at="test", test_batches="single", eval_protocols=["none"])
+    assert torch.equal(method.predictions("noise_single", x, y, 8), method.predictions("no_noise", x, y, 8))
+    scores = method.evaluations(x, y, 8)
+    assert list(scores) == ["noise_single", "no_noise"]
+    assert scores["noise_single"] == scores["no_noise"]
+
+
+def test_headline_and_protocol_keys():
+    assert eval_modes(check_method_spec(spec(apply_at="train"), 8)) == ["no_noise"]
+    assert eval_modes(check_method_spec(spec(), 8)) == ["noise_shuffled"]
+    resolved = check_method_spec(spec(apply_at="test", test_batches="class_sorted",
+                                      eval_protocols=["none", "class_sorted", "shuffled", "single", "none"]), 8)
+    assert eval_modes(resolved) == ["noise_class_sorted", "no_noise", "noise_shuffled", "noise_single"]
+    resolved = check_method_spec(spec(apply_at="train", eval_protocols=["none", "class_sorted"]), 8)
+    assert eval_modes(resolved) == ["no_noise", "noise_class_sorted"]
+
+
+def test_evaluations_keys_restore_mode_and_rng(data):
+    x, y = data
+    method = make(noise={"kind": "gaussian", "strength": 0.5}, apply_at="both", eval_protocols=["none", "single"])
+    method.train()
+    state = torch.get_rng_state()
+    first = method.evaluations(x, y, 8)
+    assert list(first) == ["noise_shuffled", "no_noise", "noise_single"]
+    assert method.model.training
+    assert torch.equal(torch.get_rng_state(), state)
+    assert method.evaluations(x, y, 8) == first
+
+
+def test_training_loss_noise_follows_apply_at(data):
+    x, y = data
+    for apply_at, noisy in (("train", True), ("both", True), ("test", False)):
+        method = make(noise={"kind": "optimal_q"}, apply_at=apply_at).train()
+        with torch.no_grad():
+            flat = x[:8].flatten(1)
+            inputs = (flat + flat.sum(0)) / 9 if noisy else flat
+            expected = F.cross_entropy(head_logits(method, inputs), y[:8])
+            assert torch.allclose(method.training_loss(x[:8], y[:8]), expected, rtol=1e-6, atol=0)
+
+
+def test_defaults_filled():
+    assert check_method_spec(spec(), 64) == {
+        "label": "n", "name": "noisynn", "site": "default", "apply_at": "both", "test_batches": "shuffled",
+        "eval_protocols": [], "noise": {"kind": "circular_shift", "strength": 0.3}}
+
+
+def test_registry_builds_noisynn():
+    model = build_model("dnn3", INFO["in_shape"], 3, hidden=8)
+    method = build_method(model, spec(site="block:0"), dict(INFO))
+    assert isinstance(method, NoisyNNMethod) and method.site_path == "fc2"
+
+
+@pytest.mark.parametrize("bad, batch, message", [
+    (spec(noise={"kind": "optimal_q"}), 1, "batch_size=1 is out of range for optimal_q in training: batch_size >= 2"),
+    (spec(noise={"kind": "circular_shift", "strength": 0.5}), 8,
+     "noise.strength=0.5 is out of range for circular_shift: 0 <= a < 0.5"),
+    (spec(apply_at="always"), 8, "apply_at='always' is not allowed; allowed: train, test, both"),
+    (spec(eval_protocols=["sorted"]), 8, "eval_protocols item='sorted' is not allowed"),
+    (spec(generator="dnn3"), 8, "method key 'generator' is not used by noisynn"),
+    (spec(site="block:x"), 8, "site='block:x' is not block:<integer>"),
+])
+def test_check_method_spec_one_line_errors(bad, batch, message):
+    with pytest.raises(ValueError) as err:
+        check_method_spec(bad, batch)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_optimal_q_batch_of_one_allowed_when_only_at_test():
+    check_method_spec(spec(noise={"kind": "optimal_q"}, apply_at="test"), 1)
+
+
+@pytest.mark.parametrize("site, message", [
+    ("fc9", "site='fc9' is not a module of SoftmaxRegression; valid: image, default, block:<i> for i in [-1, 0]"),
+    ("block:3", "site='block:3' is out of range: SoftmaxRegression has 1 block sites"),
+])
+def test_constructor_rejects_bad_site_before_training(site, message):
+    with pytest.raises(ValueError) as err:
+        make(site=site)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -1,0 +1,218 @@
+"""MLflow tracking against real sqlite stores in tmp dirs (no mocks): parallel jobs, outage + resync,
+nesting, tags, idempotence."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline_src import track
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 6
+EVALUATIONS = {"no_noise": 91.2, "gaussian_0.1": 88.5, "uniform_0.1": 87.25}
+DIAGNOSTICS = {"grad_norm": 1.5, "noise_ratio": 0.125}
+POINTS_PER_RUN = 3 * EPOCHS + 1 + len(EVALUATIONS) + len(DIAGNOSTICS)  # history keys x epochs + finals
+
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from pipeline_src import track
+run_dir, results, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+(run_dir / "ready").touch()
+while not go.exists():  # all 8 start writing together
+    time.sleep(0.005)
+print("RUN_ID", track.log_run(json.loads((run_dir / "metrics.json").read_text()), run_dir, results))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "PIPELINE_MLFLOW_ATTEMPTS",
+                 "PIPELINE_MLFLOW_BACKOFF_S"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_metrics(experiment_set="baseline", seed=0, params_hash="ab12", epochs=EPOCHS) -> dict:
+    run_id = f"digits-dnn3-{experiment_set}-s{seed}"
+    return {
+        "run_id": run_id, "experiment_set": experiment_set, "set_kind": experiment_set, "dataset": "digits",
+        "model": "dnn3", "method": experiment_set, "method_name": experiment_set, "seed": seed,
+        "scale": "embedded_default",
+        "params": {"training": {"epochs": epochs, "optimizer": {"name": "adam", "lr": 0.001}},
+                   "method": {"layers": [1, 2], "strength": 0.1 * seed}, "note": "x" * 7000},
+        "params_hash": params_hash,
+        "history": [{"epoch": e, "train_loss": 2.0 / e + seed, "train_top1": 50.0 + e + seed, "seconds": 0.5}
+                    for e in range(1, epochs + 1)],
+        "evaluations": {k: v + seed for k, v in EVALUATIONS.items()}, "test_top1": 91.2 + seed,
+        "diagnostics": dict(DIAGNOSTICS),
+        "provenance": {"git_commit": "0123abcd" * 5, "git_dirty": False, "data_version": "d" * 64,
+                       "device": "cpu", "torch_version": "2.5.1", "timm_version": "1.0.11",
+                       "python_version": "3.11.7", "snakemake_rule": "train",
+                       "wildcards": {"experiment_set": experiment_set, "run_id": run_id}},
+        "mlflow_run_id": None,
+    }
+
+
+def write_run(results: Path, metrics: dict) -> Path:
+    run_dir = results / "runs" / metrics["experiment_set"] / metrics["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "train.log").write_text("epoch 1 ...\n")
+    return run_dir
+
+
+def children(results: Path, **tags) -> list:
+    client = MlflowClient(track.tracking_uri(results))
+    experiment = client.get_experiment_by_name(track.EXPERIMENT_NAME)
+    query = " and ".join([f"tags.{k} = '{v}'" for k, v in {"pipeline_role": "child", **tags}.items()])
+    return client.search_runs([experiment.experiment_id], query)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One initialised store shared by the read-only checks (creating a schema costs ~2 s)."""
+    results = tmp_path_factory.mktemp("shared") / "results"
+    info = track.init_store(results, ["baseline", "noise"], "study1")
+    ids = {}
+    for experiment_set in ("baseline", "noise"):
+        metrics = make_metrics(experiment_set)
+        ids[experiment_set] = track.log_run(metrics, write_run(results, metrics), results)
+    return results, info, ids
+
+
+def test_parallel_jobs_on_fresh_store_lose_nothing(tmp_path):
+    results = tmp_path / "results"
+    track.init_store(results, ["baseline"], "study1")
+    go = tmp_path / "go"
+    expected = [make_metrics(seed=seed) for seed in range(8)]
+    run_dirs = [write_run(results, m) for m in expected]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(d), str(results), str(go)], cwd=REPO_ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for d in run_dirs]
+    deadline = time.time() + 45
+    while not all((d / "ready").exists() for d in run_dirs):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "children did not start"
+        time.sleep(0.02)
+    go.touch()
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-2000:] for _, err in outputs]
+    returned = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("RUN_ID")]
+
+    client = MlflowClient(track.tracking_uri(results))
+    runs = {r.data.tags["run_key"]: r for r in children(results)}
+    points_read = 0
+    for metrics in expected:
+        run = runs[f"baseline/{metrics['run_id']}"]
+        for key in ("train_loss", "train_top1", "seconds"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            assert history == [(h["epoch"], h[key]) for h in metrics["history"]]
+            points_read += len(history)
+        finals = {"test_top1": metrics["test_top1"], **{f"evaluations.{k}": v for k, v in metrics["evaluations"].items()},
+                  **{f"diagnostics.{k}": v for k, v in metrics["diagnostics"].items()}}
+        assert {k: run.data.metrics[k] for k in finals} == finals
+        points_read += len(finals)
+    pending = [d for d in run_dirs if (d / track.PENDING_MARKER).exists()]
+    print(f"\nparallel: runs written 8 (ids returned {len([r for r in returned if r != 'None'])}), "
+          f"read back {len(runs)}; metric points written {8 * POINTS_PER_RUN}, read back {points_read}; "
+          f"pending markers {len(pending)}")
+    assert sorted(returned) == sorted(r.info.run_id for r in runs.values())
+    assert len(runs) == 8 and points_read == 8 * POINTS_PER_RUN and not pending
+
+
+def test_outage_marks_pending_then_resync_logs_once(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "results"
+    track.init_store(results, ["baseline"], "study1")
+    metrics = make_metrics()
+    run_dir = write_run(results, metrics)
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.time()
+    assert track.log_run(metrics, run_dir, results, attempts=2, backoff_s=0.01) is None
+    assert time.time() - started < 10
+    assert "WARNING: MLflow logging FAILED for baseline/digits-dnn3-baseline-s0" in capsys.readouterr().err
+    assert (run_dir / track.PENDING_MARKER).exists()
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert track.resync(results) == (1, 0)
+    assert not (run_dir / track.PENDING_MARKER).exists()
+    run_id = json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"]
+    assert [r.info.run_id for r in children(results)] == [run_id]
+    assert track.resync(results) == (0, 1)
+    assert len(children(results)) == 1
+
+
+def test_resync_finds_logged_run_instead_of_duplicating(tmp_path):
+    results = tmp_path / "results"
+    metrics = make_metrics()
+    run_dir = write_run(results, metrics)
+    run_id = track.log_run(metrics, run_dir, results)  # no init_store: log_run creates experiment + parent
+    assert run_id is not None  # ...but the caller never stored the id in metrics.json
+    assert track.resync(results) == (1, 0)
+    assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run_id
+    assert len(children(results)) == 1
+
+
+def test_children_nest_under_their_set_parent(store):
+    results, info, ids = store
+    client = MlflowClient(info["tracking_uri"])
+    for experiment_set, run_id in ids.items():
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == info["parents"][experiment_set]
+    assert json.loads((results / track.TRACKING_INFO).read_text()) == info
+
+
+def test_tags_params_metrics_and_artifacts(store):
+    results, info, ids = store
+    client = MlflowClient(info["tracking_uri"])
+    run = client.get_run(ids["baseline"])
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == "0123abcd" * 5
+    assert tags["mlflow.source.name"] == "snakemake:train"
+    assert tags["run_key"] == "baseline/digits-dnn3-baseline-s0"
+    assert (tags["params_hash"], tags["git_dirty"], tags["data_version"]) == ("ab12", "false", "d" * 64)
+    assert (tags["seed"], tags["device"], tags["torch_version"], tags["snakemake_rule"]) == ("0", "cpu", "2.5.1", "train")
+    assert tags["wildcards.run_id"] == "digits-dnn3-baseline-s0"
+    params = run.data.params
+    assert params["training.optimizer.lr"] == "0.001" and params["method.layers"] == "[1, 2]"
+    assert len(params["note"]) == 6000  # MLflow's param value limit
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((results.resolve() / "mlartifacts").as_uri())
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "train.log"}
+
+
+def test_init_store_twice_reuses_parents(store):
+    results, info, _ = store
+    again = track.init_store(results, ["baseline", "noise"], "study2")
+    assert again["parents"] == info["parents"]
+    client = MlflowClient(info["tracking_uri"])
+    parents = client.search_runs([info["experiment_id"]], "tags.pipeline_role = 'parent'")
+    assert len(parents) == 2
+    assert {r.data.tags["params_hash"] for r in parents} == {"study2"}
+
+
+def test_rerun_reuses_or_replaces_never_duplicates(tmp_path):
+    results = tmp_path / "results"
+    track.init_store(results, ["baseline"], "study1")
+    metrics = make_metrics()
+    run_dir = write_run(results, metrics)
+    first = track.log_run(metrics, run_dir, results)
+    assert track.log_run(metrics, run_dir, results) == first  # same content: reused
+
+    rerun = {**metrics, "history": [{**h, "seconds": 0.6} for h in metrics["history"]]}
+    second = track.log_run(rerun, run_dir, results)  # same config, new results: replaces
+    assert second != first
+    assert [r.info.run_id for r in children(results)] == [second]
+    assert MlflowClient(track.tracking_uri(results)).get_run(first).info.lifecycle_stage == "deleted"
+
+    changed = track.log_run({**metrics, "params_hash": "cd34"}, run_dir, results)  # new config: new run
+    assert {r.info.run_id for r in children(results)} == {second, changed}

@@ -1,0 +1,18 @@
+rule aggregate_set:
+    input:
+        get_set_metrics,
+    output:
+        table=report(f"{RESULTS}/tables/{{experiment_set}}.csv", category="Tables", caption="../report/table.rst"),
+        markdown=f"{RESULTS}/tables/{{experiment_set}}.md",
+        runs=f"{RESULTS}/tables/{{experiment_set}}_runs.csv",
+        figure=report(f"{RESULTS}/figures/{{experiment_set}}.png", category="Figures", caption="../report/figure.rst"),
+    log:
+        f"{RESULTS}/logs/aggregate/{{experiment_set}}.log",
+    params:
+        kind=get_set_kind,
+        code=AGGREGATE_CODE,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src aggregate --set {wildcards.experiment_set} --kind {params.kind} "
+        "--out-prefix {RESULTS}/tables/{wildcards.experiment_set} {input} > {log} 2>&1"

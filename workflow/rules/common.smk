@@ -1,0 +1,75 @@
+# Params validation and the run table; the logic lives in pipeline_src (tested there).
+import sys
+
+from pipeline_src.config import ParamsError, expand_runs, validate_params
+from pipeline_src.preflight import base_run_of, check_runs
+from pipeline_src.provenance import code_version
+
+try:
+    PARAMS = validate_params(config)
+    RUNS = {(run.experiment_set, run.run_id): run for run in expand_runs(PARAMS)}
+    check_runs(PARAMS, list(RUNS.values()))
+except ParamsError as err:
+    sys.exit(f"error: {err}")
+
+RESULTS = PARAMS["results_dir"]
+SETS = list(PARAMS["experiment_sets"])
+PREPARE_CODE = code_version(["data", "readers"])
+TRAIN_CODE = code_version(["config", "models", "methods", "train", "data", "readers", "noise", "hooks",
+                           "noisynn", "vpn", "augment"])
+AGGREGATE_CODE = code_version(["aggregate", "plots"])
+
+
+wildcard_constraints:
+    experiment_set="[A-Za-z0-9_]+",
+    run_id="[A-Za-z0-9_.\-]+",
+    dataset="[A-Za-z0-9_.\-]+",
+
+
+def get_run(wildcards):
+    return RUNS[(wildcards.experiment_set, wildcards.run_id)]
+
+
+def get_run_json(wildcards):
+    return get_run(wildcards).to_json()
+
+
+def get_dataset_json(wildcards):
+    import json
+
+    return json.dumps(PARAMS["datasets"][wildcards.dataset], sort_keys=True)
+
+
+def get_train_inputs(wildcards):
+    run = get_run(wildcards)
+    inputs = {
+        "data": expand(rules.prepare_data.output.data, dataset=run.dataset)[0],
+        "tracking": rules.init_tracking.output.info,
+    }
+    base = base_run_of(run)
+    if base is not None:
+        inputs["base"] = expand(rules.train.output.model, experiment_set=base[0], run_id=base[1])[0]
+    return inputs
+
+
+def get_base_flag(wildcards, input):
+    return f"--base-checkpoint {input.base}" if "base" in input.keys() else ""
+
+
+def get_gpu_count(wildcards):
+    import torch
+
+    return int(get_run(wildcards).device != "cpu" and torch.cuda.is_available())
+
+
+def get_set_metrics(wildcards):
+    return [expand(rules.train.output.metrics, experiment_set=s, run_id=r)[0]
+            for (s, r) in RUNS if s == wildcards.experiment_set]
+
+
+def get_set_kind(wildcards):
+    return PARAMS["experiment_sets"][wildcards.experiment_set].get("kind", wildcards.experiment_set)
+
+
+def get_final_outputs():
+    return expand(rules.aggregate_set.output.table, experiment_set=SETS)

@@ -1,0 +1,14 @@
+rule prepare_data:
+    output:
+        data=f"{RESULTS}/prepared/{{dataset}}/data.npz",
+        manifest=f"{RESULTS}/prepared/{{dataset}}/manifest.json",
+    log:
+        f"{RESULTS}/logs/prepare/{{dataset}}.log",
+    params:
+        spec=get_dataset_json,
+        code=PREPARE_CODE,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src prepare --dataset {wildcards.dataset} --spec-json {params.spec:q} "
+        "--out $(dirname {output.data}) > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule train:
+    input:
+        unpack(get_train_inputs),
+    output:
+        metrics=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/metrics.json",
+        model=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/model.pt",
+    log:
+        f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{experiment_set}}/{{run_id}}.tsv"
+    params:
+        run=get_run_json,
+        base=get_base_flag,
+        code=TRAIN_CODE,
+    resources:
+        gpu=get_gpu_count,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) "
+        "--out $(dirname {output.metrics}) {params.base} --tracking {RESULTS} > {log} 2>&1"
