@@ -58,7 +58,8 @@ def cmd_train(args) -> None:
 
     cfg = _run_config(args)
     out = Path(args.out)
-    metrics = train_run(cfg, Path(args.data), out, Path(args.base_checkpoint) if args.base_checkpoint else None)
+    metrics = train_run(cfg, Path(args.data), out, Path(args.base_checkpoint) if args.base_checkpoint else None,
+                        threads=args.threads)
     metrics["provenance"]["snakemake_rule"] = args.rule
     metrics["provenance"]["wildcards"] = {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}
     if args.tracking:
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
     p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
     p.add_argument("--rule", default="train", help="recorded in provenance")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("aggregate", help="one table (csv + md) and figure for an experiment set")

@@ -191,7 +191,8 @@ def _check_arrays(name: str, arrays: dict, num_classes: int) -> None:
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or y.shape != (len(x),):
-            raise DataError(f"datasets.{name}: reader returned x_{split} {x.dtype} {x.shape}, y_{split} {y.dtype} {y.shape}")
+            raise DataError(f"datasets.{name}: reader returned x_{split} {x.dtype} {x.shape}, "
+                            f"y_{split} {y.dtype} {y.shape}")
         if len(y) == 0:
             raise DataError(f"datasets.{name}: the {split} split is empty")
         if y.min() < 0 or y.max() >= num_classes:

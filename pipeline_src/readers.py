@@ -277,10 +277,11 @@ def read_cifar(source: str, spec: dict, repo_root: Path, pick) -> dict:
             batch = unpickle_restricted(payloads[file], names[file])
             data = batch.get(b"data") if isinstance(batch, dict) else None
             labels = np.asarray(batch.get(layout["labels"], []) if isinstance(batch, dict) else [], np.int64)
-            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,):
                 raise DataError(f"{names[file]}: b'data' must be a uint8 array N x 3072")
-            if labels.shape != (len(data),) or (labels.size and not 0 <= labels.min() <= labels.max() < len(class_names)):
-                raise DataError(f"{names[file]}: {layout['labels'].decode()} must be {len(data)} ints in 0..{len(class_names) - 1}")
+            top = len(class_names) - 1
+            if labels.shape != (len(data),) or (labels.size and not 0 <= labels.min() <= labels.max() <= top):
+                raise DataError(f"{names[file]}: {layout['labels'].decode()} must be {len(data)} ints in 0..{top}")
             xs.append(data)
             ys.append(labels)
         y = np.concatenate(ys)
@@ -386,7 +387,8 @@ def _tiny_arrays(listing: list[str], read, display, size: int, pick) -> dict:
     train = []
     for rel in sorted(listing):
         parts = rel.split("/")
-        if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and Path(rel).suffix.lower() in IMAGE_SUFFIXES:
+        is_image = Path(rel).suffix.lower() in IMAGE_SUFFIXES
+        if len(parts) == 4 and parts[0] == "train" and parts[2] == "images" and is_image:
             if parts[1] not in index:
                 raise DataError(f"{display(rel)}: class {parts[1]} is not listed in wnids.txt")
             train.append((rel, index[parts[1]]))

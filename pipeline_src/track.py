@@ -332,8 +332,10 @@ def _retrying(action, attempts: int, backoff_s: float):
         except Exception as exc:
             if attempt >= attempts or not _is_transient(exc):
                 raise
-            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-            time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: parallel jobs do not retry in step
+            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
+            print(f"MLflow: transient error (attempt {attempt}/{attempts}, retrying in {delay:.1f} s): "
+                  f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}", file=sys.stderr)
+            time.sleep(delay)  # jittered, so parallel jobs do not retry in step
 
 
 def _is_transient(exc: BaseException) -> bool:

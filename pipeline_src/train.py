@@ -91,15 +91,20 @@ def _kill_point(epoch: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None) -> dict:
+def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None,
+              threads: int | None = None) -> dict:
     """Train and evaluate one run; writes model.pt and metrics.json into out_dir and returns the metrics."""
     from pipeline_src.data import load_prepared
+
+    if threads:
+        # as many intra-op threads as the scheduler gave the job: parallel jobs that each spin up
+        # one thread per core slow each other down many times over
+        torch.set_num_threads(threads)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
     data = load_prepared(data_dir)
     in_shape = tuple(data.x_train.shape[1:])

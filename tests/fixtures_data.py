@@ -44,6 +44,12 @@ def _add_bytes(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
+def _as_old_numpy(payload: bytes) -> bytes:
+    # The published batches name numpy.core.multiarray (numpy 2 writes numpy._core); protocol 2 spells
+    # globals as text lines, so the swap keeps the pickle valid.
+    return payload.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
 def cifar_files(source: str, rng: np.random.Generator, per_batch=6) -> tuple[dict[str, bytes], dict]:
     """Pickled CIFAR batch files as {file name: bytes} (protocol 2, like the originals) and the arrays in them."""
     num_classes = 10 if source == "cifar10" else 100
@@ -58,7 +64,7 @@ def cifar_files(source: str, rng: np.random.Generator, per_batch=6) -> tuple[dic
                      b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
             if source == "cifar100":
                 batch[b"coarse_labels"] = [lab // 5 for lab in labels]
-            files[file] = pickle.dumps(batch, protocol=2)
+            files[file] = _as_old_numpy(pickle.dumps(batch, protocol=2))
             expected[split].append((data, labels))
     class_names = [f"class_{i}".encode() for i in range(num_classes)]
     meta = {names_key: class_names, b"num_cases_per_batch": per_batch}

@@ -12,10 +12,11 @@ rule train:
         run=get_run_json,
         base=get_base_flag,
         code=TRAIN_CODE,
+    threads: 1
     resources:
         gpu=get_gpu_count,
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) "
+        "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) --threads {threads} "
         "--out $(dirname {output.metrics}) {params.base} --tracking {RESULTS} > {log} 2>&1"

@@ -1,0 +1,86 @@
+"""The training loop: deterministic on CPU, resumes after a kill with identical results."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_src.config import REPO_ROOT, RunConfig
+from pipeline_src.data import prepare
+from pipeline_src.train import CHECKPOINT_NAME, train_run
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "digits"
+    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
+    return out
+
+
+def make_run(method=None, epochs=3, arch="dnn3", seed=0) -> RunConfig:
+    return RunConfig(
+        run_id="digits-dnn3-test-s0", experiment_set="test", set_kind="baseline", dataset="digits", model=arch,
+        model_cfg={"arch": arch, "hidden": 32}, method=method or {"label": "baseline", "name": "baseline"},
+        seed=seed, epochs=epochs, batch_size=64, eval_batch_size=128,
+        optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine"},
+        device="cpu")
+
+
+def comparable(metrics: dict) -> dict:
+    """Everything but wall-clock times."""
+    return {"history": [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]],
+            "evaluations": metrics["evaluations"], "params_hash": metrics["params_hash"]}
+
+
+def test_same_params_and_seed_give_identical_metrics(digits_dir, tmp_path):
+    first = train_run(make_run(), digits_dir, tmp_path / "a")
+    second = train_run(make_run(), digits_dir, tmp_path / "b")
+    assert comparable(first) == comparable(second)
+    assert first["test_top1"] > 50.0, "three epochs of DNN3 on digits should learn something"
+    other_seed = train_run(make_run(seed=1), digits_dir, tmp_path / "c")
+    assert comparable(other_seed)["history"] != comparable(first)["history"]
+
+
+def test_outputs_are_complete(digits_dir, tmp_path):
+    metrics = train_run(make_run(epochs=2), digits_dir, tmp_path)
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["test_top1"] == metrics["test_top1"]
+    assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
+    assert on_disk["params"]["seed"] == 0 and on_disk["provenance"]["data_version"]
+    assert on_disk["provenance"]["git_commit"]
+    assert (tmp_path / "model.pt").exists()
+    assert not (tmp_path / CHECKPOINT_NAME).exists(), "the checkpoint is removed once the run is finished"
+
+
+def _train_cli(cfg: RunConfig, data: Path, out: Path, env=None):
+    return subprocess.run([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
+                           "--data", str(data), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
+
+
+def test_killed_job_resumes_from_checkpoint_with_same_result(digits_dir, tmp_path):
+    cfg = make_run(epochs=3)
+    uninterrupted = train_run(cfg, digits_dir, tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    killed = _train_cli(cfg, digits_dir, out, env={"PIPELINE_KILL_AFTER_EPOCH": "2"})
+    assert killed.returncode == -signal.SIGKILL
+    assert (out / CHECKPOINT_NAME).exists() and not (out / "metrics.json").exists()
+
+    resumed = _train_cli(cfg, digits_dir, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "after epoch 2" in resumed.stderr
+    assert "epoch 1/3" not in resumed.stderr.split("resuming from")[1], "epochs before the checkpoint were redone"
+    assert comparable(json.loads((out / "metrics.json").read_text())) == comparable(uninterrupted)
+
+
+def test_checkpoint_of_other_params_is_not_resumed(digits_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _train_cli(make_run(epochs=3), digits_dir, out, env={"PIPELINE_KILL_AFTER_EPOCH": "1"}).returncode != 0
+    changed = _train_cli(make_run(epochs=2), digits_dir, out)
+    assert changed.returncode == 0
+    assert "belongs to other params" in changed.stderr
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
