@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "params/default.yaml"
+# The embedded default, unless --configfile names a params file: that file then stands alone
+# (Snakemake would otherwise merge it key by key into the default's experiment sets).
+if not workflow.overwrite_configfiles:
+
+    configfile: "params/default.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -24,20 +24,23 @@ POINTS_PER_RUN = 3 * EPOCHS + 1 + len(EVALUATIONS) + len(DIAGNOSTICS)  # history
 CHILD = """
 import json, sys, time
 from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store  # loaded up front so import time does not stagger the writes
 from pipeline_src import track
 run_dir, results, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 (run_dir / "ready").touch()
-while not go.exists():  # all 8 start writing together
+while not go.exists():  # all 8 start writing at once
     time.sleep(0.005)
 print("RUN_ID", track.log_run(json.loads((run_dir / "metrics.json").read_text()), run_dir, results))
 """
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "PIPELINE_MLFLOW_ATTEMPTS",
-                 "PIPELINE_MLFLOW_BACKOFF_S"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture(autouse=True, scope="module")
+def _clean_env():
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "PIPELINE_MLFLOW_ATTEMPTS",
+                     "PIPELINE_MLFLOW_BACKOFF_S"):
+            patch.delenv(name, raising=False)
+        yield
 
 
 def make_metrics(experiment_set="baseline", seed=0, params_hash="ab12", epochs=EPOCHS) -> dict:
@@ -89,15 +92,14 @@ def store(tmp_path_factory):
 
 
 def test_parallel_jobs_on_fresh_store_lose_nothing(tmp_path):
-    results = tmp_path / "results"
-    track.init_store(results, ["baseline"], "study1")
-    go = tmp_path / "go"
+    results, go = tmp_path / "results", tmp_path / "go"
     expected = [make_metrics(seed=seed) for seed in range(8)]
     run_dirs = [write_run(results, m) for m in expected]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(d), str(results), str(go)], cwd=REPO_ROOT,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for d in run_dirs]
+    track.init_store(results, ["baseline"], "study1")  # fresh store; children are still importing
     deadline = time.time() + 45
     while not all((d / "ready").exists() for d in run_dirs):
         assert time.time() < deadline and all(p.poll() is None for p in procs), "children did not start"

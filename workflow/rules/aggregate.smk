@@ -15,4 +15,4 @@ rule aggregate_set:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src aggregate --set {wildcards.experiment_set} --kind {params.kind} "
-        "--out-prefix {RESULTS}/tables/{wildcards.experiment_set} {input} > {log} 2>&1"
+        "--out-prefix $(dirname {output.table})/{wildcards.experiment_set} {input} > {log} 2>&1"

@@ -8,4 +8,4 @@ rule init_tracking:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src track-init --results {RESULTS} --sets {params.sets} > {log} 2>&1"
+        "python -m pipeline_src track-init --results $(dirname {output.info}) --sets {params.sets} > {log} 2>&1"

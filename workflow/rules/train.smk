@@ -19,4 +19,4 @@ rule train:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) --threads {threads} "
-        "--out $(dirname {output.metrics}) {params.base} --tracking {RESULTS} > {log} 2>&1"
+        "--out $(dirname {output.metrics}) {params.base} --tracking $(dirname {input.tracking}) > {log} 2>&1"
