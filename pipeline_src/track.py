@@ -1,31 +1,33 @@
 """MLflow tracking: one experiment, one parent run per experiment set, one child run per training run.
 
-metrics.json is the record of a run; MLflow is a browsable mirror of it. Logging therefore never
-fails a job: after a bounded number of retries the run gets a `mlflow_pending` marker, and
-`resync()` logs it later.
+metrics.json is the record of a run; MLflow is a browsable mirror of it. Tracking therefore never
+fails a job: after a bounded number of retries a run gets a `mlflow_pending` marker and `resync()`
+logs it later.
 
-Layout. One experiment (EXPERIMENT_NAME, or $MLFLOW_EXPERIMENT_NAME): the point of the study is to
-compare sets (baseline vs noise methods), and one experiment puts every run in one table; the
-parent run of each set (tags pipeline_role=parent, experiment_set=<set>) groups that set's runs,
-which carry `mlflow.parentRunId`. The default store is `results_dir/mlflow.db` with artifacts under
-`results_dir/mlartifacts`, both absolute, so a job's working directory (Snakemake shadow or temp
-copy) cannot scatter them. Browse it with:
-    mlflow ui --backend-store-uri sqlite:///<ABSOLUTE results_dir>/mlflow.db --host 127.0.0.1
+Open the UI: mlflow ui --backend-store-uri <tracking_uri(results_dir)> --host 127.0.0.1
 
-Identity of a child run: tags run_key = "<experiment_set>/<run_id>" and params_hash. Looking up an
-existing active run with the same key and hash:
-  - same metrics_sha256 (the content of metrics.json without mlflow_run_id) and FINISHED: reused,
-    nothing logged (a retry, or resync of a run that was in fact logged);
-  - otherwise (a rerun of the same config produced new results, or an attempt died half-way):
-    the old run is soft-deleted (tagged pipeline_superseded_by, restorable until `mlflow gc`) and
-    a fresh one is logged. So the store holds one live run per (run_key, params_hash); a changed
-    config (new params_hash) is a new run and the old one stays.
+Layout. One experiment, "beneficial-noise" ($MLFLOW_EXPERIMENT_NAME overrides, e.g. to keep two
+studies apart on a shared server): the study compares sets (baseline vs noise methods), and one
+experiment puts all their runs in one table. Each set has a parent run (tags pipeline_role=parent,
+experiment_set=<set>); its runs carry `mlflow.parentRunId`. The default store is
+`results_dir/mlflow.db` with artifacts under `results_dir/mlartifacts`, both absolute paths, so a
+job's working directory (a Snakemake shadow or temp copy) cannot scatter them.
 
-Concurrency. MLflow's SqlAlchemyStore creates the schema of a fresh database without a lock, so
-processes that open a fresh sqlite store at once race (we measured 7 of 8 runs lost). Every client
-here is opened under an flock on `results_dir/.mlflow.lock`, and init_store (run once, before any
-training job) creates the schema, the experiment and the parents under the same lock. Writes
-afterwards rely on sqlite's busy timeout (MLflow sets 20 s) plus our retries.
+Identity of a child run: tags run_key = "<experiment_set>/<run_id>" and params_hash. When an
+active run with the same key and hash exists:
+  - same metrics_sha256 (metrics.json content without mlflow_run_id) and FINISHED: it is reused and
+    nothing is logged (a retry, or a resync of a run that was in fact logged);
+  - otherwise (the same config rerun with new results, or an attempt that died half-way): a fresh
+    run is logged and the old one soft-deleted (tag pipeline_superseded_by; restorable until
+    `mlflow gc`). So the store holds one live run per (run_key, params_hash); a changed config
+    (new params_hash) is a new run and the old one stays.
+
+Concurrency. MLflow's SqlAlchemyStore creates the schema of a fresh database without any lock, so
+processes opening a fresh sqlite store at once race (we measured 7 of 8 runs lost). Every client
+here is opened under an flock on `<sqlite file>.lock` (`results_dir/.mlflow.lock` for other
+stores), and init_store (run once, before any
+training job) creates schema, experiment and parents under that lock. Later writes rely on
+sqlite's busy timeout (MLflow sets 20 s) plus our bounded retries.
 """
 from __future__ import annotations
 
@@ -51,24 +53,25 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH,
 EXPERIMENT_NAME = "beneficial-noise"
 PENDING_MARKER = "mlflow_pending"
 TRACKING_INFO = "tracking.json"
-BATCH = 100  # MLflow's per-request limit for params and tags (metrics allow 1000)
+BATCH_PARAMS, BATCH_METRICS = 100, 1000  # MLflow's per-request limits for log_batch
 
-# Retry budget for transient store errors (about 30 s of waiting at most, on top of sqlite's own
-# 20 s busy timeout per statement); PIPELINE_MLFLOW_ATTEMPTS / PIPELINE_MLFLOW_BACKOFF_S or the
-# keyword arguments of log_run/resync change it.
+# Retry budget for transient errors: at most ~30 s of waiting, on top of sqlite's own 20 s busy
+# timeout per statement. PIPELINE_MLFLOW_ATTEMPTS / PIPELINE_MLFLOW_BACKOFF_S or the keyword
+# arguments change it.
 DEFAULT_ATTEMPTS = 6
 DEFAULT_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 15.0
 
-# MLflow's own HTTP layer retries 7 times with exponential backoff and a 120 s timeout (minutes per
-# call); our retry loop is the one mechanism, so while we talk to a server its own retries are off
-# unless the user set these variables.
+# MLflow's HTTP client retries 7 times with exponential backoff and a 120 s timeout, i.e. minutes
+# per call. Our retry loop is the one mechanism, so while this module talks to a server MLflow's
+# own retries are off, unless the user has set these variables.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+_SERVER_SCHEMES = ("http", "https", "databricks")
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
 _TRANSIENT_TEXT = ("database is locked", "database is busy", "connection refused", "max retries exceeded",
                    "connection reset", "connection aborted", "timed out", "temporarily unavailable")
-_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")  # MLflow allows alphanumerics, _ - . / : and space
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")  # MLflow names allow alphanumerics, _ - . / : and space
 
 
 def tracking_uri(results_dir) -> str:
@@ -76,80 +79,71 @@ def tracking_uri(results_dir) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
-def experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
-
-
-def init_store(results_dir, experiment_sets: list[str], params_hash: str | None) -> dict:
+def init_store(results_dir, experiment_sets: list[str], params_hash: str | None, *,
+               attempts: int | None = None, backoff_s: float | None = None) -> dict:
     """Create store, experiment and one parent run per set (reusing existing ones); write tracking.json.
 
-    params_hash (the study-level hash of the params file) is stamped on each parent; None leaves
-    the tag alone. Parents of sets not named here are kept in tracking.json if they are still in
-    the same store.
+    params_hash (the study-level hash of the params) is stamped on each parent; None leaves the tag
+    alone. Parents of sets not named here stay in tracking.json while the store is the same. If the
+    store stays unreachable, tracking.json gets an "error" and no parents, and a warning goes to
+    stderr: training must not wait on tracking (log_run creates a missing parent itself, or leaves
+    a pending marker for resync).
     """
     results_dir = Path(results_dir).resolve()
-    uri = tracking_uri(results_dir)
-    _preload_store(uri)
-    with _http_defaults(), _store_lock(results_dir):
-        client = MlflowClient(uri)  # creates the schema of a fresh sqlite store, under the lock
-        experiment_id = _ensure_experiment(client, results_dir, uri)
-        old = _read_json(results_dir / TRACKING_INFO) or {}
-        same_store = old.get("tracking_uri") == uri and old.get("experiment_id") == experiment_id
-        parents = dict(old.get("parents", {})) if same_store else {}
-        for name in experiment_sets:
-            parents[name] = _ensure_parent(client, experiment_id, name, params_hash)
-        info = {"tracking_uri": uri, "experiment_id": experiment_id,
-                "experiment_name": experiment_name(), "parents": parents}
+    attempts, backoff_s = _budget(attempts, backoff_s)
+    try:
+        with _http_defaults():
+            return _retrying(lambda: _init_once(results_dir, experiment_sets, params_hash), attempts, backoff_s)
+    except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
+        _warn(f"MLflow store setup FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
+              "Training results are still written to metrics.json; log them later with resync().")
+        info = {"tracking_uri": tracking_uri(results_dir), "experiment_id": None, "parents": {},
+                "error": _reason(exc)}
         _atomic_write_json(results_dir / TRACKING_INFO, info)
-    return info
+        return info
 
 
 def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
             backoff_s: float | None = None) -> str | None:
     """Log one finished run as a child of its set's parent; return the MLflow run id, or None.
 
-    None means the store stayed unreachable: a warning went to stderr and run_dir/mlflow_pending
-    was written for resync(). Never raises for tracking errors. Does not edit metrics.json: the
-    caller stores the returned id (resync does it for runs it logs).
+    None means the store stayed unreachable (or refused the run): a warning went to stderr and
+    run_dir/mlflow_pending was written for resync(). Never raises for tracking errors. It does not
+    edit metrics.json: the caller stores the returned id (resync does so for the runs it logs).
     """
     run_dir, results_dir = Path(run_dir), Path(results_dir).resolve()
-    marker = run_dir / PENDING_MARKER
-    if attempts is None:
-        attempts = int(os.environ.get("PIPELINE_MLFLOW_ATTEMPTS", DEFAULT_ATTEMPTS))
-    if backoff_s is None:
-        backoff_s = float(os.environ.get("PIPELINE_MLFLOW_BACKOFF_S", DEFAULT_BACKOFF_S))
-    now_ms = int(time.time() * 1000)
+    attempts, backoff_s = _budget(attempts, backoff_s)
+    now_ms = int(time.time() * 1000)  # fixed across retries, so re-logged points are duplicates the store drops
     try:
         with _http_defaults():
             run_id = _retrying(lambda: _log_once(metrics, run_dir, results_dir, now_ms), attempts, backoff_s)
     except Exception as exc:  # noqa: BLE001 - tracking must never cost a training result
-        _mark_pending(metrics, run_dir, marker, attempts, exc)
+        _mark_pending(metrics, run_dir, attempts, exc)
         return None
-    marker.unlink(missing_ok=True)
+    (run_dir / PENDING_MARKER).unlink(missing_ok=True)
     return run_id
 
 
 def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None = None) -> tuple[int, int]:
     """Log every run under results_dir/runs/*/* that is pending or has no mlflow_run_id.
 
-    Returns (synced, skipped): synced runs now carry their MLflow id in metrics.json and lost their
-    marker; skipped counts runs already synced plus any that failed again (those keep the marker
-    and were warned about). Runs already in the store are found by run_key + params_hash, not
-    duplicated.
+    Returns (synced, skipped). Synced runs get their MLflow id written into metrics.json and lose
+    their marker; skipped counts runs already synced plus any that failed again (those keep their
+    marker and were warned about). A run already in the store is found by run_key + params_hash,
+    not logged twice.
     """
     results_dir = Path(results_dir).resolve()
     synced = skipped = 0
     for path in sorted(results_dir.glob("runs/*/*/metrics.json")):
-        run_dir = path.parent
         metrics = _read_json(path)
         if metrics is None:
             print(f"WARNING: resync skipped unreadable {path}", file=sys.stderr)
             skipped += 1
             continue
-        if metrics.get("mlflow_run_id") and not (run_dir / PENDING_MARKER).exists():
+        if metrics.get("mlflow_run_id") and not (path.parent / PENDING_MARKER).exists():
             skipped += 1
             continue
-        run_id = log_run(metrics, run_dir, results_dir, attempts=attempts, backoff_s=backoff_s)
+        run_id = log_run(metrics, path.parent, results_dir, attempts=attempts, backoff_s=backoff_s)
         if run_id is None:
             skipped += 1
             continue
@@ -158,17 +152,40 @@ def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None 
     return synced, skipped
 
 
-# --- one logging attempt -------------------------------------------------------------------------
+# --- one attempt ---------------------------------------------------------------------------------
+
+def _open_client(uri: str, results_dir: Path) -> MlflowClient:
+    # Importing MLflow's database store takes ~1.5 s: do it before the lock, so parallel jobs do not
+    # queue behind each other's imports. Opening it (which may create the schema) is locked.
+    if uri.split(":", 1)[0] not in _SERVER_SCHEMES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
+    with _store_lock(uri, results_dir):
+        return MlflowClient(uri)
+
+
+def _init_once(results_dir: Path, experiment_sets: list[str], params_hash: str | None) -> dict:
+    uri = tracking_uri(results_dir)
+    client = _open_client(uri, results_dir)
+    with _store_lock(uri, results_dir):  # one process at a time decides whether a parent exists
+        experiment_id = _ensure_experiment(client, results_dir, uri)
+        old = _read_json(results_dir / TRACKING_INFO) or {}
+        same_store = old.get("tracking_uri") == uri and old.get("experiment_id") == experiment_id
+        parents = dict(old.get("parents", {})) if same_store else {}
+        for name in experiment_sets:
+            parents[name] = _ensure_parent(client, experiment_id, name, params_hash)
+        info = {"tracking_uri": uri, "experiment_id": experiment_id, "experiment_name": _experiment_name(),
+                "parents": parents}
+        _atomic_write_json(results_dir / TRACKING_INFO, info)
+    return info
+
 
 def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> str:
-    uri = tracking_uri(results_dir)
-    _preload_store(uri)
-    with _store_lock(results_dir):
-        client = MlflowClient(uri)
+    client = _open_client(tracking_uri(results_dir), results_dir)
     experiment_set = metrics["experiment_set"]
     experiment_id, parent_id = _find_parent(client, experiment_set)
-    if parent_id is None:  # init_store did not run (or ran against another store): do it now
-        info = init_store(results_dir, [experiment_set], None)
+    if parent_id is None:  # init_store has not run against this store: do its work for this set
+        info = _init_once(results_dir, [experiment_set], None)
         experiment_id, parent_id = info["experiment_id"], info["parents"][experiment_set]
 
     run_key = f"{experiment_set}/{metrics['run_id']}"
@@ -177,26 +194,22 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
     for run in found:
         if run.data.tags.get("metrics_sha256") == digest and run.info.status == "FINISHED":
             return run.info.run_id
-    tags = _run_tags(metrics, run_key, parent_id, digest)
+
     history = metrics.get("history") or []
     start_ms = now_ms - int(1000 * sum(_number(h.get("seconds")) or 0.0 for h in history))
-    run = client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=metrics["run_id"])
-    run_id = run.info.run_id
-    for old in found:  # replaced: same config, different results (or an attempt that died)
+    run_id = client.create_run(experiment_id, start_time=start_ms, run_name=metrics["run_id"],
+                               tags=_run_tags(metrics, run_key, parent_id, digest)).info.run_id
+    for old in found:
         client.set_tag(old.info.run_id, "pipeline_superseded_by", run_id)
         client.delete_run(old.info.run_id)
 
-    params = [Param(_name(k), _param_value(v)) for k, v in _flatten(metrics.get("params") or {})]
-    for i in range(0, len(params), BATCH):
-        client.log_batch(run_id, params=params[i:i + BATCH])
+    params = [Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in _flatten(metrics.get("params") or {})]
+    for i in range(0, len(params), BATCH_PARAMS):
+        client.log_batch(run_id, params=params[i:i + BATCH_PARAMS])
     points = _metric_points(metrics, start_ms, now_ms)
-    for i in range(0, len(points), 1000):
-        client.log_batch(run_id, metrics=points[i:i + 1000])
-
-    if (run_dir / "metrics.json").exists():
-        client.log_artifact(run_id, str(run_dir / "metrics.json"))
-    else:
-        client.log_dict(run_id, metrics, "metrics.json")
+    for i in range(0, len(points), BATCH_METRICS):
+        client.log_batch(run_id, metrics=points[i:i + BATCH_METRICS])
+    client.log_dict(run_id, metrics, "metrics.json")  # exactly what was logged and hashed
     for extra in [run_dir / "train.log", *sorted(run_dir.glob("*.png"))]:
         if extra.is_file():
             client.log_artifact(run_id, str(extra))
@@ -206,28 +219,25 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
 
 def _run_tags(metrics: dict, run_key: str, parent_id: str, digest: str) -> dict:
     prov = metrics.get("provenance") or {}
-    rule = prov.get("snakemake_rule") or "train"
     tags = {
         "mlflow.parentRunId": parent_id,
-        # Set by hand: MLflow would guess from the process's cwd, a Snakemake temp copy.
-        "mlflow.source.git.commit": prov.get("git_commit") or "unknown",
-        "mlflow.source.name": f"snakemake:{rule}",
+        # Set here: MLflow would guess from the working directory, a Snakemake temp copy.
+        "mlflow.source.git.commit": prov.get("git_commit"),
+        "mlflow.source.name": f"snakemake:{prov.get('snakemake_rule') or 'train'}",
         "mlflow.source.type": "JOB",
+        "pipeline_role": "child",
         "run_key": run_key,
         "params_hash": metrics["params_hash"],
         "metrics_sha256": digest,
-        "pipeline_role": "child",
     }
     for key in ("experiment_set", "set_kind", "dataset", "model", "method", "method_name", "seed", "scale"):
-        if metrics.get(key) is not None:
-            tags[key] = metrics[key]
+        tags[key] = metrics.get(key)
     for key, value in prov.items():  # git_dirty, data_version, device, torch_version, snakemake_rule, ...
-        if key in ("git_commit", "wildcards") or value is None:
-            continue
-        tags[key] = value
+        if key not in ("git_commit", "wildcards"):
+            tags[key] = value
     for key, value in (prov.get("wildcards") or {}).items():
         tags[f"wildcards.{key}"] = value
-    return {_name(k): _tag_value(v) for k, v in tags.items()}
+    return {_name(k): _text(v, MAX_TAG_VAL_LENGTH) for k, v in tags.items() if v is not None}
 
 
 def _metric_points(metrics: dict, start_ms: int, end_ms: int) -> list[Metric]:
@@ -236,7 +246,6 @@ def _metric_points(metrics: dict, start_ms: int, end_ms: int) -> list[Metric]:
     for entry in metrics.get("history") or []:
         step = int(entry.get("epoch", last_step + 1))
         elapsed += _number(entry.get("seconds")) or 0.0
-        # Deterministic timestamps: re-logging the same point is a no-op in the store.
         stamp = min(start_ms + int(1000 * elapsed), end_ms)
         for key, value in entry.items():
             if key != "epoch" and _number(value) is not None:
@@ -251,72 +260,72 @@ def _metric_points(metrics: dict, start_ms: int, end_ms: int) -> list[Metric]:
     return points
 
 
-# --- store helpers ---------------------------------------------------------------------------------
+# --- store helpers -------------------------------------------------------------------------------
+
+def _experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT_NAME
+
 
 def _ensure_experiment(client: MlflowClient, results_dir: Path, uri: str) -> str:
-    name = experiment_name()
-    experiment = client.get_experiment_by_name(name)
+    experiment = client.get_experiment_by_name(_experiment_name())
     if experiment is None:
         # A tracking server manages its own artifact store; a local or database store gets ours.
-        server = uri.split(":", 1)[0] in ("http", "https", "databricks")
+        server = uri.split(":", 1)[0] in _SERVER_SCHEMES
         location = None if server else (results_dir / "mlartifacts").as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
-        except MlflowException as exc:  # another machine created it first (a shared server)
+            return client.create_experiment(_experiment_name(), artifact_location=location)
+        except MlflowException as exc:  # created meanwhile from another machine (shared server)
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            experiment = client.get_experiment_by_name(name)
+            experiment = client.get_experiment_by_name(_experiment_name())
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
 
 
 def _find_parent(client: MlflowClient, experiment_set: str) -> tuple[str | None, str | None]:
-    experiment = client.get_experiment_by_name(experiment_name())
+    experiment = client.get_experiment_by_name(_experiment_name())
     if experiment is None or experiment.lifecycle_stage != "active":
         return None, None
-    runs = client.search_runs([experiment.experiment_id],
-                              _filter(pipeline_role="parent", experiment_set=experiment_set),
+    parent = _parent_run(client, experiment.experiment_id, experiment_set)
+    return experiment.experiment_id, (parent.info.run_id if parent else None)
+
+
+def _parent_run(client: MlflowClient, experiment_id: str, experiment_set: str):
+    runs = client.search_runs([experiment_id], _filter(pipeline_role="parent", experiment_set=experiment_set),
                               order_by=["attributes.start_time ASC"], max_results=1)
-    return experiment.experiment_id, (runs[0].info.run_id if runs else None)
+    return runs[0] if runs else None
 
 
 def _ensure_parent(client: MlflowClient, experiment_id: str, experiment_set: str, params_hash: str | None) -> str:
-    runs = client.search_runs([experiment_id], _filter(pipeline_role="parent", experiment_set=experiment_set),
-                              order_by=["attributes.start_time ASC"], max_results=1)
-    if runs:
-        run_id = runs[0].info.run_id
-        if params_hash and runs[0].data.tags.get("params_hash") != params_hash:
-            client.set_tag(run_id, "params_hash", params_hash)
-        return run_id
+    parent = _parent_run(client, experiment_id, experiment_set)
+    if parent:
+        if params_hash and parent.data.tags.get("params_hash") != params_hash:
+            client.set_tag(parent.info.run_id, "params_hash", params_hash)
+        return parent.info.run_id
     tags = {"pipeline_role": "parent", "experiment_set": experiment_set, "mlflow.source.type": "JOB",
             "mlflow.source.name": "snakemake:init_tracking"}
     if params_hash:
         tags["params_hash"] = params_hash
     run_id = client.create_run(experiment_id, tags=tags, run_name=experiment_set).info.run_id
-    client.set_terminated(run_id, "FINISHED")  # a container; children nest via their tag
+    client.set_terminated(run_id, "FINISHED")  # a container: children nest through their tag
     return run_id
 
 
-def _filter(**tags) -> str:
+def _filter(**tags: str) -> str:
     for value in tags.values():
         if "'" in value:
             raise ValueError(f"tag value {value!r} cannot contain a single quote")
     return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
 
 
-def _preload_store(uri: str) -> None:
-    """Import MLflow's database store (~1.5 s) outside the lock, so parallel jobs do not queue on imports."""
-    if uri.split(":", 1)[0] not in ("http", "https", "databricks"):
-        with contextlib.suppress(ImportError):
-            importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
-
-
 @contextlib.contextmanager
-def _store_lock(results_dir: Path):
-    """Serialise opening (and so creating) the store across processes sharing results_dir."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / ".mlflow.lock", "a") as handle:
+def _store_lock(uri: str, results_dir: Path):
+    """Exclusive across processes using the same sqlite file (else results_dir); released if a process dies."""
+    sqlite = uri.startswith("sqlite:///")
+    path = Path(uri.removeprefix("sqlite:///") + ".lock") if sqlite else results_dir / ".mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -335,20 +344,30 @@ def _http_defaults():
             os.environ.pop(key, None)
 
 
+# --- retries and warnings ------------------------------------------------------------------------
+
+def _budget(attempts: int | None, backoff_s: float | None) -> tuple[int, float]:
+    if attempts is None:
+        attempts = int(os.environ.get("PIPELINE_MLFLOW_ATTEMPTS", DEFAULT_ATTEMPTS))
+    if backoff_s is None:
+        backoff_s = float(os.environ.get("PIPELINE_MLFLOW_BACKOFF_S", DEFAULT_BACKOFF_S))
+    return max(1, attempts), backoff_s
+
+
 def _retrying(action, attempts: int, backoff_s: float):
-    for attempt in range(1, max(1, attempts) + 1):
+    for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as exc:
-            if attempt >= attempts or not _is_transient(exc):
+            if attempt == attempts or not _is_transient(exc):
                 raise
-            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
-            print(f"MLflow: transient error (attempt {attempt}/{attempts}, retrying in {delay:.1f} s): "
-                  f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}", file=sys.stderr)
-            time.sleep(delay)  # jittered, so parallel jobs do not retry in step
+            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)  # jitter
+            print(f"MLflow: transient error, attempt {attempt}/{attempts}, retrying in {delay:.1f} s: "
+                  f"{_reason(exc)[:200]}", file=sys.stderr)
+            time.sleep(delay)
 
 
-def _is_transient(exc: BaseException) -> bool:
+def _is_transient(exc: BaseException | None) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -362,25 +381,34 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _mark_pending(metrics: dict, run_dir: Path, marker: Path, attempts: int, exc: Exception) -> None:
-    run_key = f"{metrics.get('experiment_set')}/{metrics.get('run_id')}"
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+def _mark_pending(metrics: dict, run_dir: Path, attempts: int, exc: Exception) -> None:
+    marker = run_dir / PENDING_MARKER
+    tried = f"after {attempts} attempt(s)" if _is_transient(exc) else "not retryable"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        tried = f"after {attempts} attempt(s)" if _is_transient(exc) else "not retryable"
-        marker.write_text(f"{stamp} {tried}: {reason}\n")
+        marker.write_text(f"{stamp} {tried}: {_reason(exc)}\n")
         where = f"marker written: {marker}"
     except OSError as err:
         where = f"could NOT write marker {marker}: {err}"
+    _warn(f"MLflow logging FAILED for {metrics.get('experiment_set')}/{metrics.get('run_id')} ({tried}, "
+          f"{os.environ.get('MLFLOW_TRACKING_URI') or 'default sqlite store'}): {_reason(exc)}",
+          f"The result itself is safe in {run_dir / 'metrics.json'}; {where}",
+          "Log it later with pipeline_src.track.resync(<results_dir>).")
+
+
+def _warn(headline: str, *details: str) -> None:
     bar = "!" * 78
-    print(f"\n{bar}\nWARNING: MLflow logging FAILED for {run_key} "
-          f"(tracking uri {os.environ.get('MLFLOW_TRACKING_URI') or 'default sqlite store'}).\n"
-          f"  {reason}\n  The result itself is safe in {run_dir}/metrics.json; {where}\n"
-          f"  Log it later with pipeline_src.track.resync(<results_dir>).\n{bar}\n", file=sys.stderr, flush=True)
+    body = "".join(f"  {line}\n" for line in details)
+    print(f"\n{bar}\nWARNING: {headline}\n{body}{bar}\n", file=sys.stderr, flush=True)
 
 
-# --- values ----------------------------------------------------------------------------------------
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500]
+
+
+# --- values --------------------------------------------------------------------------------------
 
 def _flatten(tree: dict, prefix: str = ""):
     for key, value in tree.items():
@@ -394,20 +422,15 @@ def _name(key) -> str:
     return _BAD_NAME_CHARS.sub("_", str(key))[:MAX_ENTITY_KEY_LENGTH]
 
 
-def _param_value(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text[:MAX_PARAM_VAL_LENGTH]  # MLflow's limit; the full value is in the metrics.json artifact
-
-
-def _tag_value(value) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text[:MAX_TAG_VAL_LENGTH]
+def _text(value, limit: int) -> str:
+    """MLflow stores strings of bounded length; the full value stays in the metrics.json artifact."""
+    return (value if isinstance(value, str) else json.dumps(value, sort_keys=True))[:limit]
 
 
 def _number(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)  # NaN and inf are fine: MLflow stores them
+    return float(value)  # NaN and inf included: MLflow stores them
 
 
 def _content_hash(metrics: dict) -> str:

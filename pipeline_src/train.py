@@ -59,6 +59,28 @@ def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
 
 
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int,
+                desc: str = "train") -> float:
+    """One pass over the device-resident uint8 training set; returns the mean training loss."""
+    device = x_train.device
+    method.train()
+    total_loss, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
+    for idx in tqdm(batches(len(x_train), batch_size), desc=desc, file=sys.stderr, mininterval=2.0, leave=False):
+        idx = idx.to(device)
+        with _autocast(device):
+            loss = method.training_loss(to_input(x_train[idx], device), y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach().float() * len(idx)
+        seen += len(idx)
+    return total_loss.item() / seen
+
+
 def _checkpoint_state(method, optimizer, schedule, epoch, history, params_hash) -> dict:
     state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
              "epoch": epoch, "history": history, "params_hash": params_hash, "rng": torch.get_rng_state()}
@@ -125,26 +147,17 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = to_input(data.x_test, device), data.y_test.to(device)
     train_probe = torch.arange(min(TRAIN_EVAL_SAMPLES, len(x_train)), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    autocast = _autocast(device)
 
     for epoch in range(start_epoch, cfg.epochs):
-        method.train()
-        started, total_loss, seen = time.perf_counter(), 0.0, 0
-        for idx in tqdm(batches(len(x_train), cfg.batch_size), desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}",
-                        file=sys.stderr, mininterval=2.0, leave=False):
-            idx = idx.to(device)
-            with autocast:
-                loss = method.training_loss(to_input(x_train[idx], device), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(idx)
-            seen += len(idx)
+        started = time.perf_counter()
+        train_loss = train_epoch(method, optimizer, x_train, y_train, cfg.batch_size,
+                                 desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}")
         schedule.step()
         method.eval()
         with torch.no_grad(), autocast:
             train_pred = predict(method.model, to_input(x_train[train_probe], device), cfg.eval_batch_size)
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / seen,
+        history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_top1": top1(train_pred, y_train[train_probe]),
                         "seconds": time.perf_counter() - started})
         print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "

@@ -57,9 +57,11 @@ def get_base_flag(wildcards, input):
 
 
 def get_gpu_count(wildcards):
+    """GPUs a training job holds: params' cluster.train_gpus when it will use CUDA, else none."""
     import torch
 
-    return int(get_run(wildcards).device != "cpu" and torch.cuda.is_available())
+    wants_cuda = get_run(wildcards).device == "cuda" or (get_run(wildcards).device == "auto" and torch.cuda.is_available())
+    return PARAMS["cluster"]["train_gpus"] if wants_cuda else 0
 
 
 def get_set_metrics(wildcards):

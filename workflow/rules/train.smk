@@ -15,6 +15,8 @@ rule train:
     threads: 1
     resources:
         gpu=get_gpu_count,
+        mem_mb=PARAMS["cluster"]["train_mem_mb"],
+        runtime=PARAMS["cluster"]["train_runtime_min"],
     conda:
         "../envs/pipeline.yaml"
     shell:
