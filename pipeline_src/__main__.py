@@ -82,14 +82,18 @@ def cmd_track_init(args) -> None:
 
     sets = args.sets or list(load_params(args.params)["experiment_sets"])
     info = track.init_store(Path(args.results), sets, args.params_hash)
-    print(f"tracking store ready: {info['tracking_uri']}")
+    if info.get("error"):
+        print(f"WARNING: MLflow store not ready ({info['error']}); runs will be kept in results/ and can be "
+              "sent later with `python -m pipeline_src track-resync`", file=sys.stderr)
+    else:
+        print(f"tracking store ready: {info['tracking_uri']}")
 
 
 def cmd_track_resync(args) -> None:
     from pipeline_src import track
 
     synced, skipped = track.resync(Path(args.results))
-    print(f"resynced {synced} runs, {skipped} already in MLflow")
+    print(f"resynced {synced} runs; {skipped} skipped (already in MLflow, or failed again: see warnings)")
 
 
 def main(argv: list[str] | None = None) -> int:
