@@ -4,7 +4,8 @@
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
     python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
     python -m pipeline_src aggregate --set SET --kind KIND --out-prefix results/tables/SET METRICS...
-    python -m pipeline_src track-init --params P / track-resync --results results
+    python -m pipeline_src audit     --claims params/claims.yaml --set-info JSON --out results RUNS_CSV...
+    python -m pipeline_src track-init --params P / track-set / track-resync --results results
 
 Every expected failure (bad params, missing data, bad noise setting) ends with one
 line on stderr and exit status 2, never a traceback.
@@ -16,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline_src.config import ParamsError, RunConfig, find_run, load_params
+from pipeline_src.config import ParamsError, RunConfig, dataset_spec, find_run, load_params
 
 
 def _run_config(args) -> RunConfig:
@@ -44,10 +45,11 @@ def cmd_prepare(args) -> None:
     if args.spec_json:
         spec = json.loads(args.spec_json)
     else:
-        datasets = load_params(args.params)["datasets"] if args.params else {}
-        if args.dataset not in datasets:
-            raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; defined: {', '.join(datasets)}")
-        spec = datasets[args.dataset]
+        params = load_params(args.params) if args.params else {"datasets": {}}
+        if args.dataset not in params["datasets"]:
+            raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; "
+                              f"defined: {', '.join(params['datasets'])}")
+        spec = dataset_spec(params, args.dataset)
     manifest = prepare(args.dataset, spec, Path(args.out), REPO_ROOT)
     print(f"prepared {args.dataset}: data_version {manifest['data_version']}")
 
@@ -77,6 +79,13 @@ def cmd_aggregate(args) -> None:
     print(f"{args.set}: {len(table)} rows -> {args.out_prefix}.csv")
 
 
+def cmd_audit(args) -> None:
+    from pipeline_src.audit import main_audit
+
+    audit = main_audit(Path(args.claims), [Path(p) for p in args.runs], json.loads(args.set_info), Path(args.out))
+    print(f"audit: {len(audit)} claims -> {args.out}/audit.csv {audit['verdict'].value_counts().to_dict()}")
+
+
 def cmd_track_init(args) -> None:
     from pipeline_src import track
 
@@ -87,6 +96,26 @@ def cmd_track_init(args) -> None:
               "sent later with `python -m pipeline_src track-resync`", file=sys.stderr)
     else:
         print(f"tracking store ready: {info['tracking_uri']}")
+
+
+def cmd_track_set(args) -> None:
+    """Mirror a set's finished runs into MLflow: one process per set rather than one per training job,
+    since importing MLflow and opening the store costs each job seconds of CPU."""
+    from pipeline_src import track
+    from pipeline_src.provenance import write_json
+
+    ids = {}
+    for path in map(Path, args.metrics):
+        metrics = json.loads(path.read_text())
+        run_id = track.log_run(metrics, path.parent, Path(args.results))
+        if run_id != metrics.get("mlflow_run_id"):
+            metrics["mlflow_run_id"] = run_id
+            write_json(path, metrics)
+        ids[metrics["run_id"]] = run_id
+    write_json(args.out, {"experiment_set": args.set, "mlflow_run_ids": ids})
+    missing = [r for r, i in ids.items() if i is None]
+    print(f"{args.set}: {len(ids) - len(missing)} runs in MLflow" +
+          (f"; NOT logged (run track-resync later): {' '.join(missing)}" if missing else ""))
 
 
 def cmd_track_resync(args) -> None:
@@ -132,12 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_aggregate)
 
+    p = sub.add_parser("audit", help="every published number and claim in the registry against the runs")
+    p.add_argument("--claims", required=True, help="the claims registry (params/claims.yaml)")
+    p.add_argument("--set-info", required=True,
+                   help='JSON: {set: {"kind", "scale"}, "datasets": {name: paper_name}, "models": {name: paper_name}}')
+    p.add_argument("--out", required=True, help="results folder: audit.csv/.md, figures/audit.png, tables/paper_*")
+    p.add_argument("runs", nargs="*", help="each set's <set>_runs.csv")
+    p.set_defaults(func=cmd_audit)
+
     p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")
     p.add_argument("--params", help="or: take the set names from this params file")
     p.add_argument("--results", default="results")
     p.add_argument("--params-hash", default="")
     p.set_defaults(func=cmd_track_init)
+
+    p = sub.add_parser("track-set", help="log an experiment set's finished runs to MLflow")
+    p.add_argument("--results", default="results")
+    p.add_argument("--set", required=True)
+    p.add_argument("--out", required=True, help="JSON of run id -> MLflow run id")
+    p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
+    p.set_defaults(func=cmd_track_set)
 
     p = sub.add_parser("track-resync", help="log runs that never reached MLflow, without duplicates")
     p.add_argument("--results", default="results")

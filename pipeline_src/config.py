@@ -86,6 +86,11 @@ def validate_params(params: dict) -> dict:
     return params
 
 
+def dataset_spec(params: dict, name: str) -> dict:
+    """What the prepare step reads for a dataset: its spec less the audit-only paper_name."""
+    return {k: v for k, v in params["datasets"][name].items() if k != "paper_name"}
+
+
 def load_params(path: str | Path) -> dict:
     path = Path(path)
     try:

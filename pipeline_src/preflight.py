@@ -6,7 +6,7 @@ the built model (a layer name) run at the start of the job, still before trainin
 """
 from __future__ import annotations
 
-from pipeline_src.config import ParamsError, RunConfig
+from pipeline_src.config import ParamsError, RunConfig, dataset_spec
 from pipeline_src.models import is_known_arch
 
 
@@ -33,6 +33,13 @@ def base_run_of(run: RunConfig) -> tuple[str, str] | None:
 
 
 def check_runs(params: dict, runs: list[RunConfig]) -> None:
+    from pipeline_src.data import DataError, resolve_spec
+
+    for name in params["datasets"]:
+        try:
+            resolve_spec(name, dataset_spec(params, name))
+        except DataError as err:
+            raise ParamsError(f"invalid params: {err}") from None
     for name, model in params["models"].items():
         if not is_known_arch(model["arch"]):
             raise ParamsError(f"invalid params: models.{name}.arch: {model['arch']!r} is not sr, dnn3 "

@@ -1,5 +1,6 @@
 """The Snakemake DAG: dry runs of both params files, lint, and a tiny real run that reruns only what changed."""
 import copy
+import json
 import os
 import re
 import subprocess
@@ -77,8 +78,13 @@ def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
     tables = tmp_path / "results" / "tables"
     assert (tables / "baseline.csv").exists() and (tables / "noisynn_main.md").exists()
     assert (tmp_path / "results" / "figures" / "baseline.png").exists()
+    assert (tmp_path / "results" / "audit.md").read_text().strip()
     logs = list((tmp_path / "results" / "runs").glob("*/*/train.log"))
     assert len(logs) == 6
+    tracked = json.loads((tmp_path / "results" / "tracking" / "baseline.json").read_text())["mlflow_run_ids"]
+    assert len(tracked) == 4 and all(tracked.values())
+    metrics = json.loads(next((tmp_path / "results" / "runs" / "baseline").glob("*/metrics.json")).read_text())
+    assert metrics["mlflow_run_id"] in tracked.values()
 
     again = snakemake("-n", "--cores", "2", "--configfile", str(path))
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -86,4 +92,4 @@ def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
     params["experiment_sets"]["noisynn_main"]["methods"][0]["noise"]["strength"] = 0.2
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     changed = snakemake("-n", "--cores", "2", "--configfile", str(path))
-    assert job_counts(changed.stdout + changed.stderr) == {"train": 2, "aggregate_set": 1, "all": 1}
+    assert job_counts(changed.stdout + changed.stderr) == {"train": 2, "track_set": 1, "aggregate_set": 1, "audit": 1, "all": 1}

@@ -1,6 +1,9 @@
 rule aggregate_set:
+    # seconds of work: on a cluster it runs on the submit host instead of waiting in the queue
+    localrule: True
     input:
-        get_set_metrics,
+        metrics=get_set_metrics,
+        tracked=rules.track_set.output.ids,
     output:
         table=report(f"{RESULTS}/tables/{{experiment_set}}.csv", category="Tables", caption="../report/table.rst"),
         markdown=f"{RESULTS}/tables/{{experiment_set}}.md",
@@ -15,4 +18,4 @@ rule aggregate_set:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src aggregate --set {wildcards.experiment_set} --kind {params.kind} "
-        "--out-prefix $(dirname {output.table})/{wildcards.experiment_set} {input} > {log} 2>&1"
+        "--out-prefix $(dirname {output.table})/{wildcards.experiment_set} {input.metrics} > {log} 2>&1"

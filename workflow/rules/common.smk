@@ -1,7 +1,7 @@
 # Params validation and the run table; the logic lives in pipeline_src (tested there).
 import sys
 
-from pipeline_src.config import ParamsError, expand_runs, validate_params
+from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.preflight import base_run_of, check_runs
 from pipeline_src.provenance import code_version
 
@@ -37,14 +37,13 @@ def get_run_json(wildcards):
 def get_dataset_json(wildcards):
     import json
 
-    return json.dumps(PARAMS["datasets"][wildcards.dataset], sort_keys=True)
+    return json.dumps(dataset_spec(PARAMS, wildcards.dataset), sort_keys=True)
 
 
 def get_train_inputs(wildcards):
     run = get_run(wildcards)
     inputs = {
         "data": expand(rules.prepare_data.output.data, dataset=run.dataset)[0],
-        "tracking": rules.init_tracking.output.info,
     }
     base = base_run_of(run)
     if base is not None:
@@ -64,6 +63,14 @@ def get_gpu_count(wildcards):
     return PARAMS["cluster"]["train_gpus"] if wants_cuda else 0
 
 
+def get_train_threads(wildcards):
+    """One torch thread per training job on one machine, where many small jobs share the cores;
+    params' cluster.train_cpus where each job gets its own allocation (the SLURM plugin turns threads
+    into --cpus-per-task, and the job step runs with the same number)."""
+    on_cluster = workflow.non_local_exec or workflow.remote_exec
+    return PARAMS["cluster"]["train_cpus"] if on_cluster else 1
+
+
 def get_set_metrics(wildcards):
     return [expand(rules.train.output.metrics, experiment_set=s, run_id=r)[0]
             for (s, r) in RUNS if s == wildcards.experiment_set]
@@ -74,4 +81,4 @@ def get_set_kind(wildcards):
 
 
 def get_final_outputs():
-    return expand(rules.aggregate_set.output.table, experiment_set=SETS)
+    return expand(rules.aggregate_set.output.table, experiment_set=SETS) + list(rules.audit.output)

@@ -1,4 +1,6 @@
 rule init_tracking:
+    # seconds of work: on a cluster it runs on the submit host instead of waiting in the queue
+    localrule: True
     output:
         info=f"{RESULTS}/tracking.json",
     log:
@@ -9,3 +11,18 @@ rule init_tracking:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src track-init --results $(dirname {output.info}) --sets {params.sets} > {log} 2>&1"
+
+
+rule track_set:
+    input:
+        metrics=get_set_metrics,
+        info=rules.init_tracking.output.info,
+    output:
+        ids=f"{RESULTS}/tracking/{{experiment_set}}.json",
+    log:
+        f"{RESULTS}/logs/track/{{experiment_set}}.log",
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src track-set --results $(dirname {input.info}) --set {wildcards.experiment_set} "
+        "--out {output.ids} {input.metrics} > {log} 2>&1"

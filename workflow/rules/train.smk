@@ -12,7 +12,7 @@ rule train:
         run=get_run_json,
         base=get_base_flag,
         code=TRAIN_CODE,
-    threads: 1
+    threads: get_train_threads
     resources:
         gpu=get_gpu_count,
         mem_mb=PARAMS["cluster"]["train_mem_mb"],
@@ -21,4 +21,4 @@ rule train:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) --threads {threads} "
-        "--out $(dirname {output.metrics}) {params.base} --tracking $(dirname {input.tracking}) > {log} 2>&1"
+        "--out $(dirname {output.metrics}) {params.base} > {log} 2>&1"

@@ -1,0 +1,46 @@
+# The audit: every number and claim in params/claims.yaml against the sets' runs (pipeline_src/audit.py).
+import json
+
+import yaml
+
+AUDIT_CLAIMS = "params/claims.yaml"
+AUDIT_CODE = code_version(["audit", "plots", "provenance"])
+
+
+# Table names of the claims registry: one paper_<table>.{csv,md,tex} each. (Values, not get_*
+# functions: lint wants functions in common.smk, and these are the audit's alone.)
+with open(AUDIT_CLAIMS) as _registry:
+    AUDIT_TABLES = [table for section, spec in yaml.safe_load(_registry).items() if section != "settings"
+                    for table in spec.get("tables", {})]
+
+# Each set's kind and scale, and the papers' names of our datasets and models, as JSON.
+AUDIT_INFO = json.dumps({
+    **{name: {"kind": spec.get("kind", name), "scale": PARAMS["scale"]} for name, spec in PARAMS["experiment_sets"].items()},
+    "datasets": {name: spec.get("paper_name", name) for name, spec in PARAMS["datasets"].items()},
+    "models": {name: spec.get("paper_name", name) for name, spec in PARAMS["models"].items()},
+}, sort_keys=True)
+
+
+# tables/paper_<table>.csv and figures/audit.png also match aggregate_set's {experiment_set} patterns
+ruleorder: audit > aggregate_set
+
+
+rule audit:
+    input:
+        runs=expand(rules.aggregate_set.output.runs, experiment_set=SETS),
+        claims=AUDIT_CLAIMS,
+    output:
+        csv=f"{RESULTS}/audit.csv",
+        markdown=report(f"{RESULTS}/audit.md", category="Audit", caption="../report/audit.rst"),
+        figure=report(f"{RESULTS}/figures/audit.png", category="Audit", caption="../report/audit.rst"),
+        tables=expand(f"{RESULTS}/tables/paper_{{table}}.{{ext}}", table=AUDIT_TABLES, ext=["csv", "md", "tex"]),
+    log:
+        f"{RESULTS}/logs/audit.log",
+    params:
+        info=AUDIT_INFO,
+        code=AUDIT_CODE,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src audit --claims {input.claims} --set-info {params.info:q} "
+        "--out $(dirname {output.csv}) {input.runs} > {log} 2>&1"
