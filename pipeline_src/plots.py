@@ -37,19 +37,28 @@ def plot_layer_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
     grid = sns.relplot(data=data, x="block", y="top1", hue="model", col="dataset", kind="line", marker="o",
                        errorbar="sd", height=3.6, aspect=1.3, facet_kws={"sharey": False})
     grid.set_axis_labels("noise injected before block (0 = first)", "test top-1 (%)")
+    for ax in grid.axes.flat:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     grid.figure.suptitle(f"{name}: accuracy vs injection depth (mean ± sd over seeds)", y=1.04)
     save_figure(grid.figure, path)
 
 
 def plot_strength_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
+    """Accuracy vs noise strength per method; runs without a strength (the clean baseline) as a dashed line."""
     strength_cols = [c for c in ("strength", "p") if c in long.columns]
     data = long[long["eval_mode"] == long.groupby("run_id")["eval_mode"].transform("first")].copy()
-    data["noise strength (a, s or p)"] = data[strength_cols].bfill(axis=1).iloc[:, 0]
-    grid = sns.relplot(data=data, x="noise strength (a, s or p)", y="top1", hue="method", col="dataset",
-                       row="model", kind="line", marker="o", errorbar="sd", height=3.4, aspect=1.3,
-                       facet_kws={"sharey": False, "sharex": False})
+    xlabel = "noise strength (a or s; p for impulse)"
+    data[xlabel] = data[strength_cols].bfill(axis=1).iloc[:, 0]
+    swept = data.dropna(subset=[xlabel])
+    grid = sns.relplot(data=swept, x=xlabel, y="top1", hue="method", col="dataset", row="model", kind="line",
+                       marker="o", errorbar="sd", height=3.4, aspect=1.4, facet_kws={"sharey": False, "sharex": False})
+    clean = data[data[xlabel].isna()].groupby(["dataset", "model"])["top1"].mean()
+    for (model, dataset), ax in grid.axes_dict.items() if grid.axes.ndim == 2 and len(grid.row_names) else []:
+        if (dataset, model) in clean:
+            ax.axhline(clean[(dataset, model)], color="grey", linestyle="--")
     grid.set_ylabels("test top-1 (%)")
-    grid.figure.suptitle(f"{name}: accuracy vs noise strength (mean ± sd over seeds)", y=1.03)
+    title = f"{name}: accuracy vs noise strength (mean ± sd over seeds)"
+    grid.figure.suptitle(title + ("\ndashed: the clean baseline" if len(clean) else ""), y=1.06)
     save_figure(grid.figure, path)
 
 
@@ -85,7 +94,7 @@ def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
 def plot_set(kind: str, name: str, long: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     if kind == "layer_sweep":
         plot_layer_sweep(name, long, path)
-    elif kind == "strength_sweep":
+    elif kind in ("strength_sweep", "harmful_noise"):
         plot_strength_sweep(name, long, path)
     elif kind == "eval_protocol":
         plot_eval_protocol(name, table, path)
