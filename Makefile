@@ -4,8 +4,9 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 CORES  ?= all
 PARAMS ?= params/default.yaml
-FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-FMNIST_LOCAL  := data/raw/fashion-mnist/train-images-idx3-ubyte.gz
+FMNIST_DEBIAN := /usr/share/datasets/fashion-mnist
+FMNIST_LOCAL  := data/raw/fashion-mnist
+FMNIST_FILES  := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: reproduce test setup data report ui lint bench clean
@@ -19,12 +20,21 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Fashion-MNIST: Debian's package when we may install it, else the files in data/raw/fashion-mnist/.
+# Fashion-MNIST into data/raw/fashion-mnist/: byte-identical copies of Debian's package (installed when
+# root and missing), so data/ matches the committed data.dvc; then `dvc commit` fills the DVC cache
+# from it. It leaves data.dvc alone; where data/ differs from data.dvc it refuses, and we warn.
 data: setup
-	@if [ -f $(FMNIST_LOCAL) ] || [ -f $(FMNIST_DEBIAN) ]; then echo "Fashion-MNIST: found"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
-	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or put the four IDX .gz files into data/raw/fashion-mnist/"; exit 1; fi
+	@for f in $(FMNIST_FILES); do [ -f $(FMNIST_LOCAL)/$$f ] || missing=1; done; \
+	if [ -z "$$missing" ]; then echo "Fashion-MNIST: found in $(FMNIST_LOCAL)/"; \
+	else \
+	  if [ ! -f $(FMNIST_DEBIAN)/$(firstword $(FMNIST_FILES)) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; fi; \
+	  if [ -f $(FMNIST_DEBIAN)/$(firstword $(FMNIST_FILES)) ]; then mkdir -p $(FMNIST_LOCAL) && \
+	    for f in $(FMNIST_FILES); do [ -f $(FMNIST_LOCAL)/$$f ] || cp $(FMNIST_DEBIAN)/$$f $(FMNIST_LOCAL)/$$f || exit 1; done; \
+	    echo "Fashion-MNIST: copied from $(FMNIST_DEBIAN)/ to $(FMNIST_LOCAL)/"; \
+	  else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or put the four IDX .gz files into $(FMNIST_LOCAL)/"; exit 1; fi; \
+	fi
+	@dvc commit data.dvc || echo "WARNING: data/ differs from data.dvc: 'dvc add data' records it as a new version (commit data.dvc), 'dvc checkout data' restores the committed one"
 
 reproduce: data
 	snakemake --cores $(CORES) --configfile $(PARAMS)

@@ -21,8 +21,8 @@ from torchvision.models.resnet import BasicBlock
 from pipeline_src.methods import Method, predict, top1
 
 # Used when a spec leaves a key out. lam has no published value; 1.0 weighs both terms equally.
-DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "mode": "joint", "objective": "noisy_ce",
-            "lam": 1.0, "k": 1, "c": 0.01}
+DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "generator_width": 64, "mode": "joint",
+            "objective": "noisy_ce", "lam": 1.0, "k": 1, "c": 0.01}
 GENERATORS = ("dnn3", "resnet18")
 MODES = ("joint", "frozen")
 OBJECTIVES = ("noisy_ce", "two_term")
@@ -63,10 +63,10 @@ class ResNet18Generator(nn.Module):
     classifiers) so sigma can vary in space. Larger inputs keep the authors' stem.
     """
 
-    widths = (64, 128, 256, 64)
-
-    def __init__(self, in_shape: tuple[int, int, int], small_stem: bool | None = None):
+    def __init__(self, in_shape: tuple[int, int, int], small_stem: bool | None = None, width: int = 64):
         super().__init__()
+        # the authors' widths 64-128-256-64 scaled by width / 64 (smaller generators for the CPU default)
+        self.widths = (width, 2 * width, 4 * width, width)
         self.in_shape = tuple(in_shape)
         chans, height, width = self.in_shape
         self.small_stem = max(height, width) <= 32 if small_stem is None else small_stem
@@ -100,11 +100,11 @@ def _basic_stage(in_width: int, out_width: int, stride: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(in_width, out_width, stride, downsample), BasicBlock(out_width, out_width))
 
 
-def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int = 1024) -> nn.Module:
+def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int = 1024, width: int = 64) -> nn.Module:
     if name == "dnn3":
         return DNN3Generator(in_shape, hidden)
     if name == "resnet18":
-        return ResNet18Generator(in_shape)
+        return ResNet18Generator(in_shape, width=width)
     raise ValueError(f"VPN generator {name!r} is unknown; known generators: {', '.join(GENERATORS)}")
 
 
@@ -140,7 +140,8 @@ class VPNMethod(Method):
         self.objective = self.settings["objective"]
         self.frozen = self.settings["mode"] == "frozen"
         if generator is None:
-            generator = build_generator(self.settings["generator"], self.in_shape, self.settings["generator_hidden"])
+            generator = build_generator(self.settings["generator"], self.in_shape, self.settings["generator_hidden"],
+                                        self.settings["generator_width"])
         _check_generator_shape(generator, self.in_shape)
         self.generator = generator
         if self.frozen:
@@ -285,9 +286,10 @@ def _resolve_settings(spec: dict, info: dict) -> dict:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"VPN {key} must be a number >= 0, got {value!r}")
-    hidden = settings["generator_hidden"]
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise ValueError(f"VPN generator_hidden must be an integer >= 1, got {hidden!r}")
+    for key in ("generator_hidden", "generator_width"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"VPN {key} must be an integer >= 1, got {value!r}")
     if int(info["num_classes"]) < 2:
         raise ValueError(f"VPN needs at least 2 classes for its label conditioning, got {info['num_classes']}")
     return settings
@@ -335,7 +337,7 @@ def plot_sigma(path: Path, x, y, sigma, noisy, c: float) -> Path:
     import matplotlib.pyplot as plt
 
     rows = len(x)
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 2.8 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.8 * rows + 0.6), squeeze=False)
     for i in range(rows):
         gray = "gray" if x.shape[1] == 1 else None
         sig = sigma[i].mean(0).numpy()

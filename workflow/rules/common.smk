@@ -2,6 +2,7 @@
 import sys
 
 from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
+from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
 from pipeline_src.preflight import base_run_of, check_runs
 from pipeline_src.provenance import code_version
 
@@ -38,6 +39,16 @@ def get_dataset_json(wildcards):
     import json
 
     return json.dumps(dataset_spec(PARAMS, wildcards.dataset), sort_keys=True)
+
+
+def get_raw_inputs(wildcards):
+    """The raw files prepare_data reads for this dataset ([] for generated ones): editing one reruns it."""
+    return raw_inputs(dataset_spec(PARAMS, wildcards.dataset), workflow.basedir)
+
+
+def get_dvc_hash(wildcards):
+    """data.dvc's hash of data/ ('' for generated datasets), read as YAML: never dvc itself, which locks the repo."""
+    return dataset_dvc_hash(dataset_spec(PARAMS, wildcards.dataset), workflow.basedir)
 
 
 def get_train_inputs(wildcards):

@@ -1,4 +1,6 @@
 rule prepare_data:
+    input:
+        raw=get_raw_inputs,
     output:
         data=f"{RESULTS}/prepared/{{dataset}}/data.npz",
         manifest=f"{RESULTS}/prepared/{{dataset}}/manifest.json",
@@ -7,6 +9,7 @@ rule prepare_data:
     params:
         spec=get_dataset_json,
         code=PREPARE_CODE,
+        dvc=get_dvc_hash,
     conda:
         "../envs/pipeline.yaml"
     shell:

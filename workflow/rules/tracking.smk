@@ -1,5 +1,5 @@
 rule init_tracking:
-    # seconds of work: on a cluster it runs on the submit host instead of waiting in the queue
+    # seconds of work, and it talks to the tracking server: on a cluster it runs on the submit host
     localrule: True
     output:
         info=f"{RESULTS}/tracking.json",
@@ -14,6 +14,8 @@ rule init_tracking:
 
 
 rule track_set:
+    # like init_tracking: on the submit host, which reaches the tracking server (compute nodes may not)
+    localrule: True
     input:
         metrics=get_set_metrics,
         info=rules.init_tracking.output.info,

@@ -1,0 +1,135 @@
+"""DVC versions data/, Snakemake owns the DAG. In a copy of the repository: `make data` leaves the committed
+data.dvc clean; a changed raw file shows in `dvc status` and reruns prepare_data and what follows from it,
+nothing else; data.dvc's hash alone reruns it too (a checkout need not leave newer file times)."""
+import gzip
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline_src.config import REPO_ROOT
+from pipeline_src.dvcdata import dvc_hash
+from pipeline_src.readers import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+
+BIN = Path(os.sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+UP_TO_DATE = "Data and pipelines are up to date."
+
+# Fashion-MNIST (a tiny stand-in, subsampled) next to a generated dataset that no raw file can change.
+TINY = {
+    "scale": "embedded_default",
+    "device": "cpu",
+    "seeds": [0],
+    "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 32},
+    "datasets": {"fmnist": {"source": "fashion-mnist", "subsample_per_class": {"train": 3, "test": 2}},
+                 "digits": {"source": "digits"}},
+    "models": {"sr": {"arch": "sr"}},
+    "experiment_sets": {
+        "baseline": {"datasets": ["fmnist", "digits"], "models": ["sr"],
+                     "methods": [{"label": "baseline", "name": "baseline"}]},
+    },
+}
+
+
+def run(*args, cwd: Path) -> str:
+    out = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=ENV)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def repo_copy(tmp_path: Path) -> Path:
+    """This repository as its HEAD plus the working tree's uncommitted files (ignored ones left out)."""
+    copy = tmp_path / "repo"
+    run("git", "clone", "-q", str(REPO_ROOT), str(copy), cwd=tmp_path)
+    listed = run("git", "ls-files", "-z", "--modified", "--others", "--exclude-standard", cwd=REPO_ROOT)
+    for rel in filter(None, listed.split("\0")):
+        source, target = REPO_ROOT / rel, copy / rel
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        else:  # deleted in the working tree
+            target.unlink(missing_ok=True)
+    return copy
+
+
+def write_idx_gz(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0))
+
+
+def write_tiny_fashion_mnist(folder: Path) -> None:
+    """Valid IDX files: 10 classes, 4 training and 3 test images of 28 x 28 each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("t10k", 3)):
+        labels = np.repeat(np.arange(10), per_class)
+        write_idx_gz(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (len(labels), 28, 28)))
+        write_idx_gz(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+
+
+def dry_run(repo: Path, params: Path) -> dict[tuple[str, str], str]:
+    """(rule, wildcards) -> reason, of every job a dry run would run."""
+    out = run(str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", str(params), cwd=repo)
+    blocks = re.split(r"^(?:local)?rule (\w+):$", out, flags=re.M)[1:]
+    jobs = {}
+    for rule, block in zip(blocks[::2], blocks[1::2]):
+        fields = dict(re.findall(r"^\s+(wildcards|reason): (.*)$", block, flags=re.M))
+        jobs[(rule, fields.get("wildcards", ""))] = fields.get("reason", "")
+    return jobs
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_make_data_on_a_fresh_clone_matches_the_committed_data_dvc(tmp_path):
+    repo = repo_copy(tmp_path)
+    committed = (repo / "data.dvc").read_bytes()
+    assert "not in cache" in run("dvc", "status", cwd=repo)
+
+    # -o: the venv this test runs in stands in for the one `setup` would build
+    run("make", "-o", ".venv/.installed", "data", cwd=repo)
+    assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
+    assert (repo / "data.dvc").read_bytes() == committed
+    for name in FASHION_MNIST_FILES:
+        assert (repo / "data/raw/fashion-mnist" / f"{name}.gz").read_bytes() == \
+            (DEBIAN_FASHION_MNIST / f"{name}.gz").read_bytes()
+
+
+def test_a_changed_raw_file_reruns_prepare_and_its_runs_only(tmp_path):
+    repo = repo_copy(tmp_path)
+    raw = repo / "data/raw/fashion-mnist"
+    write_tiny_fashion_mnist(raw)
+    run("dvc", "add", "-q", "data", cwd=repo)
+    assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump({**TINY, "results_dir": str(tmp_path / "results")}, sort_keys=False))
+    run(str(BIN / "snakemake"), "--cores", "2", "--configfile", str(params), cwd=repo)
+    manifest = json.loads((tmp_path / "results/prepared/fmnist/manifest.json").read_text())
+    assert manifest["found_at"] == str(raw)
+    assert dry_run(repo, params) == {}
+
+    # One raw file changes: DVC sees it, Snakemake reruns fmnist's preparation and what depends on it.
+    labels = raw / "t10k-labels-idx1-ubyte.gz"
+    stamp = labels.stat()
+    write_idx_gz(labels, np.roll(np.repeat(np.arange(10), 3), 1))
+    status = run("dvc", "status", cwd=repo)
+    assert "data.dvc" in status and "modified:" in status and "data" in status.split("modified:")[1]
+    downstream = [("aggregate_set", "experiment_set=baseline"), ("all", ""), ("audit", ""),
+                  ("prepare_data", "dataset=fmnist"), ("track_set", "experiment_set=baseline"),
+                  ("train", "experiment_set=baseline, run_id=fmnist-sr-baseline-s0")]
+    assert sorted(dry_run(repo, params)) == downstream
+
+    # `dvc add` records the new version; with the file's old time back, data.dvc's hash alone reruns it.
+    before = dvc_hash(repo)
+    run("dvc", "add", "-q", "data", cwd=repo)
+    assert dvc_hash(repo) != before and run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
+    os.utime(labels, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    jobs = dry_run(repo, params)
+    assert sorted(jobs) == downstream
+    assert jobs[("prepare_data", "dataset=fmnist")].startswith("Params have changed")
