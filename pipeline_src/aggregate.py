@@ -93,5 +93,7 @@ def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out_prefix.parent / f"{out_prefix.name}_runs.csv", long.to_csv(index=False))
     write_table(table, out_prefix, f"{experiment_set} ({long['scale'].iloc[0]}): top-1 accuracy (%) over seeds")
-    plot_set(kind, experiment_set, long, table, out_prefix.parent.parent / "figures" / f"{experiment_set}.png")
+    run_dirs = {Path(p).parent.name: Path(p).parent for p in metrics_paths}  # a run's folder is named by its id
+    plot_set(kind, experiment_set, long, table, out_prefix.parent.parent / "figures" / f"{experiment_set}.png",
+             run_dirs)
     return table

@@ -80,6 +80,27 @@ def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_vpn_background(name: str, long: pd.DataFrame, run_dirs: dict, path: Path) -> None:
+    """Each generator's Figure-1-style panel (image, sigma, one draw) from its first seed, with the set's ratio."""
+    first = long[long["eval_mode"] == long["eval_mode"].iloc[0]].sort_values("seed").groupby(
+        ["dataset", "model", "method"], sort=False).head(1)
+    panels = [(row, run_dirs[row["run_id"]] / "vpn_sigma.png") for _, row in first.iterrows()]
+    panels = [(row, png) for row, png in panels if png.exists()]
+    if not panels:
+        return plot_bars(name, long, path)
+    ratio = long.groupby(["dataset", "model", "method"])["bg_fg_sigma_ratio"].agg(["mean", "std", "count"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 8), squeeze=False)
+    for ax, (row, png) in zip(axes[0], panels):
+        stats = ratio.loc[(row["dataset"], row["model"], row["method"])]
+        ax.imshow(plt.imread(png))
+        ax.set_axis_off()
+        ax.set_title(f"{row['dataset']} / {row['model']} / {row['method']} (seed {row['seed']})\n"
+                     f"mean sigma background / object = {stats['mean']:.2f} ± {stats['std']:.2f} "
+                     f"over {int(stats['count'])} seeds", fontsize=11)
+    fig.suptitle(f"{name}: where the learned noise goes (ratio > 1: more noise on the background)")
+    save_figure(fig, path)
+
+
 def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
     hue = "eval_mode" if long["eval_mode"].nunique() > 1 else None
     grid = sns.catplot(data=long, x="method", y="top1", hue=hue, col="dataset", row="model", kind="bar",
@@ -91,8 +112,11 @@ def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
     save_figure(grid.figure, path)
 
 
-def plot_set(kind: str, name: str, long: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
-    if kind == "layer_sweep":
+def plot_set(kind: str, name: str, long: pd.DataFrame, table: pd.DataFrame, path: Path,
+             run_dirs: dict | None = None) -> None:
+    if kind == "vpn_background" and "bg_fg_sigma_ratio" in long.columns:
+        plot_vpn_background(name, long, run_dirs or {}, path)
+    elif kind == "layer_sweep":
         plot_layer_sweep(name, long, path)
     elif kind in ("strength_sweep", "harmful_noise"):
         plot_strength_sweep(name, long, path)

@@ -45,8 +45,8 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("params", ["params/default.yaml", "params/paper.yaml"])
-def test_dry_run_of_shipped_params(params):
-    out = snakemake("-n", "--cores", "2", "--configfile", params)
+def test_dry_run_of_shipped_params(params, tmp_path):
+    out = snakemake("-n", "--cores", "2", "--configfile", params, "--config", f"results_dir={tmp_path}")
     counts = job_counts(out.stdout + out.stderr)
     assert counts["train"] > 0 and counts["aggregate_set"] > 0 and counts["prepare_data"] > 0
 

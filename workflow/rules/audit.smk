@@ -26,6 +26,8 @@ ruleorder: audit > aggregate_set
 
 
 rule audit:
+    # seconds of pandas on small tables: not worth a cluster job
+    localrule: True
     input:
         runs=expand(rules.aggregate_set.output.runs, experiment_set=SETS),
         claims=AUDIT_CLAIMS,
