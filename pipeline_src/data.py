@@ -100,7 +100,8 @@ def read_digits(spec: dict, repo_root: Path, pick) -> dict:
             "inputs": inputs}
 
 
-# Each class is a shape; colour and texture are random per image, so only the shape tells classes apart.
+# Each class is a shape with its own colour (jittered per image); the background is random clutter,
+# so the object is what tells classes apart and the background is irrelevant by construction.
 SHAPES = {
     "disc": lambda dy, dx, r: dy ** 2 + dx ** 2 <= r ** 2,
     "square": lambda dy, dx, r: np.maximum(abs(dy), abs(dx)) <= 0.8 * r,
@@ -113,7 +114,12 @@ SHAPES = {
 }
 
 
-def _clutter_image(rng: np.random.Generator, size: int, shape: str) -> tuple[np.ndarray, np.ndarray]:
+# One base colour per shape (RGB), far apart so a small model can learn the classes in a few epochs.
+CLASS_COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 230], [240, 220, 40],
+                          [200, 60, 220], [40, 220, 220], [250, 140, 20], [240, 240, 240]], np.float64)
+
+
+def _clutter_image(rng: np.random.Generator, size: int, shape: str, colour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     # Background: smooth colour noise (a coarse random grid upsampled) blended with random stripes.
     coarse = rng.integers(0, 256, (int(rng.integers(3, 7)),) * 2 + (3,), dtype=np.uint8)
@@ -127,7 +133,7 @@ def _clutter_image(rng: np.random.Generator, size: int, shape: str) -> tuple[np.
     cy, cx = rng.uniform(radius, size - radius, 2)
     mask = SHAPES[shape](yy - cy, xx - cx, max(radius, 1.5))
     texture = rng.normal(0, 12, (size, size, 1))
-    image = np.where(mask[..., None], rng.uniform(0, 255, 3) + texture, image)
+    image = np.where(mask[..., None], colour + rng.uniform(-30, 30, 3) + texture, image)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(2, 0, 1), mask
 
 
@@ -141,7 +147,7 @@ def make_synthetic_clutter(n: int, size: int, num_classes: int, rng: np.random.G
     x = np.empty((n, 3, size, size), np.uint8)
     masks = np.empty((n, size, size), bool)
     for i, label in enumerate(y):
-        x[i], masks[i] = _clutter_image(rng, size, names[label])
+        x[i], masks[i] = _clutter_image(rng, size, names[label], CLASS_COLOURS[label])
     return x, y, masks
 
 
