@@ -15,6 +15,7 @@ except ParamsError as err:
 
 RESULTS = PARAMS["results_dir"]
 SETS = list(PARAMS["experiment_sets"])
+# Hashes of the modules that compute each rule's numbers: editing one reruns the rules that use it.
 PREPARE_CODE = code_version(["data", "readers"])
 TRAIN_CODE = code_version(["config", "models", "methods", "train", "data", "readers", "noise", "hooks",
                            "noisynn", "vpn", "augment"])
@@ -70,7 +71,8 @@ def get_gpu_count(wildcards):
     """GPUs a training job holds: params' cluster.train_gpus when it will use CUDA, else none."""
     import torch
 
-    wants_cuda = get_run(wildcards).device == "cuda" or (get_run(wildcards).device == "auto" and torch.cuda.is_available())
+    device = get_run(wildcards).device
+    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     return PARAMS["cluster"]["train_gpus"] if wants_cuda else 0
 
 
