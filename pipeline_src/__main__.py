@@ -50,7 +50,7 @@ def cmd_prepare(args) -> None:
             raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; "
                               f"defined: {', '.join(params['datasets'])}")
         spec = dataset_spec(params, args.dataset)
-    manifest = prepare(args.dataset, spec, Path(args.out), REPO_ROOT)
+    manifest = prepare(args.dataset, spec, Path(args.out), REPO_ROOT, dvc_hash=args.dvc_hash)
     print(f"prepared {args.dataset}: data_version {manifest['data_version']}")
 
 
@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec-json", help="the dataset's params (as the DAG passes them)")
     p.add_argument("--params", help="or: a params file defining the dataset")
     p.add_argument("--out", required=True)
+    p.add_argument("--dvc-hash", default="", help="data.dvc's hash of data/, recorded in the manifest")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train and evaluate one run")

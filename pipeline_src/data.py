@@ -208,8 +208,10 @@ def _check_arrays(name: str, arrays: dict, num_classes: int) -> None:
                         f"{arrays['x_test'].shape[1:]}")
 
 
-def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path) -> dict:
-    """Read dataset `name` as `spec` says, write out_dir/data.npz and out_dir/manifest.json; return the manifest."""
+def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path, dvc_hash: str = "") -> dict:
+    """Read dataset `name` as `spec` says, write out_dir/data.npz and out_dir/manifest.json; return the manifest.
+
+    dvc_hash: data.dvc's hash of data/ (the DVC data version), recorded as is; '' for none."""
     spec = resolve_spec(name, spec)
     out_dir, repo_root = Path(out_dir), Path(repo_root)
     raw = READERS[spec["source"]](spec, repo_root, make_picker(spec))
@@ -233,6 +235,7 @@ def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path) -> dict:
         "found_at": raw["found_at"],
         "inputs": dict(sorted(raw["inputs"].items())),
         "data_version": data_version,
+        "dvc_hash": dvc_hash or None,
         "spec": spec,
     }
     readers._write_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())

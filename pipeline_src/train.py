@@ -181,7 +181,8 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         "evaluations": evaluations,
         "test_top1": next(iter(evaluations.values())),
         "diagnostics": diagnostics,
-        "provenance": {**git_state(), "data_version": data.manifest["data_version"], "device": str(device),
+        "provenance": {**git_state(), "data_version": data.manifest["data_version"],
+                       "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        **environment()},
         "mlflow_run_id": None,
     }
