@@ -58,7 +58,7 @@ def plot_strength_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
             ax.axhline(clean[(dataset, model)], color="grey", linestyle="--")
     grid.set_ylabels("test top-1 (%)")
     title = f"{name}: accuracy vs noise strength (mean ± sd over seeds)"
-    grid.figure.suptitle(title + ("\ndashed: the clean baseline" if len(clean) else ""), y=1.06)
+    grid.figure.suptitle(title + ("\n(dashed line: the clean baseline)" if len(clean) else ""), y=1.1)
     save_figure(grid.figure, path)
 
 
@@ -82,13 +82,13 @@ def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
 
 def plot_vpn_background(name: str, long: pd.DataFrame, run_dirs: dict, path: Path) -> None:
     """Each generator's Figure-1-style panel (image, sigma, one draw) from its first seed, with the set's ratio."""
-    first = long[long["eval_mode"] == long["eval_mode"].iloc[0]].sort_values("seed").groupby(
-        ["dataset", "model", "method"], sort=False).head(1)
+    one_mode = long[long["eval_mode"] == long["eval_mode"].iloc[0]]  # diagnostics repeat per eval mode
+    first = one_mode.sort_values("seed").groupby(["dataset", "model", "method"], sort=False).head(1)
     panels = [(row, run_dirs[row["run_id"]] / "vpn_sigma.png") for _, row in first.iterrows()]
     panels = [(row, png) for row, png in panels if png.exists()]
     if not panels:
         return plot_bars(name, long, path)
-    ratio = long.groupby(["dataset", "model", "method"])["bg_fg_sigma_ratio"].agg(["mean", "std", "count"])
+    ratio = one_mode.groupby(["dataset", "model", "method"])["bg_fg_sigma_ratio"].agg(["mean", "std", "count"])
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 8), squeeze=False)
     for ax, (row, png) in zip(axes[0], panels):
         stats = ratio.loc[(row["dataset"], row["model"], row["method"])]
