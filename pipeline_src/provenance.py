@@ -27,13 +27,13 @@ def git_state() -> dict:
     return {"git_commit": commit or "unknown", "git_dirty": bool(dirty) if dirty is not None else None}
 
 
-def code_version(modules: list[str] | None = None) -> str:
+def code_version(modules: list[str] | None = None, package_dir: Path = PACKAGE_DIR) -> str:
     """Hash of the package's source (or of the named modules).
 
     Snakemake's code trigger sees only a rule's own text; rules pass this hash as a
     param so that editing a module the rule runs reruns the rule.
     """
-    files = sorted(PACKAGE_DIR.glob("*.py")) if modules is None else [PACKAGE_DIR / f"{m}.py" for m in modules]
+    files = sorted(package_dir.glob("*.py")) if modules is None else [package_dir / f"{m}.py" for m in modules]
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
