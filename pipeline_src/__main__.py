@@ -61,14 +61,12 @@ def cmd_train(args) -> None:
     cfg = _run_config(args)
     out = Path(args.out)
     metrics = train_run(cfg, Path(args.data), out, Path(args.base_checkpoint) if args.base_checkpoint else None,
-                        threads=args.threads)
-    metrics["provenance"]["snakemake_rule"] = args.rule
-    metrics["provenance"]["wildcards"] = {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}
-    if args.tracking:
+                        threads=args.threads, rule=args.rule)
+    if args.tracking:  # outside Snakemake; in the DAG, track_set logs a whole set at once
         from pipeline_src import track
 
         metrics["mlflow_run_id"] = track.log_run(metrics, out, Path(args.tracking))
-    write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
     print(f"{cfg.run_id}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
 
 

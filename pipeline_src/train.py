@@ -114,7 +114,7 @@ def _kill_point(epoch: int) -> None:
 
 
 def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None,
-              threads: int | None = None) -> dict:
+              threads: int | None = None, rule: str = "train") -> dict:
     """Train and evaluate one run; writes model.pt and metrics.json into out_dir and returns the metrics."""
     from pipeline_src.data import load_prepared
 
@@ -181,7 +181,8 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         "evaluations": evaluations,
         "test_top1": next(iter(evaluations.values())),
         "diagnostics": diagnostics,
-        "provenance": {**git_state(), "data_version": data.manifest["data_version"],
+        "provenance": {**git_state(), "snakemake_rule": rule,
+                       "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}, "data_version": data.manifest["data_version"],
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        **environment()},
         "mlflow_run_id": None,
