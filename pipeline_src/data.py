@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from PIL import Image
 
 from pipeline_src import readers
+from pipeline_src.provenance import atomic_path, write_json
 from pipeline_src.readers import DataError, input_label, safe_extract, sha256_file
 
 __all__ = ["DataError", "Prepared", "prepare", "load_prepared", "resolve_spec", "safe_extract",
@@ -176,20 +175,14 @@ READERS = {
 # ---------------------------------------------------------------- the prepared form
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
-    """np.savez's layout with fixed member timestamps, written to a temp file then renamed; returns its sha256."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """np.savez's layout with fixed member timestamps (same data, same hash), written atomically; returns its sha256."""
+    with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
             for key in sorted(arrays):
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 with archive.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-        digest = sha256_file(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        digest = sha256_file(tmp)
     return digest
 
 
@@ -238,7 +231,7 @@ def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path, dvc_hash: str
         "dvc_hash": dvc_hash or None,
         "spec": spec,
     }
-    readers._write_atomic(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 

@@ -13,12 +13,10 @@ import contextlib
 import gzip
 import hashlib
 import io
-import os
 import pickle
 import stat
 import struct
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -26,6 +24,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from PIL import Image
+
+from pipeline_src.provenance import write_atomic
 
 
 class DataError(ValueError):
@@ -120,17 +120,6 @@ def _find_idx_files(folder: Path) -> list[Path] | None:
     return found
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def download_fashion_mnist(dest: Path, base_url: str = FASHION_MNIST_URL, timeout: float = 30) -> None:
     """Fetch the four .gz files into dest, each checked against its published md5."""
     for stem, md5 in FASHION_MNIST_MD5.items():
@@ -142,7 +131,7 @@ def download_fashion_mnist(dest: Path, base_url: str = FASHION_MNIST_URL, timeou
         if hashlib.md5(payload).hexdigest() != md5:
             raise DataError(f"{base_url + target.name}: downloaded file does not have the published md5 {md5}")
         dest.mkdir(parents=True, exist_ok=True)
-        _write_atomic(target, payload)
+        write_atomic(target, payload)
 
 
 def read_fashion_mnist(spec: dict, repo_root: Path, pick) -> dict:

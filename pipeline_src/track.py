@@ -41,7 +41,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +48,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from pipeline_src.provenance import write_json
 
 EXPERIMENT_NAME = "beneficial-noise"
 PENDING_MARKER = "mlflow_pending"
@@ -99,7 +100,7 @@ def init_store(results_dir, experiment_sets: list[str], params_hash: str | None,
               "Training results are still written to metrics.json; log them later with resync().")
         info = {"tracking_uri": tracking_uri(results_dir), "experiment_id": None, "parents": {},
                 "error": _reason(exc)}
-        _atomic_write_json(results_dir / TRACKING_INFO, info)
+        write_json(results_dir / TRACKING_INFO, info)
         return info
 
 
@@ -147,7 +148,7 @@ def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None 
         if run_id is None:
             skipped += 1
             continue
-        _atomic_write_json(path, {**metrics, "mlflow_run_id": run_id})
+        write_json(path, {**metrics, "mlflow_run_id": run_id})
         synced += 1
     return synced, skipped
 
@@ -176,7 +177,7 @@ def _init_once(results_dir: Path, experiment_sets: list[str], params_hash: str |
             parents[name] = _ensure_parent(client, experiment_id, name, params_hash)
         info = {"tracking_uri": uri, "experiment_id": experiment_id, "experiment_name": _experiment_name(),
                 "parents": parents}
-        _atomic_write_json(results_dir / TRACKING_INFO, info)
+        write_json(results_dir / TRACKING_INFO, info)
     return info
 
 
@@ -445,15 +446,3 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _atomic_write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -9,8 +9,6 @@ both are offered (objective: noisy_ce = code, two_term = text).
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from pipeline_src.methods import Method, predict, top1
+from pipeline_src.provenance import atomic_path
 
 # Used when a spec leaves a key out. lam has no published value; 1.0 weighs both terms equally.
 DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "generator_width": 64, "mode": "joint",
@@ -353,14 +352,9 @@ def plot_sigma(path: Path, x, y, sigma, noisy, c: float) -> Path:
             ax.set_yticks([])
     fig.suptitle(rf"VPN: learned noise scale $\sigma = |g(x + c\,y/(C-1))|$, $c$ = {c:g}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vpn_sigma.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
