@@ -8,9 +8,6 @@ import pandas as pd
 
 from pipeline_src.provenance import write_atomic
 
-KEYS = ["dataset", "model", "method", "eval_mode"]
-
-
 def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
     """Long table: one line per run and eval mode, with sweep values and diagnostics as columns."""
     rows, sweep_keys = [], set()
@@ -85,7 +82,8 @@ def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out
     from pipeline_src.plots import plot_set
 
     long = load_runs(metrics_paths)
-    table = summarize(long, KEYS[:3] + long.attrs["sweep"] + ["eval_mode"], extra_first=["train_noise"])
+    keys = ["dataset", "model", "method", *long.attrs["sweep"], "eval_mode"]
+    table = summarize(long, keys, extra_first=["train_noise"])
     if kind == "eval_protocol":
         table = eval_protocol_columns(table)
     else:

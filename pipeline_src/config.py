@@ -15,7 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
+
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 TRAINING_DEFAULTS = {

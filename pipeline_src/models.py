@@ -82,10 +82,6 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     return model
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def flops_per_sample(model: nn.Module, in_shape: tuple[int, int, int]) -> float:
     """Forward FLOPs for one sample, counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode

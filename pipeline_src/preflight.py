@@ -10,25 +10,13 @@ from pipeline_src.config import ParamsError, RunConfig, dataset_spec
 from pipeline_src.models import is_known_arch
 
 
-def _check_vpn(run: RunConfig, runs_by_key: dict) -> None:
-    spec = run.method
-    if spec.get("k", 1) < 1:
-        raise ValueError(f"k={spec['k']} must be >= 1 (noise samples per input)")
-    if spec.get("c", 0.01) < 0:
-        raise ValueError(f"c={spec['c']} must be >= 0 (label conditioning coefficient)")
-    if spec.get("mode", "joint") == "frozen":
-        if "base_set" not in spec or "base_label" not in spec:
-            raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
-        key = (spec["base_set"], f"{run.dataset}-{run.model}-{spec['base_label']}-s{run.seed}")
-        if key not in runs_by_key:
-            raise ValueError(f"frozen mode: no run {key[1]!r} in experiment set {key[0]!r} to take the base model from")
-
-
 def base_run_of(run: RunConfig) -> tuple[str, str] | None:
     """(experiment_set, run_id) of the run whose trained model a frozen VPN run starts from."""
     spec = run.method
     if spec["name"] != "vpn" or spec.get("mode", "joint") != "frozen":
         return None
+    if "base_set" not in spec or "base_label" not in spec:
+        raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
     return spec["base_set"], f"{run.dataset}-{run.model}-{spec['base_label']}-s{run.seed}"
 
 
@@ -52,6 +40,12 @@ def check_runs(params: dict, runs: list[RunConfig]) -> None:
 
                 check_method_spec(run.method, run.batch_size)
             elif run.method["name"] == "vpn":
-                _check_vpn(run, runs_by_key)
+                from pipeline_src.vpn import check_method_spec as check_vpn_spec
+
+                check_vpn_spec(run.method)
+                base = base_run_of(run)
+                if base is not None and base not in runs_by_key:
+                    raise ValueError(f"frozen mode: no run {base[1]!r} in experiment set {base[0]!r} "
+                                     "to take the base model from")
         except ValueError as err:
             raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: {err}") from None

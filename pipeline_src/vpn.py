@@ -273,7 +273,8 @@ class VPNMethod(Method):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _resolve_settings(spec: dict, info: dict) -> dict:
+def check_method_spec(spec: dict) -> dict:
+    """The spec with defaults filled, or a one-line ValueError; needs no data (the DAG calls it before any job)."""
     settings = {key: spec[key] if spec.get(key) is not None else value for key, value in DEFAULTS.items()}
     for key, allowed in (("generator", GENERATORS), ("mode", MODES), ("objective", OBJECTIVES)):
         if settings[key] not in allowed:
@@ -289,6 +290,11 @@ def _resolve_settings(spec: dict, info: dict) -> dict:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"VPN {key} must be an integer >= 1, got {value!r}")
+    return settings
+
+
+def _resolve_settings(spec: dict, info: dict) -> dict:
+    settings = check_method_spec(spec)
     if int(info["num_classes"]) < 2:
         raise ValueError(f"VPN needs at least 2 classes for its label conditioning, got {info['num_classes']}")
     return settings

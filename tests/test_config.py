@@ -90,3 +90,19 @@ def test_check_command_prints_one_line_without_traceback(tmp_path, raw_default):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: invalid params: training.optimizer.name: 'adagrad' is not allowed; allowed values: adam, sgd, adamw"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"k": 0}, "run fmnist-sr-vpn_dnn3-s0: VPN k (noise samples per input) must be an integer >= 1, got 0"),
+    ({"c": -0.1}, "VPN c must be a number >= 0, got -0.1"),
+    ({"base_label": "nope"}, "frozen mode: no run 'fmnist-sr-nope-s0' in experiment set 'vpn_joint'"),
+])
+def test_preflight_rejects_bad_vpn_runs_before_any_job(raw_default, change, expected):
+    from pipeline_src.preflight import check_runs
+
+    raw = copy.deepcopy(raw_default)
+    raw["experiment_sets"]["vpn_frozen"]["methods"][0].update(change)
+    params = validate_params(raw)
+    with pytest.raises(ParamsError) as err:
+        check_runs(params, expand_runs(params))
+    assert expected in str(err.value) and "\n" not in str(err.value)
