@@ -27,7 +27,7 @@ TRAINING_DEFAULTS = {
 }
 
 
-# The VPN authors' code defaults (METHODS.md section 2), used for vpn_* sets when protocol: code.
+# The VPN authors' code defaults (METHODS.md section 2), used for vpn_* sets when protocol: authors_code.
 CODE_PROTOCOL_TRAINING = {
     "epochs": 200,
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"},
@@ -181,7 +181,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
         if experiment_set is not None and set_name != experiment_set:
             continue
         training = _merge(_merge(TRAINING_DEFAULTS, params.get("training", {})), spec.get("training", {}))
-        if params["protocol"] == "code" and spec.get("kind", set_name).startswith("vpn"):
+        if params["protocol"] == "authors_code" and spec.get("kind", set_name).startswith("vpn"):
             training = _merge(training, CODE_PROTOCOL_TRAINING)
         for dataset, model, (method, sweep), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):

@@ -32,6 +32,14 @@ class Method(nn.Module):
             x = self.augment(x)
         return F.cross_entropy(self.model(x), y)
 
+    def resolved_spec(self) -> dict:
+        """The method as it ran, every default filled (written to metrics.json and MLflow)."""
+        return dict(self.spec)
+
+    def eval_plan(self, eval_batch_size: int) -> dict[str, dict]:
+        """eval_mode -> how it was evaluated (noise on, test batches, test batch size)."""
+        return {"no_noise": {"noise": False, "test_batches": "-", "test_batch_size": eval_batch_size}}
+
     @torch.no_grad()
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         """eval_mode -> top-1 accuracy in percent. The first entry is the run's headline number."""

@@ -101,9 +101,10 @@ def apply_noise(x: torch.Tensor, spec: dict, prefix_tokens: int = 0) -> torch.Te
     kind = spec["kind"]
     if kind == "circular_shift":
         a = spec["strength"]
-        # roll by -1: row i gets row i+1. Detached as in the authors' CNN code, so a sample's
-        # gradient does not leak into its neighbour's features.
-        return (1 - a) * x + a * torch.roll(x, shifts=-1, dims=0).detach()
+        # roll by -1: row i gets row i+1. The authors' form: the whole noise term a(SX - X) is
+        # detached, so the forward is (1 - a) X + a SX but the gradient to X is the identity
+        # (a sample's gradient neither leaks into its neighbour nor shrinks by 1 - a).
+        return x + a * (torch.roll(x, shifts=-1, dims=0) - x).detach()
     if kind == "optimal_q":
         # (I + J)/(B+1) X = (X_i + sum_j X_j)/(B+1): one batch sum, O(B) instead of the
         # authors' O(B^2) concatenation of shifted copies.

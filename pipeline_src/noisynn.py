@@ -17,10 +17,14 @@ from pipeline_src.noise import check_noise, resolve_noise
 APPLY_AT = ("train", "test", "both")
 TEST_BATCHES = ("shuffled", "class_sorted", "single")
 EVAL_PROTOCOLS = ("none", *TEST_BATCHES)
-METHOD_DEFAULTS = {"site": "default", "apply_at": "both", "test_batches": "shuffled", "eval_protocols": []}
+# test_batch_size None: the run's eval_batch_size. eval_batch_sizes: extra test batch sizes, each
+# evaluated under every batch-mixing protocol of eval_protocols (the batch-size study).
+METHOD_DEFAULTS = {"site": "default", "apply_at": "both", "test_batches": "shuffled", "eval_protocols": [],
+                   "test_batch_size": None, "eval_batch_sizes": []}
 NOISE_DEFAULT = {"kind": "circular_shift", "strength": 0.3}
 # keys of the schema's method entry that NoisyNN reads; the VPN ones are rejected
-KNOWN_KEYS = ("label", "name", "augment", "grid", "noise", "site", "apply_at", "test_batches", "eval_protocols")
+KNOWN_KEYS = ("label", "name", "augment", "grid", "noise", "site", "apply_at", "test_batches", "eval_protocols",
+              "test_batch_size", "eval_batch_sizes")
 
 
 def _one_of(key: str, value, allowed: tuple[str, ...]) -> None:
@@ -57,15 +61,32 @@ def check_method_spec(spec: dict, batch_size: int) -> dict:
     return resolved
 
 
-def eval_modes(resolved: dict) -> list[str]:
-    """Evaluation names in report order: the run's own setting first, then each protocol once."""
-    headline = "no_noise" if resolved["apply_at"] == "train" else f"noise_{resolved['test_batches']}"
-    modes = [headline]
+def eval_plan(resolved: dict, eval_batch_size: int) -> dict[str, dict]:
+    """eval_mode -> {noise, test_batches, test_batch_size}, in report order: the run's own setting
+    first, then each protocol once, then each extra batch size under each batch-mixing protocol."""
+    size = resolved["test_batch_size"] or eval_batch_size
+    plan = {}
+
+    def add(how: str, batch_size: int, suffix: str = "") -> None:
+        if how == "none":
+            plan.setdefault("no_noise", {"noise": False, "test_batches": "-", "test_batch_size": eval_batch_size})
+        else:
+            plan.setdefault(f"noise_{how}{suffix}", {"noise": True, "test_batches": how,
+                                                     "test_batch_size": 1 if how == "single" else batch_size})
+
+    add("none" if resolved["apply_at"] == "train" else resolved["test_batches"], size)
     for protocol in resolved["eval_protocols"]:
-        mode = "no_noise" if protocol == "none" else f"noise_{protocol}"
-        if mode not in modes:
-            modes.append(mode)
-    return modes
+        add(protocol, size)
+    for batch_size in resolved["eval_batch_sizes"]:
+        for protocol in resolved["eval_protocols"]:
+            if protocol in ("class_sorted", "shuffled"):
+                add(protocol, batch_size, f"_b{batch_size}")
+    return plan
+
+
+def eval_modes(resolved: dict) -> list[str]:
+    """Evaluation names in report order (see eval_plan)."""
+    return list(eval_plan(resolved, 1))
 
 
 def eval_batch_order(how: str, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -99,18 +120,26 @@ class NoisyNNMethod(Method):
     def _noise_active(self) -> bool:
         return self.train_noise if self.model.training else self.eval_noise
 
+    def resolved_spec(self) -> dict:
+        """The spec that ran: defaults filled, the module the site resolved to, the test batch size."""
+        size = self.spec["test_batch_size"] or self.info.get("eval_batch_size")
+        return {**self.spec, "site_module": self.site_path, "test_batch_size": size}
+
+    def eval_plan(self, eval_batch_size: int) -> dict[str, dict]:
+        return eval_plan(self.spec, eval_batch_size)
+
     @torch.no_grad()
-    def predictions(self, mode: str, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Predicted classes in the test set's own order for one eval mode (see eval_modes).
+    def predictions(self, how: str, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Predicted classes in the test set's own order: `how` is none (noise off) or how test
+        batches of batch_size are formed with noise on (class_sorted, shuffled, single).
 
         y only decides the class-sorted batch order; it is not looked at otherwise.
         """
         was_training = self.model.training
         self.model.eval()
         try:
-            if mode == "no_noise":
+            if how == "none":
                 return predict(self.model, x, batch_size)
-            how = mode.removeprefix("noise_")
             order = eval_batch_order(how, y, self.info["seed"])
             size = 1 if how == "single" else batch_size
             # A forked, seeded RNG: random kinds draw the same test noise every time, and
@@ -130,4 +159,6 @@ class NoisyNNMethod(Method):
     @torch.no_grad()
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         """eval_mode -> top-1 percent; the first key is the headline for the run's own setting."""
-        return {mode: top1(self.predictions(mode, x, y, batch_size), y) for mode in eval_modes(self.spec)}
+        return {mode: top1(self.predictions(plan["test_batches"] if plan["noise"] else "none", x, y,
+                                            plan["test_batch_size"]), y)
+                for mode, plan in self.eval_plan(batch_size).items()}

@@ -134,7 +134,7 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     model = build_model(cfg.model_cfg["arch"], in_shape, num_classes, hidden=cfg.model_cfg.get("hidden", 1024),
                         small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"))
     info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
+            "eval_batch_size": cfg.eval_batch_size, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
     method = build_method(model, cfg.method, info).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
@@ -176,9 +176,11 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         "run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
         "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"], "method_name": cfg.method["name"],
         "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol, "sweep": cfg.sweep,
-        "params": cfg.__dict__, "params_hash": params_hash,
+        # the method as it ran (every default filled), beside the params as given
+        "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()}, "params_hash": params_hash,
         "history": history,
         "evaluations": evaluations,
+        "eval_plan": method.eval_plan(cfg.eval_batch_size),
         "test_top1": next(iter(evaluations.values())),
         "diagnostics": diagnostics,
         "provenance": {**git_state(), "snakemake_rule": rule,

@@ -20,8 +20,9 @@ from pipeline_src.methods import Method, predict, top1
 from pipeline_src.provenance import atomic_path
 
 # Used when a spec leaves a key out. lam has no published value; 1.0 weighs both terms equally.
-DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "generator_width": 64, "mode": "joint",
-            "objective": "noisy_ce", "lam": 1.0, "k": 1, "c": 0.01}
+# generator_small_stem None: a 3x3 stride-1 stem on inputs of side <= 32 (ours), the authors' 7x7/2 stem above.
+DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "generator_width": 64, "generator_small_stem": None,
+            "mode": "joint", "objective": "noisy_ce", "lam": 1.0, "k": 1, "c": 0.01}
 GENERATORS = ("dnn3", "resnet18")
 MODES = ("joint", "frozen")
 OBJECTIVES = ("noisy_ce", "two_term")
@@ -99,11 +100,12 @@ def _basic_stage(in_width: int, out_width: int, stride: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(in_width, out_width, stride, downsample), BasicBlock(out_width, out_width))
 
 
-def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int = 1024, width: int = 64) -> nn.Module:
+def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int = 1024, width: int = 64,
+                    small_stem: bool | None = None) -> nn.Module:
     if name == "dnn3":
         return DNN3Generator(in_shape, hidden)
     if name == "resnet18":
-        return ResNet18Generator(in_shape, width=width)
+        return ResNet18Generator(in_shape, small_stem=small_stem, width=width)
     raise ValueError(f"VPN generator {name!r} is unknown; known generators: {', '.join(GENERATORS)}")
 
 
@@ -140,11 +142,18 @@ class VPNMethod(Method):
         self.frozen = self.settings["mode"] == "frozen"
         if generator is None:
             generator = build_generator(self.settings["generator"], self.in_shape, self.settings["generator_hidden"],
-                                        self.settings["generator_width"])
+                                        self.settings["generator_width"], self.settings["generator_small_stem"])
         _check_generator_shape(generator, self.in_shape)
         self.generator = generator
         if self.frozen:
             self._load_frozen_base(info.get("base_checkpoint"))
+
+    def resolved_spec(self) -> dict:
+        """The settings that ran, defaults filled; for a ResNet-18 generator, the stem it got."""
+        resolved = {**self.spec, **self.settings}
+        if isinstance(self.generator, ResNet18Generator):
+            resolved["generator_small_stem"] = self.generator.small_stem
+        return resolved
 
     def _load_frozen_base(self, path) -> None:
         if not path:
@@ -192,19 +201,27 @@ class VPNMethod(Method):
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         with _eval_mode(self):
             return {"class_enumeration": top1(self.class_enumeration(x, batch_size), y),
-                    "no_noise": top1(predict(self.model, x, batch_size), y)}
+                    "no_noise": top1(predict(self.model, x, batch_size), y),
+                    "class_enumeration_mean_sigma": top1(self.class_enumeration(x, batch_size, label_free=True), y)}
 
     @torch.no_grad()
-    def enumeration_scores(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def enumeration_scores(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                           label_free: bool = False) -> torch.Tensor:
         """score[i, k] = softmax(f(x_i + sigma_k * z_k))[k], sigma_k = g(x_i + c*k/(C-1)).
 
         All C candidates go through g and f in one pass: the batch is repeated class-major
         (row k*b + i is image i under candidate k). z, if given, is (C, b, *in_shape).
+        label_free: every candidate gets the mean of sigma_k over k, so the noise scale cannot
+        carry the candidate label; the draws z_k still differ per candidate. The gap to the
+        labelled scores is how much of the enumeration goes through the label.
         """
         num_classes, b = self.num_classes, len(x)
         candidates = torch.arange(num_classes, device=x.device).repeat_interleave(b)
         repeated = x.repeat(num_classes, *([1] * (x.dim() - 1)))
         sigma = self.generator(condition(repeated, candidates, num_classes, self.c))
+        if label_free:
+            per_class = sigma.view(num_classes, b, *sigma.shape[1:])
+            sigma = per_class.mean(0, keepdim=True).expand_as(per_class).reshape(sigma.shape)
         if z is None:
             eps = sample_noise(sigma)[0]
         else:
@@ -214,11 +231,12 @@ class VPNMethod(Method):
 
     @torch.no_grad()
     def class_enumeration(self, x: torch.Tensor, batch_size: int, z: torch.Tensor | None = None,
-                          max_rows: int = ENUM_MAX_ROWS) -> torch.Tensor:
+                          max_rows: int = ENUM_MAX_ROWS, label_free: bool = False) -> torch.Tensor:
         """Predicted classes by class enumeration; z (C, N, *in_shape) fixes the draws."""
         rows = max(batch_size, min(batch_size * self.num_classes, max_rows))
         per_pass = max(1, rows // self.num_classes)
-        preds = [self.enumeration_scores(x[i:i + per_pass], None if z is None else z[:, i:i + per_pass]).argmax(1)
+        preds = [self.enumeration_scores(x[i:i + per_pass], None if z is None else z[:, i:i + per_pass],
+                                         label_free).argmax(1)
                  for i in range(0, len(x), per_pass)]
         return torch.cat(preds)
 
@@ -286,6 +304,8 @@ def check_method_spec(spec: dict) -> dict:
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"VPN {key} must be a number >= 0, got {value!r}")
+    if settings["generator_small_stem"] not in (None, True, False):
+        raise ValueError(f"VPN generator_small_stem must be true, false or null, got {settings['generator_small_stem']!r}")
     for key in ("generator_hidden", "generator_width"):
         value = settings[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -65,11 +65,13 @@ def test_prefix_tokens_need_token_tensor():
         apply_noise(torch.zeros(2, 3), SHIFT, prefix_tokens=1)
 
 
-def test_circular_shift_mixed_in_term_is_detached():
+def test_circular_shift_noise_term_is_detached_as_in_the_authors_code():
     x = torch.randn(3, 2, requires_grad=True)
-    apply_noise(x, {"kind": "circular_shift", "strength": 0.4})[0].sum().backward()
-    # output row 0 = 0.6 x0 + 0.4 x1.detach(): only x0 gets gradient
-    assert torch.equal(x.grad, torch.tensor([[0.6, 0.6], [0.0, 0.0], [0.0, 0.0]]))
+    out = apply_noise(x, {"kind": "circular_shift", "strength": 0.4})
+    # forward: row 0 = 0.6 x0 + 0.4 x1; backward: x0 + 0.4 (x1 - x0).detach(), so d/dx0 = 1, d/dx1 = 0
+    assert torch.allclose(out[0], 0.6 * x[0] + 0.4 * x[1])
+    out[0].sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]))
 
 
 def test_optimal_q_one_sample_is_identity():

@@ -68,14 +68,14 @@ def test_noisy_predictions_follow_batch_composition_exactly(data, how):
     method = make(noise={"kind": "optimal_q"}, apply_at="test")
     with torch.no_grad():
         expected = sr_optimal_q_predictions(method, x, eval_batch_order(how, y, 0), 8)
-        assert torch.equal(method.predictions(f"noise_{how}", x, y, 8), expected)
+        assert torch.equal(method.predictions(how, x, y, 8), expected)
 
 
 def test_class_sorted_and_shuffled_predictions_differ(data):
     x, y = data
     method = make(noise={"kind": "optimal_q"}, apply_at="test")
-    assert not torch.equal(method.predictions("noise_class_sorted", x, y, 8),
-                           method.predictions("noise_shuffled", x, y, 8))
+    assert not torch.equal(method.predictions("class_sorted", x, y, 8),
+                           method.predictions("shuffled", x, y, 8))
     method.spec["eval_protocols"] = ["class_sorted", "none"]
     # same-class batches keep the class mean, mixed ones pull every image towards class 1
     assert method.evaluations(x, y, 8) == {"noise_shuffled": pytest.approx(100 / 3), "noise_class_sorted": 100.0,
@@ -85,7 +85,7 @@ def test_class_sorted_and_shuffled_predictions_differ(data):
 def test_single_batches_with_optimal_q_equal_no_noise(data):
     x, y = data
     method = make(noise={"kind": "optimal_q"}, apply_at="test", test_batches="single", eval_protocols=["none"])
-    assert torch.equal(method.predictions("noise_single", x, y, 8), method.predictions("no_noise", x, y, 8))
+    assert torch.equal(method.predictions("single", x, y, 8), method.predictions("none", x, y, 8))
     scores = method.evaluations(x, y, 8)
     assert list(scores) == ["noise_single", "no_noise"]
     assert scores["noise_single"] == scores["no_noise"]
@@ -127,7 +127,8 @@ def test_training_loss_noise_follows_apply_at(data):
 def test_defaults_filled():
     assert check_method_spec(spec(), 64) == {
         "label": "n", "name": "noisynn", "site": "default", "apply_at": "both", "test_batches": "shuffled",
-        "eval_protocols": [], "noise": {"kind": "circular_shift", "strength": 0.3}}
+        "eval_protocols": [], "test_batch_size": None, "eval_batch_sizes": [],
+        "noise": {"kind": "circular_shift", "strength": 0.3}}
 
 
 def test_registry_builds_noisynn():
@@ -163,3 +164,20 @@ def test_constructor_rejects_bad_site_before_training(site, message):
     with pytest.raises(ValueError) as err:
         make(site=site)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_test_batch_sizes_each_evaluated_at_their_own_size(data):
+    x, y = data
+    method = make(noise={"kind": "optimal_q"}, apply_at="test", test_batches="class_sorted", test_batch_size=4,
+                  eval_protocols=["none", "class_sorted", "shuffled"], eval_batch_sizes=[2, 12])
+    plan = method.eval_plan(8)
+    assert list(plan) == ["noise_class_sorted", "no_noise", "noise_shuffled", "noise_class_sorted_b2",
+                          "noise_shuffled_b2", "noise_class_sorted_b12", "noise_shuffled_b12"]
+    assert plan["noise_class_sorted"]["test_batch_size"] == 4  # test_batch_size, not the eval batch
+    assert plan["noise_shuffled_b12"] == {"noise": True, "test_batches": "shuffled", "test_batch_size": 12}
+    scores = method.evaluations(x, y, 8)
+    for mode in ("noise_class_sorted", "noise_shuffled_b2", "noise_class_sorted_b12"):
+        how, size = plan[mode]["test_batches"], plan[mode]["test_batch_size"]
+        expected = sr_optimal_q_predictions(method, x, eval_batch_order(how, y, 0), size)
+        assert scores[mode] == pytest.approx(100.0 * (expected == y).float().mean().item())
+    assert method.resolved_spec()["test_batch_size"] == 4 and method.resolved_spec()["site_module"]

@@ -153,9 +153,34 @@ def test_evaluations_order_and_range():
     method = VPNMethod(DNN3(64, C, 16), spec(), info())
     x, y = batch()
     result = method.evaluations(x, y, batch_size=5)
-    assert list(result) == ["class_enumeration", "no_noise"]
+    assert list(result) == ["class_enumeration", "no_noise", "class_enumeration_mean_sigma"]
     assert all(0 <= v <= 100 for v in result.values())
     assert method.training  # evaluation restores the mode it found
+
+
+def test_label_free_enumeration_gives_every_candidate_the_mean_sigma():
+    torch.manual_seed(0)
+    method = scaled_up(VPNMethod(DNN3(64, C, 16), spec(c=5.0), info())).eval()
+    x, _ = batch(n=3)
+    z = torch.randn(C, 3, *SHAPE)
+    # by hand: sigma_k for each candidate, their mean over k, then the labelled scores of f(x + mean * z_k)
+    sigmas = torch.stack([method.generator(x + 5.0 * k / (C - 1)) for k in range(C)])
+    assert not torch.allclose(sigmas[0], sigmas[-1])  # the label does move sigma here
+    mean_sigma = sigmas.mean(0)
+    expected = torch.stack([method.model(x + mean_sigma * z[k]).softmax(-1)[:, k] for k in range(C)], dim=1)
+    torch.testing.assert_close(method.enumeration_scores(x, z, label_free=True), expected)
+    assert not torch.allclose(method.enumeration_scores(x, z), expected)
+
+
+def test_resolved_spec_names_every_setting_and_the_stem():
+    method = VPNMethod(DNN3(64, C, 16), spec(generator="resnet18", generator_width=4), info())
+    resolved = method.resolved_spec()
+    assert resolved["c"] == 0.01 and resolved["k"] == 1 and resolved["objective"] == "noisy_ce"
+    assert resolved["generator_small_stem"] is True  # 8 px input: the 3x3 stride-1 stem
+    authors = VPNMethod(DNN3(64, C, 16), spec(generator="resnet18", generator_width=4, generator_small_stem=False),
+                        info())
+    assert authors.resolved_spec()["generator_small_stem"] is False
+    assert isinstance(authors.generator.stem[-1], nn.MaxPool2d)
 
 
 def test_diagnostics_sigma_on_background_and_object():
