@@ -23,15 +23,59 @@ TRAINING_DEFAULTS = {
     "epochs": 3,
     "batch_size": 64,
     "eval_batch_size": 256,
-    "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"},
+    "label_smoothing": 0.0,
+    "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none",
+                  "warmup_epochs": 0, "min_lr": 0.0},
 }
 
 
-# The VPN authors' code defaults (METHODS.md section 2), used for vpn_* sets when protocol: authors_code.
-CODE_PROTOCOL_TRAINING = {
-    "epochs": 200,
-    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"},
+# protocol: authors_code follows the authors' public code where it departs from their paper's text
+# (params/deviations.yaml names each departure and its source). Per family of runs: training
+# overrides, method keys filled where a run's spec leaves them out, model keys likewise.
+IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+AUTHORS_CODE = {
+    # hyzhang98/VPN train.py defaults; network/ResNet.py: 3x3 stride-1 stem for every base ResNet
+    "vpn": {"training": {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                      "weight_decay": 5e-4, "schedule": "cosine"}},
+            "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
+    # Shawey94/NoisyNN NoisyViT-OptimalQ: runScript.txt, parameters.py, Main.py, Accdataloader.py
+    "noisynn_vit": {"training": {"epochs": 50, "batch_size": 16, "label_smoothing": 0.1,
+                                 "optimizer": {"name": "adamw", "lr": 1e-6, "weight_decay": 1e-4, "schedule": "cosine",
+                                               "warmup_epochs": 10, "min_lr": 1e-7}},
+                    "method": {"test_batches": "class_sorted", "test_batch_size": 10},
+                    "model": {"input_norm": IMAGENET_STATS}},
+    # NoisyCNN_CircularShiftQ: script.txt, Main.py (AdamW default weight decay 0.01), dataloader.py
+    "noisynn_cnn": {"training": {"epochs": 100, "batch_size": 512,
+                                 "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine"}},
+                    "method": {"test_batches": "class_sorted", "test_batch_size": 512, "noise.strength": 0.4},
+                    "model": {"input_norm": IMAGENET_STATS}},
 }
+
+
+def authors_code_family(set_kind: str, arch: str) -> str:
+    if set_kind.startswith("vpn"):
+        return "vpn"
+    return "noisynn_vit" if "vit" in arch else "noisynn_cnn"
+
+
+def _fill_method(method: dict, defaults: dict) -> dict:
+    """Method keys the spec leaves out, from a protocol's defaults (dotted keys reach into noise)."""
+    method = copy.deepcopy(method)
+    for dotted, value in defaults.items():
+        if method["name"] == "baseline" and dotted != "augment":
+            continue
+        if dotted == "noise.strength" and method.get("noise", {}).get("kind") != "circular_shift":
+            continue
+        if dotted.startswith("generator") and method["name"] != "vpn":
+            continue
+        if dotted in ("test_batches", "test_batch_size") and method["name"] != "noisynn":
+            continue
+        *parents, last = dotted.split(".")
+        target = method
+        for key in parents:
+            target = target.setdefault(key, {})
+        target.setdefault(last, value)
+    return method
 
 
 class ParamsError(ValueError):
@@ -122,6 +166,7 @@ class RunConfig:
     eval_batch_size: int
     optimizer: dict
     protocol: str = "paper"
+    label_smoothing: float = 0.0
     scale: str = "embedded_default"
     device: str = "auto"
     sweep: dict = field(default_factory=dict)
@@ -180,18 +225,23 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
     for set_name, spec in params["experiment_sets"].items():
         if experiment_set is not None and set_name != experiment_set:
             continue
-        training = _merge(_merge(TRAINING_DEFAULTS, params.get("training", {})), spec.get("training", {}))
-        if params["protocol"] == "authors_code" and spec.get("kind", set_name).startswith("vpn"):
-            training = _merge(training, CODE_PROTOCOL_TRAINING)
+        set_training = _merge(_merge(TRAINING_DEFAULTS, params.get("training", {})), spec.get("training", {}))
+        kind = spec.get("kind", set_name)
         for dataset, model, (method, sweep), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
+            training, model_cfg = set_training, copy.deepcopy(params["models"][model])
+            if params["protocol"] == "authors_code":
+                family = AUTHORS_CODE[authors_code_family(kind, model_cfg["arch"])]
+                training = _merge(set_training, family["training"])
+                method = _fill_method(method, family["method"])
+                model_cfg = {**family["model"], **model_cfg}
             runs.append(RunConfig(
                 run_id=f"{dataset}-{model}-{method['label']}-s{seed}",
                 experiment_set=set_name,
                 set_kind=spec.get("kind", set_name),
                 dataset=dataset,
                 model=model,
-                model_cfg=copy.deepcopy(params["models"][model]),
+                model_cfg=model_cfg,
                 method=method,
                 seed=seed,
                 epochs=training["epochs"],
@@ -199,6 +249,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 eval_batch_size=training["eval_batch_size"],
                 optimizer=training["optimizer"],
                 protocol=params["protocol"],
+                label_smoothing=training["label_smoothing"],
                 scale=params["scale"],
                 device=params["device"],
                 sweep=sweep,

@@ -30,7 +30,7 @@ class Method(nn.Module):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.augment is not None:
             x = self.augment(x)
-        return F.cross_entropy(self.model(x), y)
+        return F.cross_entropy(self.model(x), y, label_smoothing=self.info.get("label_smoothing", 0.0))
 
     def resolved_spec(self) -> dict:
         """The method as it ran, every default filled (written to metrics.json and MLflow)."""

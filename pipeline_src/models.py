@@ -56,9 +56,29 @@ def _small_patch_size(img_size: int) -> int:
     return 1
 
 
+def add_input_norm(model: nn.Module, mean, std) -> None:
+    """Inputs in [0, 1] become (x - mean) / std per channel, by a forward pre-hook on the model root,
+    so module paths (noise sites) stay those of the timm model. Registered at build time, it runs
+    before any noise hook attached later: image-level noise sees normalised inputs."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def normalise(module, args):
+        x = args[0]
+        return ((x - mean.to(x.device, x.dtype)) / std.to(x.device, x.dtype), *args[1:])
+
+    model.register_forward_pre_hook(normalise)
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
-                hidden: int = 1024, small_stem: bool = False, timm_kwargs: dict | None = None) -> nn.Module:
-    """Create a classifier for inputs of shape (C, H, W)."""
+                hidden: int = 1024, small_stem: bool = False, timm_kwargs: dict | None = None,
+                input_norm="auto") -> nn.Module:
+    """Create a classifier for inputs of shape (C, H, W).
+
+    input_norm: "auto" normalises a pretrained timm model's inputs with the mean and std of its
+    weights' data config (timm's pretrained_cfg) and leaves other models alone; "none"; or
+    {"mean": [...], "std": [...]} given explicitly (e.g. the authors' ImageNet statistics).
+    """
     chans, height, width = in_shape
     if arch == "sr":
         return SoftmaxRegression(chans * height * width, num_classes)
@@ -79,6 +99,10 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
         raise ValueError(f"model arch '{arch}' is not sr, dnn3 or a timm model name ({err})") from None
     if small_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
         _small_resnet_stem(model, chans)
+    if isinstance(input_norm, dict):
+        add_input_norm(model, input_norm["mean"], input_norm["std"])
+    elif input_norm == "auto" and kwargs["pretrained"]:
+        add_input_norm(model, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
     return model
 
 

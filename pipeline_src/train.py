@@ -8,6 +8,7 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -42,10 +43,21 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
     return cls(params, lr=spec["lr"], weight_decay=spec["weight_decay"])
 
 
+def lr_factor(epoch: int, spec: dict, epochs: int) -> float:
+    """Multiplier of the base lr in `epoch` (0-based): linear warm-up from 0 over warmup_epochs, then
+    constant or cosine down to min_lr at the end (the NoisyNN authors' timm CosineLRScheduler shape)."""
+    warmup = spec.get("warmup_epochs", 0)
+    if epoch < warmup:
+        return epoch / warmup
+    if spec["schedule"] != "cosine":
+        return 1.0
+    floor = spec.get("min_lr", 0.0) / spec["lr"]
+    progress = (epoch - warmup) / max(1, epochs - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def make_schedule(optimizer, spec: dict, epochs: int):
-    if spec["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, spec, epochs))
 
 
 def batches(n: int, batch_size: int) -> list[torch.Tensor]:
@@ -132,9 +144,10 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     in_shape = tuple(data.x_train.shape[1:])
     num_classes = len(data.class_names)
     model = build_model(cfg.model_cfg["arch"], in_shape, num_classes, hidden=cfg.model_cfg.get("hidden", 1024),
-                        small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"))
+                        small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"),
+                        input_norm=cfg.model_cfg.get("input_norm", "auto"))
     info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "eval_batch_size": cfg.eval_batch_size, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
+            "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
     method = build_method(model, cfg.method, info).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)

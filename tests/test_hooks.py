@@ -181,3 +181,16 @@ def test_embedding_site_only_for_vit(resnet):
 def test_block_site_must_be_integer(dnn3):
     with pytest.raises(ValueError, match="^site='block:last' is not block:<integer>"):
         resolve_site(dnn3, "block:last")
+
+
+def test_input_norm_normalises_before_the_model_and_keeps_module_paths():
+    import torch
+
+    plain = build_model("test_resnet", (3, 16, 16), 4, small_stem=True)
+    normed = build_model("test_resnet", (3, 16, 16), 4, small_stem=True,
+                         input_norm={"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.5]})
+    normed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    expected = plain.eval()((x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.5]).view(1, 3, 1, 1))
+    torch.testing.assert_close(normed.eval()(x), expected)
+    assert [n for n, _ in normed.named_modules()] == [n for n, _ in plain.named_modules()]

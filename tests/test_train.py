@@ -84,3 +84,14 @@ def test_checkpoint_of_other_params_is_not_resumed(digits_dir, tmp_path):
     assert changed.returncode == 0
     assert "belongs to other params" in changed.stderr
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
+def test_lr_warms_up_linearly_then_follows_cosine_to_its_floor():
+    from pipeline_src.train import lr_factor
+
+    spec = {"lr": 1e-3, "schedule": "cosine", "warmup_epochs": 2, "min_lr": 1e-4}
+    factors = [lr_factor(e, spec, 6) for e in range(7)]
+    assert factors[:3] == [0.0, 0.5, 1.0]
+    assert factors[4] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the 4 cosine epochs
+    assert factors[6] == pytest.approx(0.1)              # min_lr / lr at the end
+    assert [lr_factor(e, {"lr": 1.0, "schedule": "none"}, 5) for e in range(5)] == [1.0] * 5
