@@ -76,6 +76,33 @@ def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_test_batch_study(name: str, table: pd.DataFrame, path: Path) -> None:
+    """Accuracy vs test batch size, class-sorted and shuffled, per model and training; the same
+    model's clean accuracy as a line and one image per batch as a marker (report.test_batch_table)."""
+    panels = table.groupby(["model", "method"], sort=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False, sharey=True)
+    colours = {"class_sorted": sns.color_palette("deep")[3], "shuffled": sns.color_palette("deep")[0]}
+    for ax, ((model, method), part) in zip(axes[0], panels):
+        for how, colour in colours.items():
+            line = part[part["test_batches"] == how].sort_values("test_batch_size")
+            ax.errorbar(line["test_batch_size"], line["top1_mean"], yerr=line["top1_std"].fillna(0), marker="o",
+                        capsize=3, color=colour, label=f"{how.replace('_', '-')} test batches")
+        clean = part[part["test_batches"] == "clean"]
+        if len(clean):
+            ax.axhline(clean["top1_mean"].iloc[0], color="black", linestyle="--", label="clean (noise off)")
+        single = part[part["test_batches"] == "single"]
+        if len(single):
+            ax.scatter([1], single["top1_mean"], marker="s", color="grey", zorder=3, label="one image per batch")
+        ax.axvline(10, color="grey", linestyle=":", lw=1)
+        ax.set_xscale("log")
+        ax.set(xlabel="test batch size (log; dotted: the authors' 10)", title=f"{model}, {method.replace('_', ' ')}")
+    axes[0][0].set_ylabel("test top-1 (%), mean ± sd over seeds")
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{name}: optimal-Q noise at test time vs how test batches are formed")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot_vpn_background(name: str, long: pd.DataFrame, run_dirs: dict, path: Path) -> None:
     """Each generator's Figure-1-style panel (image, sigma, one draw) from its first seed, with the set's ratio."""
     one_mode = long[long["eval_mode"] == long["eval_mode"].iloc[0]]  # diagnostics repeat per eval mode

@@ -55,6 +55,20 @@ def test_outputs_are_complete(digits_dir, tmp_path):
     assert not (tmp_path / CHECKPOINT_NAME).exists(), "the checkpoint is removed once the run is finished"
 
 
+def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
+    method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}, "apply_at": "test",
+              "eval_protocols": ["none", "single"]}
+    metrics = json.loads(json.dumps(train_run(make_run(method, epochs=1), digits_dir, tmp_path)))
+    resolved = metrics["params"]["resolved_method"]
+    # every default filled: strength, site and the module it resolved to, test batches and their size
+    assert resolved["noise"] == {"kind": "circular_shift", "strength": 0.3}
+    assert (resolved["site"], resolved["site_module"]) == ("default", "head")
+    assert (resolved["test_batches"], resolved["test_batch_size"]) == ("shuffled", 128)
+    assert metrics["params"]["method"] == method  # the spec as given stays beside it
+    assert metrics["eval_plan"]["noise_single"]["test_batch_size"] == 1
+    assert list(metrics["eval_plan"]) == list(metrics["evaluations"])
+
+
 def _train_cli(cfg: RunConfig, data: Path, out: Path, env=None):
     return subprocess.run([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
                            "--data", str(data), "--out", str(out)],
