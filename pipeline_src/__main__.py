@@ -4,7 +4,9 @@
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
     python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
     python -m pipeline_src aggregate --set SET --kind KIND --out-prefix results/tables/SET METRICS...
-    python -m pipeline_src audit     --claims params/claims.yaml --set-info JSON --out results RUNS_CSV...
+    python -m pipeline_src audit     --claims params/claims.yaml --deviations params/deviations.yaml
+                                     --set-info JSON --out results RUNS_CSV...
+    python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
 
 Every expected failure (bad params, missing data, bad noise setting) ends with one
@@ -80,8 +82,16 @@ def cmd_aggregate(args) -> None:
 def cmd_audit(args) -> None:
     from pipeline_src.audit import main_audit
 
-    audit = main_audit(Path(args.claims), [Path(p) for p in args.runs], json.loads(args.set_info), Path(args.out))
+    audit = main_audit(Path(args.claims), [Path(p) for p in args.runs], json.loads(args.set_info), Path(args.out),
+                       Path(args.deviations))
     print(f"audit: {len(audit)} claims -> {args.out}/audit.csv {audit['verdict'].value_counts().to_dict()}")
+
+
+def cmd_report(args) -> None:
+    from pipeline_src.report import build
+
+    audit = build(Path(args.params), Path(args.out), Path(args.results) if args.results else None)
+    print(f"report: {args.out}/audit.md {audit['verdict'].value_counts().to_dict()}")
 
 
 def cmd_track_init(args) -> None:
@@ -162,11 +172,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("audit", help="every published number and claim in the registry against the runs")
     p.add_argument("--claims", required=True, help="the claims registry (params/claims.yaml)")
+    p.add_argument("--deviations", required=True, help="the deviations registry (params/deviations.yaml)")
     p.add_argument("--set-info", required=True,
                    help='JSON: {set: {"kind", "scale"}, "datasets": {name: paper_name}, "models": {name: paper_name}}')
     p.add_argument("--out", required=True, help="results folder: audit.csv/.md, figures/audit.png, tables/paper_*")
     p.add_argument("runs", nargs="*", help="each set's <set>_runs.csv")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("report", help="rebuild a published report folder from its runs' metrics.json files")
+    p.add_argument("--params", required=True, help="the params file the report's runs come from")
+    p.add_argument("--out", required=True, help="the report folder, e.g. reports/fashion-mnist")
+    p.add_argument("--results", help="first copy finished runs from this results folder into --out/runs")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")

@@ -1,110 +1,48 @@
 """The audit: every published number and claim in params/claims.yaml against our runs.
 
-Number claims (one per paper-table cell): `reproduced` when the paper's value lies in the 95%
-t-interval of our mean over seeds or within `tolerance` points of it, `differs` otherwise,
-`not run` without runs, `scale differs` when the only runs are not at paper scale (a smoke number
-is never read as a reproduction). Effect claims compare paired runs (same dataset/model/seed):
-`supported` (expected sign, p < alpha), `contradicted` (opposite sign, p < alpha), `inconclusive`.
+This module reads the registries and the runs, forms the cells each claim is tested on, marks the
+deviations, and writes the results; the statistics and the verdict rules live in verdicts.py.
 
-    python -m pipeline_src audit --claims params/claims.yaml --set-info JSON --out results RUNS_CSV...
+Number claims (one per paper-table cell) select the runs of the cell's kind, method, eval mode, dataset
+and model, and read the table's `metric` column (default top1). Effect claims select a treatment and a
+control side and pair them per cell: same dataset, model, configuration of each side (method label and
+sweep values: the run id less its seed) and eval mode, matched on `pair_on` (seed always).
+
+    python -m pipeline_src audit --claims params/claims.yaml --deviations params/deviations.yaml \
+        --set-info JSON --out results RUNS_CSV...
 """
 from __future__ import annotations
 
 import fnmatch
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats
 
 from pipeline_src.provenance import write_atomic
+from pipeline_src.verdicts import (PAPER_SCALE, effect_gate, holm, interval_verdict, join_scales, number_verdict,
+                                   significance_verdict, summarize_cells)
 
-PAPER_SCALE = "paper"
-AUDIT_COLUMNS = ["claim_id", "table", "row", "column", "paper", "expected", "mean", "std", "n", "ci_low",
-                 "ci_high", "delta", "p_value", "verdict", "scale", "note", "evidence"]
-SIGNS = {"+": 1, "-": -1}
-
-
-# ---- statistics: small pure functions ---------------------------------------------------------
-
-def t_interval(values, alpha: float = 0.05) -> tuple[float, float, int, float, float]:
-    """Mean, sample std, n and the (1 - alpha) t-interval of the mean; std and CI are NaN when n < 2."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    if n == 0:
-        return np.nan, np.nan, 0, np.nan, np.nan
-    mean = float(values.mean())
-    if n < 2:
-        return mean, np.nan, 1, np.nan, np.nan
-    std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * std / np.sqrt(n)
-    return mean, std, n, mean - half, mean + half
+AUDIT_COLUMNS = ["claim_id", "table", "row", "column", "metric", "paper", "expected", "mean", "std", "n", "ci_low",
+                 "ci_high", "delta", "p_value", "p_holm", "cells", "verdict", "scale", "note", "evidence", "deviations"]
+CELL_COLUMNS = ["claim_id", "cell", "dataset", "model", "treatment", "control", "n", "mean", "std", "ci_low",
+                "ci_high", "p_value", "counts", "scale", "evidence"]
+DEVIATION_KEYS = ("id", "what", "paper", "code", "ours", "why", "affects")
 
 
-def number_verdict(paper: float, values, scale: str = PAPER_SCALE, tolerance: float = 1.0,
-                   alpha: float = 0.05) -> dict:
-    """One published number against our runs' values (top-1 %), at the runs' scale."""
-    mean, std, n, low, high = t_interval(values, alpha)
-    out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "delta": mean - paper, "note": ""}
-    if n == 0:
-        return {**out, "verdict": "not run"}
-    matches = abs(mean - paper) <= tolerance or (n >= 2 and low <= paper <= high)
-    notes = [f"n = {n} < 2: CI undefined, decided by the {tolerance:g}-point tolerance only"] if n < 2 else []
-    if scale != PAPER_SCALE:
-        notes.append(f"runs at {scale} scale only: a smoke number, not a reproduction")
-        return {**out, "verdict": "scale differs", "note": "; ".join(notes)}
-    return {**out, "verdict": "reproduced" if matches else "differs", "note": "; ".join(notes)}
+# ---- the registries ---------------------------------------------------------------------------
 
+def min_seeds_by_scale(settings: dict) -> dict:
+    """settings.min_seeds: one number, or {default: n, <scale>: n}; every value >= 2 (a t-interval needs 2)."""
+    value = settings.get("min_seeds", 3)
+    table = {"default": 3, **(value if isinstance(value, dict) else {"default": value})}
+    bad = {scale: n for scale, n in table.items() if not isinstance(n, int) or n < 2}
+    if bad:
+        raise ValueError(f"settings.min_seeds: each value must be an integer >= 2; got {bad}")
+    return table
 
-def _quiet(test, *args, **kwargs):
-    """scipy warns on zero-variance samples; the result (inf/NaN statistic) is handled by the caller."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return test(*args, **kwargs)
-
-
-def effect_verdict(treatment, control=None, expected_sign: str = "+", alpha: float = 0.05) -> dict:
-    """Paired t-test of treatment - control (ttest_rel), or one-sample test of treatment against 0."""
-    treatment = np.asarray(treatment, dtype=float)
-    diffs = treatment if control is None else treatment - np.asarray(control, dtype=float)
-    mean, std, n, low, high = t_interval(diffs, alpha)
-    out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "p_value": np.nan, "note": ""}
-    if n == 0:
-        return {**out, "verdict": "not run", "note": "no matched runs"}
-    if n < 2:
-        return {**out, "verdict": "inconclusive", "note": "n < 2: no test possible"}
-    result = (_quiet(stats.ttest_1samp, diffs, 0.0) if control is None
-              else _quiet(stats.ttest_rel, treatment, np.asarray(control, dtype=float)))
-    p_value = float(result.pvalue)
-    out["p_value"] = p_value
-    if not p_value < alpha:  # also NaN: identical values, no difference to test
-        return {**out, "verdict": "inconclusive"}
-    verdict = "supported" if np.sign(mean) == SIGNS[expected_sign] else "contradicted"
-    return {**out, "verdict": verdict}
-
-
-def equivalence_verdict(treatment, control, tolerance: float = 1.0, alpha: float = 0.05) -> dict:
-    """'About the same': the (1 - alpha) CI of the paired difference inside +-tolerance (supported),
-    wholly outside it (contradicted), or straddling its edge (inconclusive)."""
-    diffs = np.asarray(treatment, dtype=float) - np.asarray(control, dtype=float)
-    mean, std, n, low, high = t_interval(diffs, alpha)
-    out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "p_value": np.nan,
-           "note": f"equivalence band +-{tolerance:g} points"}
-    if n == 0:
-        return {**out, "verdict": "not run", "note": "no matched runs"}
-    if n < 2:
-        return {**out, "verdict": "inconclusive", "note": "n < 2: CI undefined"}
-    if -tolerance <= low and high <= tolerance:
-        return {**out, "verdict": "supported"}
-    if high < -tolerance or low > tolerance:
-        return {**out, "verdict": "contradicted"}
-    return {**out, "verdict": "inconclusive"}
-
-
-# ---- the registry and the runs ----------------------------------------------------------------
 
 def load_claims(path: Path) -> dict:
     """{'settings', 'tables': {name: spec}, 'effects': [spec]} from the registry YAML."""
@@ -116,10 +54,11 @@ def load_claims(path: Path) -> dict:
         for name, spec in section.get("tables", {}).items():
             tables[name] = {"paper": paper, **spec}
         effects += [{"paper": paper, **claim} for claim in section.get("qualitative", [])]
-    return {"settings": raw["settings"], "tables": tables, "effects": effects}
+    settings = {**raw["settings"], "min_seeds": min_seeds_by_scale(raw["settings"])}
+    return {"settings": settings, "tables": tables, "effects": effects}
 
 
-def number_claims(tables: dict) -> list[dict]:
+def number_claims(tables: dict, default_tolerance: float = 1.0) -> list[dict]:
     """One claim per table cell, in the table's own row and column order."""
     claims = []
     for table, spec in tables.items():
@@ -128,12 +67,39 @@ def number_claims(tables: dict) -> list[dict]:
             for column, value in zip(spec["columns"], values):
                 claims.append({"claim_id": f"{spec['paper']}.{table}.{row}.{column}", "table": table,
                                "row": row, "column": column, "paper": value, "method": method,
-                               "eval_mode": eval_mode, "kind": spec.get("row_kind", {}).get(row, spec["kind"])})
+                               "eval_mode": eval_mode, "kind": spec.get("row_kind", {}).get(row, spec["kind"]),
+                               "metric": spec.get("metric", "top1"),
+                               "tolerance": spec.get("tolerance", default_tolerance)})
     return claims
 
 
+def load_deviations(path: Path) -> list[dict]:
+    """The deviations registry, numbered D1, D2, ... in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"deviations registry {path} not found (the audit marks the cells each "
+                                "deviation affects; write it, or pass --deviations)")
+    entries = (yaml.safe_load(path.read_text()) or {}).get("deviations") or []
+    for i, entry in enumerate(entries, 1):
+        missing = [key for key in DEVIATION_KEYS if key not in entry]
+        if missing:
+            raise ValueError(f"{path}: deviation {i} ({entry.get('id', '?')}) lacks {', '.join(missing)}")
+    ids = [entry["id"] for entry in entries]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"{path}: deviation ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return [{**entry, "marker": f"D{i}"} for i, entry in enumerate(entries, 1)]
+
+
+# ---- the runs ---------------------------------------------------------------------------------
+
+def _configuration(run_id: str, dataset: str, model: str, seed) -> str:
+    """config.expand_runs names runs `<dataset>-<model>-<label and sweep values>-s<seed>`: the middle part
+    names the configuration, the same for every seed of it."""
+    return str(run_id).removeprefix(f"{dataset}-{model}-").removesuffix(f"-s{seed}")
+
+
 def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
-    """All sets' long run tables, with set, kind and the papers' dataset and model names."""
+    """All sets' long run tables, with set, kind, configuration and the papers' dataset and model names."""
     frames = []
     for path in runs_csvs:
         frame = pd.read_csv(path)
@@ -149,6 +115,8 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
     runs["dataset_paper"] = runs["dataset"].map(lambda d: set_info.get("datasets", {}).get(d) or d)
     runs["model_paper"] = runs["model"].map(lambda m: set_info.get("models", {}).get(m) or m)
     runs["evidence"] = runs["set"] + "/" + runs["run_id"].astype(str)
+    runs["config"] = [_configuration(*line) for line in zip(runs["run_id"], runs["dataset"], runs["model"],
+                                                              runs["seed"])]
     return runs
 
 
@@ -157,26 +125,8 @@ def at_best_scale(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     paper = rows[rows["scale"] == PAPER_SCALE]
     if len(paper):
         return paper, PAPER_SCALE
-    return rows, "+".join(sorted(rows["scale"].astype(str).unique())) or "none"
+    return rows, join_scales(rows["scale"]) or "none"
 
-
-# ---- number claims ----------------------------------------------------------------------------
-
-def audit_numbers(claims: list[dict], runs: pd.DataFrame, tolerance: float, alpha: float) -> pd.DataFrame:
-    lines = []
-    for claim in claims:
-        dataset, model = claim["column"].split("/", 1)
-        rows = runs[(runs["kind"] == claim["kind"]) & (runs["method"] == claim["method"])
-                    & (runs["eval_mode"] == claim["eval_mode"]) & (runs["dataset_paper"] == dataset)
-                    & (runs["model_paper"] == model)]
-        rows, scale = at_best_scale(rows)
-        result = number_verdict(claim["paper"], rows["top1"], scale, tolerance, alpha)
-        lines.append({**{k: claim[k] for k in ("claim_id", "table", "row", "column", "paper")},
-                      **result, "scale": scale if len(rows) else "", "evidence": " ".join(rows["evidence"])})
-    return pd.DataFrame(lines, columns=AUDIT_COLUMNS)
-
-
-# ---- effect claims ----------------------------------------------------------------------------
 
 def _natural_key(value) -> tuple:
     digits = re.findall(r"-?\d+(?:\.\d+)?", str(value))
@@ -184,8 +134,10 @@ def _natural_key(value) -> tuple:
 
 
 def select_side(runs: pd.DataFrame, kind: str, side: dict) -> pd.DataFrame:
-    """One line per run: the methods (shell patterns) of `kind`, in the first of `eval_modes` each run
-    has; other keys pick a sweep value (`first` / `last` in natural order, or an exact value)."""
+    """One line per run: the methods (shell patterns) of `kind` (the side's own `kind` first), in the first
+    of `eval_modes` each run has; other keys pick a column value (`first` / `last` sweep value in natural
+    order, or an exact value such as `model_paper: resnet50`)."""
+    kind = side.get("kind", kind)
     rows = runs[(runs["kind"] == kind)
                 & runs["method"].map(lambda m: any(fnmatch.fnmatchcase(m, p) for p in side["methods"]))]
     rows = rows[rows["eval_mode"].isin(side.get("eval_modes", rows["eval_mode"].unique()))]
@@ -193,7 +145,7 @@ def select_side(runs: pd.DataFrame, kind: str, side: dict) -> pd.DataFrame:
         rank = rows["eval_mode"].map({mode: i for i, mode in enumerate(side["eval_modes"])})
         rows = rows.loc[rank.groupby([rows["set"], rows["run_id"]]).idxmin()]
     for column, wanted in side.items():
-        if column in ("methods", "eval_modes") or not len(rows):
+        if column in ("methods", "eval_modes", "kind") or not len(rows):
             continue
         if column not in rows.columns:
             return rows.iloc[0:0]
@@ -207,103 +159,227 @@ def select_side(runs: pd.DataFrame, kind: str, side: dict) -> pd.DataFrame:
     return rows
 
 
-def paired_frame(runs: pd.DataFrame, test: dict, pair_on: list[str]) -> pd.DataFrame:
-    """Treatment and control means per pair (several runs on one side of a pair are averaged)."""
-    sides = {}
-    for name in ("treatment", "control"):
-        rows, _ = at_best_scale(select_side(runs, test["kind"], test[name]))
-        sides[name] = rows.groupby(pair_on).agg(top1=("top1", "mean"), evidence=("evidence", " ".join),
-                                                modes=("eval_mode", lambda m: " ".join(sorted(set(m)))),
-                                                scale=("scale", "first"))
-    return sides["treatment"].join(sides["control"], how="inner", suffixes=("_t", "_c"))
+# ---- number claims ----------------------------------------------------------------------------
+
+def audit_numbers(claims: list[dict], runs: pd.DataFrame, alpha: float, min_seeds: dict) -> pd.DataFrame:
+    lines = []
+    for claim in claims:
+        dataset, model = claim["column"].split("/", 1)
+        rows = runs[(runs["kind"] == claim["kind"]) & (runs["method"] == claim["method"])
+                    & (runs["eval_mode"] == claim["eval_mode"]) & (runs["dataset_paper"] == dataset)
+                    & (runs["model_paper"] == model)]
+        metric, note = claim["metric"], ""
+        if metric in rows.columns:
+            rows = rows[rows[metric].notna()]
+        else:
+            rows, note = rows.iloc[0:0], f"the runs tables have no {metric} column"
+        rows, scale = at_best_scale(rows)
+        result = number_verdict(claim["paper"], rows[metric] if len(rows) else [], scale, claim["tolerance"], alpha,
+                                min_seeds.get(scale, min_seeds["default"]))
+        lines.append({**{k: claim[k] for k in ("claim_id", "table", "row", "column", "paper", "metric")},
+                      **result, "note": "; ".join(filter(None, [result["note"], note])),
+                      "expected": f"±{claim['tolerance']:g}", "scale": scale if len(rows) else "",
+                      "evidence": " ".join(rows["evidence"])})
+    return pd.DataFrame(lines, columns=AUDIT_COLUMNS)
 
 
-def _effect_line(claim: dict, result: dict, pairs: pd.DataFrame | None, expected: str) -> dict:
-    evidence = "" if pairs is None or not len(pairs) else " ".join(dict.fromkeys(  # once each, in order
-        " ".join(pairs["evidence_t"] + " " + pairs["evidence_c"]).split()))
-    note = result.get("note", "")
-    if pairs is not None and len(pairs):
-        note = "; ".join(filter(None, [note, f"treatment modes: {' '.join(sorted(set(pairs['modes_t'])))}"]))
-    scale = "" if pairs is None or not len(pairs) else "+".join(sorted(set(pairs["scale_t"]) | set(pairs["scale_c"])))
-    return {"claim_id": claim["id"], "table": "effects", "row": claim["id"], "column": "", "paper": np.nan,
-            "expected": expected, **{k: result[k] for k in ("mean", "std", "n", "ci_low", "ci_high", "p_value")},
-            "delta": np.nan, "verdict": result["verdict"], "scale": scale, "note": note, "evidence": evidence}
+# ---- effect claims: one line per (cell, seed) -------------------------------------------------
+
+VALUE_COLUMNS = ["cell", "dataset", "model", "method", "treatment", "control", "seed", "value", "scale", "evidence"]
 
 
-def _paired(claim: dict, runs: pd.DataFrame, tolerance: float, alpha: float) -> dict:
-    test = claim["test"]
-    pairs = paired_frame(runs, test, test.get("pair_on", ["dataset", "model", "seed"]))
-    if test["type"] == "equivalence":
-        return _effect_line(claim, equivalence_verdict(pairs["top1_t"], pairs["top1_c"], tolerance, alpha),
-                            pairs, f"|diff| <= {tolerance:g}")
-    return _effect_line(claim, effect_verdict(pairs["top1_t"], pairs["top1_c"], test["expected_sign"], alpha),
-                        pairs, test["expected_sign"])
+def _per_cell_seed(frame: pd.DataFrame, values: list[str]) -> pd.DataFrame:
+    """Several runs of one configuration and seed (the same setting in two sets) count as one seed."""
+    keys = [c for c in VALUE_COLUMNS if c in frame.columns and c not in values + ["scale", "evidence"]]
+    agg = {**{v: "mean" for v in values}, "scale": join_scales, "evidence": " ".join}
+    return frame.groupby(keys, sort=False, dropna=False).agg(agg).reset_index()
 
 
-def _one_sample(claim: dict, runs: pd.DataFrame, tolerance: float, alpha: float) -> dict:
+def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
+    """treatment - control per cell and seed, matched on `pair_on` (default dataset, model, seed)."""
+    pair_on = test.get("pair_on", ["dataset", "model", "seed"])
+    if "seed" not in pair_on:
+        raise ValueError(f"pair_on {pair_on} must contain seed: pairs are runs of one seed")
+    keep = list(dict.fromkeys(["dataset", "model", "dataset_paper", "method", "config", "eval_mode", "seed", "top1",
+                               "scale", "evidence", *pair_on]))
+    sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
+    pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
+    if pairs.empty:
+        return pd.DataFrame(columns=VALUE_COLUMNS + ["dataset_paper"])
+    pick = lambda name: pairs[name] if name in pairs else pairs[f"{name}_t"]  # noqa: E731
+    frame = pd.DataFrame({"dataset": pick("dataset"), "model": pick("model"), "method": pick("method"),
+                          "dataset_paper": pick("dataset_paper"),
+                          "treatment": pairs["config_t"] + " [" + pairs["eval_mode_t"] + "]",
+                          "control": pairs["config_c"] + " [" + pairs["eval_mode_c"] + "]",
+                          "seed": pairs["seed"], "value": pairs["top1_t"] - pairs["top1_c"],
+                          "scale": [join_scales(s) for s in zip(pairs["scale_t"], pairs["scale_c"])],
+                          "evidence": pairs["evidence_t"] + " " + pairs["evidence_c"]})
+    frame["cell"] = frame["dataset"] + "/" + frame["model"] + ": " + frame["treatment"] + " - " + frame["control"]
+    return frame
+
+
+def _paired(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    return _per_cell_seed(paired_values(runs, test), ["value"])
+
+
+def _one_sample(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
     """A per-run diagnostic (one value per run, whatever its eval modes), optionally on a log scale."""
-    test = claim["test"]
-    rows = select_side(runs, test["kind"], {"methods": test["methods"]})
-    rows, scale = at_best_scale(rows.drop_duplicates(["set", "run_id"]))
-    values = rows[test["column"]].dropna() if test["column"] in rows.columns else pd.Series(dtype=float)
-    values = np.log(values[values > 0]) if test.get("log") else values
-    result = effect_verdict(values, None, test["expected_sign"], alpha)
-    if len(values) and test.get("log"):
-        extra = f"mean and CI of log {test['column']}; geometric mean ratio {np.exp(values.mean()):.3g}"
-        result["note"] = "; ".join(filter(None, [result["note"], extra]))
-    line = _effect_line(claim, result, None, f"{test['expected_sign']} ({test['column']})")
-    return {**line, "scale": scale if len(values) else "", "evidence": " ".join(rows["evidence"])}
+    rows, _ = at_best_scale(select_side(runs, test["kind"], {"methods": test["methods"]}))
+    rows = rows.drop_duplicates(["set", "run_id"])
+    values = rows[test["column"]] if test["column"] in rows.columns else pd.Series(np.nan, index=rows.index)
+    if test.get("log"):
+        values = np.log(values.where(values > 0))
+    frame = rows.assign(value=values, treatment=rows["config"], control="").dropna(subset=["value"])
+    if frame.empty:
+        return pd.DataFrame(columns=VALUE_COLUMNS)
+    frame["cell"] = frame["dataset"] + "/" + frame["model"] + ": " + frame["config"]
+    return _per_cell_seed(frame.reindex(columns=VALUE_COLUMNS), ["value"])
 
 
-def _seed_variance(claim: dict, runs: pd.DataFrame, tolerance: float, alpha: float) -> dict:
-    """log(seed variance of treatment / of control) per (dataset, model, control method) cell, tested > 0."""
-    test, cells = claim["test"], ["dataset", "model"]
-    treat = select_side(runs, test["kind"], test["treatment"]).groupby(cells)["top1"].var(ddof=1)
-    ctrl = select_side(runs, test["kind"], test["control"]).groupby(cells + ["method"])["top1"].var(ddof=1)
-    ctrl = ctrl.reset_index().join(treat.rename("treat_var"), on=cells).dropna()
-    ratios = np.log(ctrl["treat_var"] / ctrl["top1"]).replace([np.inf, -np.inf], np.nan).dropna()
-    result = effect_verdict(ratios, None, test["expected_sign"], alpha)
-    result["note"] = "; ".join(filter(None, [result["note"], f"log seed-variance ratio over {len(ratios)} cells"]))
-    rows = pd.concat([select_side(runs, test["kind"], test[s]) for s in ("treatment", "control")])
-    line = _effect_line(claim, result, None, test["expected_sign"])
-    return {**line, "scale": "+".join(sorted(set(rows["scale"]))) if len(ratios) else "",
-            "evidence": " ".join(rows["evidence"])}
+def _gain_by_dataset(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    """Gain (treatment - control) on the large dataset minus the gain on the small one, per model,
+    configuration and seed."""
+    gains = paired_values(runs, {**test, "pair_on": ["dataset", "model", "seed"]})
+    small, large = (gains[gains["dataset_paper"] == test["datasets"][size]] for size in ("small", "large"))
+    keys = ["model", "method", "treatment", "control", "seed"]
+    both = large.merge(small, on=keys, suffixes=("_large", "_small"))
+    if both.empty:
+        return pd.DataFrame(columns=VALUE_COLUMNS)
+    frame = both[keys].assign(dataset=test["datasets"]["large"] + " - " + test["datasets"]["small"],
+                              value=both["value_large"] - both["value_small"],
+                              scale=[join_scales(s) for s in zip(both["scale_large"], both["scale_small"])],
+                              evidence=both["evidence_large"] + " " + both["evidence_small"])
+    frame["cell"] = frame["dataset"] + " / " + frame["model"] + ": " + frame["treatment"] + " - " + frame["control"]
+    return _per_cell_seed(frame, ["value"])
 
 
-def _gain_by_dataset(claim: dict, runs: pd.DataFrame, tolerance: float, alpha: float) -> dict:
-    """Gain (treatment - control) on the large dataset vs on the small one, paired on (model, seed)."""
-    test = claim["test"]
-    pairs = paired_frame(runs, test, ["dataset_paper", "model", "seed"])
-    gains = (pairs["top1_t"] - pairs["top1_c"]).unstack("dataset_paper")
-    small, large = test["datasets"]["small"], test["datasets"]["large"]
-    if small not in gains.columns or large not in gains.columns:
-        result = {**effect_verdict([], None), "note": f"needs runs on both {small} and {large}"}
-        return _effect_line(claim, result, None, test["expected_sign"])
-    both = gains[[small, large]].dropna()
-    return _effect_line(claim, effect_verdict(both[large], both[small], test["expected_sign"], alpha),
-                        pairs, test["expected_sign"])
+def _variance_side(test: dict, runs: pd.DataFrame, side: dict) -> pd.DataFrame:
+    """Per-seed values of one side of a variance claim: accuracies, or a `gain` (paired difference)."""
+    if "gain" in side:
+        return paired_values(runs, {"kind": test["kind"], **side["gain"]}).assign(
+            label=lambda f: f["treatment"].astype(str) + " - " + f["control"].astype(str))
+    rows, _ = at_best_scale(select_side(runs, test["kind"], side))
+    return rows.assign(value=rows["top1"], label=rows["config"].astype(str) + " [" + rows["eval_mode"].astype(str) + "]")
+
+
+def _seed_variance(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
+    """Treatment and control values per seed in each cell (`cells` keys, each side's configuration)."""
+    keys = test.get("cells", ["dataset", "model"])
+    keep = keys + ["seed", "label", "value", "scale", "evidence"]
+    t, c = (_variance_side(test, runs, test[name])[lambda f: keep] for name in ("treatment", "control"))
+    both = t.merge(c, on=keys + ["seed"], suffixes=("_t", "_c"))
+    if both.empty:
+        return pd.DataFrame(columns=VALUE_COLUMNS + ["t", "c"])
+    frame = both[keys + ["seed"]].assign(
+        treatment=both["label_t"], control=both["label_c"], t=both["value_t"], c=both["value_c"],
+        scale=[join_scales(s) for s in zip(both["scale_t"], both["scale_c"])],
+        evidence=both["evidence_t"] + " " + both["evidence_c"])
+    frame["cell"] = (frame[keys].astype(str).agg("/".join, axis=1) + ": var " + frame["treatment"]
+                     + " vs var " + frame["control"])
+    return _per_cell_seed(frame, ["t", "c"])
 
 
 EFFECT_TESTS = {"paired": _paired, "equivalence": _paired, "one_sample": _one_sample,
                 "seed_variance": _seed_variance, "gain_by_dataset": _gain_by_dataset}
 
 
-def audit_effect(claim: dict, runs: pd.DataFrame, tolerance: float, alpha: float) -> dict:
+def effect_values(claim: dict, runs: pd.DataFrame) -> pd.DataFrame:
     test_type = claim["test"]["type"]
     if test_type not in EFFECT_TESTS:
         raise ValueError(f"claim {claim['id']}: unknown test type {test_type!r}; known: {', '.join(EFFECT_TESTS)}")
-    return EFFECT_TESTS[test_type](claim, runs, tolerance, alpha)
+    frame = EFFECT_TESTS[test_type](claim["test"], runs)
+    return frame.reindex(columns=list(dict.fromkeys(VALUE_COLUMNS + list(frame.columns))))
+
+
+def _expected(test: dict, band: tuple[float, float]) -> str:
+    if test["type"] == "equivalence":
+        return f"in [{band[0]:g}, {band[1]:g}]"
+    what = {"seed_variance": " (log var ratio)", "one_sample": f" ({'log ' if test.get('log') else ''}"
+            f"{test.get('column')})"}.get(test["type"], "")
+    return test["expected_sign"] + what
+
+
+def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One audit line per effect claim and one line per cell; Holm across the claims with a p-value."""
+    alpha, min_seeds = settings["alpha"], settings["min_seeds"]
+    lines, cells = [], []
+    for claim in effects:
+        test = claim["test"]
+        values = effect_values(claim, runs)
+        variance = test["type"] == "seed_variance"
+        table, result = summarize_cells(values, min_seeds, alpha, variance)
+        band = tuple(test.get("band", (-settings["tolerance"], settings["tolerance"])))
+        if test["type"] == "equivalence":
+            result["p_value"] = np.nan  # decided by its CI, not a p-value: not in the Holm family
+        described = values.groupby("cell", sort=False).agg(
+            dataset=("dataset", "first"), model=("model", "first"), treatment=("treatment", "first"),
+            control=("control", "first"), evidence=("evidence", lambda e: " ".join(dict.fromkeys(" ".join(e).split()))))
+        cells.append(table.join(described, on="cell").assign(claim_id=claim["id"]))
+        note = (f"{result['cells']} of {result['cells_all']} cells with >= {result['needed']} seeds; "
+                f"{result['n']} seeds in all of them" if result["cells"] else
+                f"no cell has the {result['needed']} seeds needed: numbers over all cells, untested")
+        lines.append({"claim_id": claim["id"], "table": "effects", "row": claim["id"], "column": "", "metric": "top1",
+                      "expected": _expected(test, band), **{k: result[k] for k in ("mean", "std", "n", "ci_low",
+                                                                                   "ci_high", "p_value", "scale")},
+                      "cells": f"{result['cells']}/{result['cells_all']}", "verdict": effect_gate(result),
+                      "note": note if result["cells_all"] else "no matched runs", "band": band,
+                      "sign": test.get("expected_sign", "+"), "type": test["type"],
+                      "evidence": " ".join(dict.fromkeys(" ".join(values["evidence"]).split()))})
+    frame = pd.DataFrame(lines)
+    if len(frame):
+        frame["p_holm"] = holm(frame["p_value"])
+        for i, line in frame[frame["verdict"].isna()].iterrows():
+            frame.loc[i, "verdict"] = (interval_verdict(line["ci_low"], line["ci_high"], line["band"])
+                                       if line["type"] == "equivalence"
+                                       else significance_verdict(line["mean"], line["p_holm"], line["sign"], alpha))
+    cell_table = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame()
+    return frame.reindex(columns=AUDIT_COLUMNS), cell_table.reindex(columns=CELL_COLUMNS)
+
+
+# ---- deviations -------------------------------------------------------------------------------
+
+def deviation_markers(audit: pd.DataFrame, deviations: list[dict], runs: pd.DataFrame) -> list[str]:
+    """Per audit line, the markers (D1,D3) of the deviations whose `affects` patterns match its claim id and
+    whose `when` holds: some evidence run has one of the listed values in each named column (a column the
+    runs tables lack is no condition)."""
+    marks = []
+    for claim_id, evidence in zip(audit["claim_id"], audit["evidence"].fillna("")):
+        evidence_runs = runs[runs["evidence"].isin(evidence.split())]
+        hits = []
+        for entry in deviations:
+            if not any(fnmatch.fnmatchcase(claim_id, pattern) for pattern in entry["affects"]):
+                continue
+            when = {col: values for col, values in (entry.get("when") or {}).items() if col in runs.columns}
+            if all(evidence_runs[col].astype(str).isin([str(v) for v in values]).any() for col, values in when.items()):
+                hits.append(entry["marker"])
+        marks.append(",".join(hits))
+    return marks
+
+
+def deviations_markdown(deviations: list[dict], audit: pd.DataFrame) -> str:
+    if not deviations:
+        return "None registered."
+    clean = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731  (markdown table cells)
+    marked = audit["deviations"].fillna("").str.split(",")
+    table = pd.DataFrame([{"": d["marker"], "id": d["id"], "what": clean(d["what"]), "paper": clean(d["paper"]),
+                           "code": clean(d["code"]), "ours": clean(d["ours"]), "why": clean(d["why"]),
+                           "cells affected": int(marked.map(lambda m: d["marker"] in m).sum())}
+                          for d in deviations])
+    return table.to_markdown(index=False)
 
 
 # ---- rendering --------------------------------------------------------------------------------
 
 def cell_text(line: pd.Series, pm: str = "±", delta: str = "Δ") -> str:
-    """'paper vs ours ± sd (n), Δ', or 'paper vs not run'; scale-labelled when not paper scale."""
+    """'paper vs ours ± sd (n), Δ', or 'paper vs not run'; scale-labelled when not paper scale; then the
+    deviation markers."""
+    marks = line.get("deviations", "")
+    marks = f" [{marks}]" if isinstance(marks, str) and marks else ""
     if line["verdict"] == "not run":
-        return f"{line['paper']:.2f} vs not run"
+        return f"{line['paper']:.2f} vs not run{marks}"
     spread = f" {pm} {line['std']:.2f}" if line["n"] >= 2 else ""
     text = f"{line['paper']:.2f} vs {line['mean']:.2f}{spread} (n={line['n']}), {delta} {line['delta']:+.2f}"
-    return text + (f" [{line['scale']}]" if line["scale"] != PAPER_SCALE else "")
+    return text + (f" [{line['scale']}]" if line["scale"] != PAPER_SCALE else "") + marks
 
 
 def paper_table(audit: pd.DataFrame, table: str, spec: dict, **marks) -> pd.DataFrame:
@@ -329,15 +405,18 @@ def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, prefix: Path)
     shown = paper_table(audit, table, spec)
     write_atomic(prefix.with_suffix(".csv"), shown.to_csv())
     write_atomic(prefix.with_suffix(".md"), f"## {title}\n\nEach cell: paper vs ours (mean ± sd over seeds, n), "
-                 f"Δ = ours - paper, top-1 %.\n\n{shown.to_markdown()}\n")
+                 f"Δ = ours - paper, {spec.get('metric', 'top1')} %, band ±{spec['tolerance']:g}; [D<i>]: "
+                 f"deviations that apply (last section).\n\n{shown.to_markdown()}\n")
     # ASCII marks survive escaping; they become math after it
     tex = paper_table(audit, table, spec, pm="PMMARK", delta="DELTAMARK").rename_axis(None).to_latex(
         escape=True, caption=_latex_escape(title), label=f"tab:paper_{table}")
     write_atomic(prefix.with_suffix(".tex"), tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
 
 
-VERDICT_COLOURS = {"reproduced": "#2a9d3f", "supported": "#2a9d3f", "differs": "#d62728", "contradicted": "#d62728",
-                   "scale differs": "#ff9f1c", "inconclusive": "#7f7f7f"}
+GREEN, RED, ORANGE, GREY, LIGHT = "#2a9d3f", "#d62728", "#ff9f1c", "#7f7f7f", "#bdbdbd"
+VERDICT_COLOURS = {"reproduced": GREEN, "supported": GREEN, "differs (higher)": RED, "differs (lower)": RED,
+                   "contradicted": RED, "scale differs": ORANGE, "smoke scale": ORANGE, "inconclusive": GREY,
+                   "too few seeds": LIGHT, "not run": LIGHT}
 
 
 def plot_audit(audit: pd.DataFrame, path: Path) -> None:
@@ -345,7 +424,7 @@ def plot_audit(audit: pd.DataFrame, path: Path) -> None:
     from pipeline_src.plots import plt, save_figure, sns
 
     numbers = audit[(audit["table"] != "effects") & (audit["n"] > 0)]
-    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0)]
+    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0) & audit["mean"].notna()]
     tables = list(dict.fromkeys(numbers["table"]))
     columns = min(3, len(tables) + 1)
     rows = -(-(len(tables) + 1) // columns)
@@ -361,7 +440,7 @@ def plot_audit(audit: pd.DataFrame, path: Path) -> None:
         values = pd.concat([part["paper"], part["mean"] - half, part["mean"] + half])
         low, high = values.min() - 3, values.max() + 3
         ax.plot([low, high], [low, high], ls="--", color="black", lw=1, label="ours = paper")
-        ax.set(xlim=(low, high), ylim=(low, high), xlabel="paper top-1 (%)", ylabel="ours: mean top-1 (%), 95% CI",
+        ax.set(xlim=(low, high), ylim=(low, high), xlabel="paper (%)", ylabel="ours: mean (%), 95% CI",
                title=f"{table}\nscale: {'+'.join(sorted(set(part['scale'])))}")
         ax.legend(fontsize=8, loc="upper left")
         if len(part) <= 12:  # numbered points and a key below; beyond that audit.csv names every cell
@@ -381,9 +460,9 @@ def plot_audit(audit: pd.DataFrame, path: Path) -> None:
                           zip(effects["claim_id"], effects["expected"], effects["verdict"])], fontsize=8)
         ax.yaxis.tick_right()  # the long labels go where no panel is
         ax.axvline(0, color="black", lw=1)
-        span = 1.5 * effects["mean"].abs().max() + 5  # very wide CIs (n = 2) run off the edge
-        ax.set(xlim=(-span, span), xlabel="mean paired difference, 95% CI (top-1 points;\nlog ratio for "
-               "sigma ratios; wide CIs clipped)", title="effect claims (colour = verdict)")
+        span = 1.5 * effects["mean"].abs().max() + 5  # very wide CIs (few seeds) run off the edge
+        ax.set(xlim=(-span, span), xlabel="effect, 95% CI (top-1 points; log ratio for sigma\nand variance "
+               "ratios; wide CIs clipped)", title="effect claims (colour = verdict)")
     else:
         ax.text(0.5, 0.5, "no effect claim has runs", ha="center", va="center")
         ax.set_axis_off()
@@ -394,37 +473,77 @@ def plot_audit(audit: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def audit_markdown(audit: pd.DataFrame, claims: dict, table_md: list[str]) -> str:
+def rules_text(claims: dict, n_tested: int) -> str:
+    """The settings and rules the verdicts follow, stated once at the top of audit.md."""
+    settings, alpha = claims["settings"], claims["settings"]["alpha"]
+    seeds = ", ".join(f"{scale} scale {n}" if scale != "default" else f"other scales {n}"
+                      for scale, n in settings["min_seeds"].items())
+    bands = "; ".join(f"{name} ±{spec.get('tolerance', settings['tolerance']):g} ({spec.get('metric', 'top1')}; "
+                      f"{spec.get('tolerance_reason', 'the default')})" for name, spec in claims["tables"].items())
+    level = f"{100 * (1 - alpha):g}%"
+    return "\n".join([
+        f"- **Seeds needed (min_seeds):** {seeds}; fewer gives `too few seeds` (numbers kept).",
+        f"- **Number claims:** the {level} t-interval of our mean over seeds against the band paper ± tolerance: "
+        "inside → `reproduced`; wholly above / below → `differs (higher)` / `differs (lower)`; overlapping an "
+        "edge → `inconclusive`. Runs not at paper scale: `scale differs`, never `reproduced`.",
+        f"- **Tolerances (points):** {bands}; default ±{settings['tolerance']:g}, also the equivalence band of "
+        "claims without their own `band`.",
+        "- **Effect claims:** runs paired per cell (dataset, model, configuration and eval mode of each side, "
+        "same seed); each cell gets a paired t-test (table below). A cell counts with >= min_seeds seeds. Claim "
+        "test: each seed's values averaged over the counting cells (seeds all of them have), then a two-sided "
+        "one-sample t-test of those seed means (n_seeds - 1 df); seeds are the independent replicates, so cells "
+        "sharing a run do not count twice. Variance claims: Pitman-Morgan test (corr(x + y, x - y) = 0) on the "
+        f"same seed means. Equivalence claims: the {level} CI of the effect inside the band → `supported`, "
+        "wholly outside → `contradicted`. Runs not at paper scale: `smoke scale`.",
+        f"- **Multiple testing:** Holm-Bonferroni across the {n_tested} effect claims of this audit with a p-value "
+        "(smoke-scale ones included, so the family does not depend on which runs reached paper scale; `p_holm`); "
+        f"`supported` / `contradicted` need p_holm < alpha = {alpha:g}. Per-cell p-values are not adjusted and "
+        "decide nothing."])
+
+
+def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table_md: list[str],
+                   deviations: list[dict]) -> str:
     numbers, effects = audit[audit["table"] != "effects"], audit[audit["table"] == "effects"]
     board = pd.concat([numbers["verdict"].value_counts().rename("number claims"),
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
     texts = {e["id"]: e["claim"] for e in claims["effects"]}
     shown = effects.assign(claim=effects["claim_id"].map(texts))[
-        ["claim_id", "claim", "expected", "mean", "ci_low", "ci_high", "n", "p_value", "verdict", "scale", "note"]]
-    settings = claims["settings"]
+        ["claim_id", "claim", "expected", "mean", "ci_low", "ci_high", "n", "cells", "p_value", "p_holm", "verdict",
+         "scale", "deviations", "note"]]
+    cell_cols = ["claim_id", "cell", "n", "mean", "ci_low", "ci_high", "p_value", "counts", "scale"]
     return "\n\n".join([
         "# Audit of the published numbers and claims",
-        f"Tolerance ±{settings['tolerance']:g} top-1 points, alpha {settings['alpha']:g}. Evidence (run ids) per claim "
-        "is in audit.csv. `scale differs`: only smoke-scale runs exist, so the cell is not a reproduction.",
+        rules_text(claims, int(effects["p_value"].notna().sum())),
+        "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv.",
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
         "## Effect claims", shown.to_markdown(index=False, floatfmt=".3g"),
-        "## Paper tables", *table_md]) + "\n"
+        "## Effect claims per cell", "mean: treatment - control over seeds (variance claims: log var ratio); "
+        "p_value: the cell's own test, unadjusted; counts: the cell has min_seeds seeds and enters the claim test.",
+        cells[cell_cols].to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
+        "## Paper tables", *table_md,
+        "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
 
 
-def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, out_dir: Path) -> pd.DataFrame:
-    """Write audit.csv, audit.md, figures/audit.png and tables/paper_<table>.{csv,md,tex} under out_dir."""
+def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, out_dir: Path,
+               deviations_path: Path) -> pd.DataFrame:
+    """Write audit.csv, effects_cells.csv, audit.md, figures/audit.png and tables/paper_<table>.{csv,md,tex}."""
     claims = load_claims(claims_path)
-    tolerance, alpha = claims["settings"]["tolerance"], claims["settings"]["alpha"]
+    deviations = load_deviations(deviations_path)
+    settings = claims["settings"]
     runs = load_runs([Path(p) for p in runs_csvs], set_info)
-    numbers = audit_numbers(number_claims(claims["tables"]), runs, tolerance, alpha)
-    effects = pd.DataFrame([audit_effect(c, runs, tolerance, alpha) for c in claims["effects"]], columns=AUDIT_COLUMNS)
+    numbers = audit_numbers(number_claims(claims["tables"], settings["tolerance"]), runs, settings["alpha"],
+                            settings["min_seeds"])
+    effects, cells = audit_effects(claims["effects"], runs, settings)
     audit = pd.concat([numbers, effects], ignore_index=True)
+    audit["deviations"] = deviation_markers(audit, deviations, runs)
     out_dir = Path(out_dir)
     table_md = []
     for table, spec in claims["tables"].items():
+        spec = {"tolerance": settings["tolerance"], **spec}
         write_paper_table(audit, table, spec, out_dir / "tables" / f"paper_{table}")
         table_md.append((out_dir / "tables" / f"paper_{table}.md").read_text().strip())
     write_atomic(out_dir / "audit.csv", audit.to_csv(index=False, float_format="%.6g"))
-    write_atomic(out_dir / "audit.md", audit_markdown(audit, claims, table_md))
+    write_atomic(out_dir / "effects_cells.csv", cells.to_csv(index=False, float_format="%.6g"))
+    write_atomic(out_dir / "audit.md", audit_markdown(audit, cells, claims, table_md, deviations))
     plot_audit(audit, out_dir / "figures" / "audit.png")
     return audit

@@ -136,6 +136,16 @@ def dataset_spec(params: dict, name: str) -> dict:
     return {k: v for k, v in params["datasets"][name].items() if k != "paper_name"}
 
 
+def audit_set_info(params: dict) -> dict:
+    """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
+    return {
+        **{name: {"kind": spec.get("kind", name), "scale": params["scale"]}
+           for name, spec in params["experiment_sets"].items()},
+        "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
+        "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},
+    }
+
+
 def load_params(path: str | Path) -> dict:
     path = Path(path)
     try:

@@ -78,13 +78,13 @@ def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
 
 def plot_test_batch_study(name: str, table: pd.DataFrame, path: Path) -> None:
     """Accuracy vs test batch size, class-sorted and shuffled, per model and training; the same
-    model's clean accuracy as a line and one image per batch as a marker (report.test_batch_table)."""
+    model's clean accuracy as a line and one image per batch as a marker (report.batch_size_table)."""
     panels = table.groupby(["model", "method"], sort=False)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False, sharey=True)
     colours = {"class_sorted": sns.color_palette("deep")[3], "shuffled": sns.color_palette("deep")[0]}
     for ax, ((model, method), part) in zip(axes[0], panels):
         for how, colour in colours.items():
-            line = part[part["test_batches"] == how].sort_values("test_batch_size")
+            line = part[part["test_batches"] == how].sort_values("test_batch_size").astype({"test_batch_size": float})
             ax.errorbar(line["test_batch_size"], line["top1_mean"], yerr=line["top1_std"].fillna(0), marker="o",
                         capsize=3, color=colour, label=f"{how.replace('_', '-')} test batches")
         clean = part[part["test_batches"] == "clean"]
@@ -97,7 +97,8 @@ def plot_test_batch_study(name: str, table: pd.DataFrame, path: Path) -> None:
         ax.set_xscale("log")
         ax.set(xlabel="test batch size (log; dotted: the authors' 10)", title=f"{model}, {method.replace('_', ' ')}")
     axes[0][0].set_ylabel("test top-1 (%), mean ± sd over seeds")
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, -0.06))
     fig.suptitle(f"{name}: optimal-Q noise at test time vs how test batches are formed")
     fig.tight_layout()
     save_figure(fig, path)

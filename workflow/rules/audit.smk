@@ -1,10 +1,14 @@
-# The audit: every number and claim in params/claims.yaml against the sets' runs (pipeline_src/audit.py).
+# The audit: every number and claim in params/claims.yaml against the sets' runs, with the deviations of
+# params/deviations.yaml marked on the cells they affect (pipeline_src/audit.py, verdicts.py).
 import json
 
 import yaml
 
+from pipeline_src.config import audit_set_info
+
 AUDIT_CLAIMS = "params/claims.yaml"
-AUDIT_CODE = code_version(["audit", "plots", "provenance"])
+AUDIT_DEVIATIONS = "params/deviations.yaml"
+AUDIT_CODE = code_version(["audit", "verdicts", "plots", "provenance"])
 
 
 # Table names of the claims registry: one paper_<table>.{csv,md,tex} each. (Values, not get_*
@@ -14,11 +18,7 @@ with open(AUDIT_CLAIMS) as _registry:
                     for table in spec.get("tables", {})]
 
 # Each set's kind and scale, and the papers' names of our datasets and models, as JSON.
-AUDIT_INFO = json.dumps({
-    **{name: {"kind": spec.get("kind", name), "scale": PARAMS["scale"]} for name, spec in PARAMS["experiment_sets"].items()},
-    "datasets": {name: spec.get("paper_name", name) for name, spec in PARAMS["datasets"].items()},
-    "models": {name: spec.get("paper_name", name) for name, spec in PARAMS["models"].items()},
-}, sort_keys=True)
+AUDIT_INFO = json.dumps(audit_set_info(PARAMS), sort_keys=True)
 
 
 # tables/paper_<table>.csv and figures/audit.png also match aggregate_set's {experiment_set} patterns
@@ -31,8 +31,10 @@ rule audit:
     input:
         runs=expand(rules.aggregate_set.output.runs, experiment_set=SETS),
         claims=AUDIT_CLAIMS,
+        deviations=AUDIT_DEVIATIONS,
     output:
         csv=f"{RESULTS}/audit.csv",
+        cells=f"{RESULTS}/effects_cells.csv",
         markdown=report(f"{RESULTS}/audit.md", category="Audit", caption="../report/audit.rst"),
         figure=report(f"{RESULTS}/figures/audit.png", category="Audit", caption="../report/audit.rst"),
         tables=expand(f"{RESULTS}/tables/paper_{{table}}.{{ext}}", table=AUDIT_TABLES, ext=["csv", "md", "tex"]),
@@ -44,5 +46,5 @@ rule audit:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src audit --claims {input.claims} --set-info {params.info:q} "
-        "--out $(dirname {output.csv}) {input.runs} > {log} 2>&1"
+        "python -m pipeline_src audit --claims {input.claims} --deviations {input.deviations} "
+        "--set-info {params.info:q} --out $(dirname {output.csv}) {input.runs} > {log} 2>&1"

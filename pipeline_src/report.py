@@ -1,0 +1,188 @@
+"""A published reproduction report: the runs' metrics.json files kept in a committed folder, and
+everything else rebuilt from them alone (set tables, the audit, the test-batch study, provenance).
+
+    python -m pipeline_src report --params params/fashion_mnist.yaml --results results/fashion_mnist \
+        --out reports/fashion-mnist
+
+`--results` is optional: with it, finished runs there are first copied into `<out>/runs/` (metrics.json
+only, never weights), so a set that takes several sessions grows in the report folder run by run.
+Rebuilding from the committed files gives the committed tables and verdicts (tests/test_report.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_src.config import TRAINING_DEFAULTS, RunConfig, audit_set_info, expand_runs, load_params
+from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
+
+CLAIMS = REPO_ROOT / "params" / "claims.yaml"
+DEVIATIONS = REPO_ROOT / "params" / "deviations.yaml"
+
+
+def machine() -> str:
+    """CPU model and core count (and the GPU when there is one): where the runs were collected."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def same_run(recorded: dict, run: RunConfig) -> bool:
+    """A run's recorded params are the run the params file declares now. Keys added since the run was
+    made (a RunConfig field, an optimizer option) count as equal when they hold their neutral default."""
+    defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+    defaults["optimizer"] = TRAINING_DEFAULTS["optimizer"]
+    return _covers(recorded, asdict(run), defaults)
+
+
+def _covers(recorded, current, defaults) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    for key, value in current.items():
+        if key in recorded:
+            if not _covers(recorded[key], value, defaults.get(key) if isinstance(defaults.get(key), dict) else {}):
+                return False
+        elif defaults.get(key, MISSING) != value:
+            return False
+    return set(recorded) <= set(current) | {"resolved_method"}
+
+
+def collect(params: dict, results_dir: Path, report_dir: Path) -> list[str]:
+    """Copy each finished run's metrics.json (and its job's wall time) into the report; returns the
+    run keys newly copied. Runs of other params (an epoch count changed since) are not taken."""
+    copied = []
+    machines_path = report_dir / "machines.json"
+    machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
+    for run in expand_runs(params):
+        key = f"{run.experiment_set}/{run.run_id}"
+        source = results_dir / "runs" / key / "metrics.json"
+        target = report_dir / "runs" / key / "metrics.json"
+        if not source.exists():
+            continue
+        if not same_run(json.loads(source.read_text())["params"], run):
+            continue
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target.with_suffix(".tmp"))
+            os.replace(target.with_suffix(".tmp"), target)
+            copied.append(key)
+        bench = results_dir / "benchmarks" / f"{key}.tsv"
+        wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
+        machines.setdefault(key, {"machine": machine(), "job_wall_s": wall})
+    write_json(machines_path, dict(sorted(machines.items())))
+    return copied
+
+
+def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:
+    """Set -> the report's metrics.json files of that set's declared runs, in run-table order."""
+    by_set: dict[str, list[Path]] = {}
+    for run in expand_runs(params):
+        path = report_dir / "runs" / run.experiment_set / run.run_id / "metrics.json"
+        if path.exists():
+            by_set.setdefault(run.experiment_set, []).append(path)
+    return by_set
+
+
+def batch_size_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Per model, training and test protocol x test batch size: mean, sd, n over seeds, and the mean
+    paired difference to the same trained model evaluated clean."""
+    # the run's headline mode and the same batch size among the extra sizes are one evaluation
+    long = long.drop_duplicates(["model", "method", "seed", "test_batches", "test_batch_size"])
+    clean = long[long["eval_mode"] == "no_noise"].set_index(["model", "method", "seed"])["top1"]
+    noisy = long[long["eval_mode"] != "no_noise"].copy()
+    noisy["delta_vs_clean"] = noisy["top1"].to_numpy() - clean.reindex(
+        pd.MultiIndex.from_frame(noisy[["model", "method", "seed"]])).to_numpy()
+    rows = pd.concat([long[long["eval_mode"] == "no_noise"].assign(test_batches="clean", test_batch_size=float("nan"),
+                                                                    delta_vs_clean=0.0), noisy])
+    table = rows.groupby(["model", "method", "test_batches", "test_batch_size"], dropna=False).agg(
+        top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
+        delta_vs_clean_mean=("delta_vs_clean", "mean"), delta_vs_clean_std=("delta_vs_clean", "std"))
+    table = table.reset_index()
+    table["test_batch_size"] = table["test_batch_size"].astype("Int64")
+    return table
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def provenance(params_path: Path, by_set: dict[str, list[Path]], report_dir: Path) -> dict:
+    """What the report's numbers rest on: code, data and params versions, wall time, machines."""
+    metrics = [json.loads(p.read_text()) for paths in by_set.values() for p in paths]
+    machines_path = report_dir / "machines.json"
+    machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
+
+    def distinct(get):
+        return sorted({str(get(m)) for m in metrics})
+
+    train_s = sum(h["seconds"] for m in metrics for h in m["history"])
+    walls = [v["job_wall_s"] for v in machines.values() if v.get("job_wall_s") is not None]
+    return {
+        "params_file": _relative(params_path),
+        "params_sha256": hashlib.sha256(Path(params_path).read_bytes()).hexdigest(),
+        "runs": {name: len(paths) for name, paths in by_set.items()},
+        "git_commits": distinct(lambda m: m["provenance"].get("git_commit")),
+        "git_dirty": distinct(lambda m: m["provenance"].get("git_dirty")),
+        "data_versions": distinct(lambda m: m["provenance"].get("data_version")),
+        "dvc_hashes": distinct(lambda m: m["provenance"].get("dvc_hash")),
+        "torch_versions": distinct(lambda m: m["provenance"].get("torch_version")),
+        "devices": distinct(lambda m: m["provenance"].get("device")),
+        "machines": sorted({v["machine"] for v in machines.values()}),
+        "training_hours": round(train_s / 3600, 3),
+        "job_wall_hours": round(sum(walls) / 3600, 3),
+        "jobs_with_wall_time": len(walls),
+    }
+
+
+def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
+          claims: Path = CLAIMS, deviations: Path = DEVIATIONS) -> pd.DataFrame:
+    """Collect (when results_dir is given), then rebuild every table, figure and the audit."""
+    from pipeline_src.aggregate import aggregate_set, load_runs
+    from pipeline_src.audit import main_audit
+    from pipeline_src.plots import plot_test_batch_study
+
+    params = load_params(params_path)
+    report_dir = Path(report_dir)
+    if results_dir is not None:
+        copied = collect(params, Path(results_dir), report_dir)
+        print(f"collected {len(copied)} new runs from {results_dir}")
+    by_set = run_metrics(params, report_dir)
+    if not by_set:
+        raise ValueError(f"no finished runs of {params_path} in {report_dir}/runs; run the DAG first, or pass --results")
+    runs_csvs = []
+    for name, paths in by_set.items():
+        kind = params["experiment_sets"][name].get("kind", name)
+        aggregate_set(name, kind, paths, report_dir / "tables" / name)
+        runs_csvs.append(report_dir / "tables" / f"{name}_runs.csv")
+        if kind == "eval_protocol":
+            long = load_runs(paths)
+            if long["test_batch_size"].nunique() > 1:
+                table = batch_size_table(long)
+                write_atomic(report_dir / "tables" / f"{name}_test_batches.csv", table.to_csv(index=False, float_format="%.4f"))
+                write_atomic(report_dir / "tables" / f"{name}_test_batches.md",
+                             f"# {name}: top-1 (%) by test protocol and test batch size, mean ± sd over seeds\n\n"
+                             + table.to_markdown(index=False, floatfmt=".2f") + "\n")
+                plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
+    audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
+    write_json(report_dir / "provenance.json", provenance(params_path, by_set, report_dir))
+    return audit

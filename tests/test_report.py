@@ -1,0 +1,66 @@
+"""Published reports: rebuilding from the committed metrics.json files gives the committed verdicts."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from pipeline_src.config import REPO_ROOT, expand_runs, load_params
+from pipeline_src.report import build, collect, same_run, batch_size_table
+
+REPORT = REPO_ROOT / "reports" / "fashion-mnist"
+PARAMS = REPO_ROOT / "params" / "fashion_mnist.yaml"
+
+
+def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
+    shutil.copytree(REPORT / "runs", tmp_path / "runs")
+    shutil.copy(REPORT / "machines.json", tmp_path / "machines.json")
+    build(PARAMS, tmp_path)
+    columns = ["claim_id", "verdict", "n", "mean", "ci_low", "ci_high", "deviations"]
+
+    def read(folder):
+        return pd.read_csv(folder / "audit.csv", keep_default_na=False)[columns]
+
+    pd.testing.assert_frame_equal(read(tmp_path), read(REPORT))
+    assert (tmp_path / "audit.md").read_text() == (REPORT / "audit.md").read_text()
+    assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads((REPORT / "provenance.json").read_text())
+
+
+def test_every_committed_run_belongs_to_the_params_and_carries_no_weights():
+    declared = {f"{r.experiment_set}/{r.run_id}": r for r in expand_runs(load_params(PARAMS))}
+    files = [p for p in (REPORT / "runs").rglob("*") if p.is_file()]
+    assert files and all(p.name == "metrics.json" for p in files)
+    for path in files:
+        key = f"{path.parent.parent.name}/{path.parent.name}"
+        assert key in declared, f"{key} is not a run of {PARAMS.name}"
+        assert same_run(json.loads(path.read_text())["params"], declared[key])
+
+
+def test_collect_takes_finished_runs_of_these_params_only(tmp_path):
+    params = load_params(PARAMS)
+    run, other = expand_runs(params)[:2]
+    results = tmp_path / "results"
+    for r, epochs in ((run, run.epochs), (other, other.epochs + 1)):  # the second ran with other params
+        folder = results / "runs" / r.experiment_set / r.run_id
+        folder.mkdir(parents=True)
+        recorded = {**json.loads(r.to_json()), "epochs": epochs}
+        (folder / "metrics.json").write_text(json.dumps({"params": recorded}))
+        (folder / "model.pt").write_bytes(b"weights")
+    copied = collect(params, results, tmp_path / "report")
+    assert copied == [f"{run.experiment_set}/{run.run_id}"]
+    assert sorted(p.name for p in (tmp_path / "report" / "runs").rglob("*") if p.is_file()) == ["metrics.json"]
+    assert collect(params, results, tmp_path / "report") == []  # unchanged files are not copied again
+
+
+def test_batch_size_table_pairs_each_noisy_evaluation_with_the_same_models_clean_one():
+    rows = []
+    for seed, clean in ((0, 90.0), (1, 92.0)):
+        rows.append({"model": "vit", "method": "clean_train", "seed": seed, "eval_mode": "no_noise",
+                     "test_batches": "-", "test_batch_size": 256, "top1": clean})
+        rows.append({"model": "vit", "method": "clean_train", "seed": seed, "eval_mode": "noise_class_sorted",
+                     "test_batches": "class_sorted", "test_batch_size": 10, "top1": clean + 1 + seed})
+    table = batch_size_table(pd.DataFrame(rows)).set_index("test_batches")
+    assert table.loc["clean", "top1_mean"] == 91.0 and table.loc["clean", "delta_vs_clean_mean"] == 0.0
+    assert table.loc["class_sorted", "delta_vs_clean_mean"] == pytest.approx(1.5)
+    assert table.loc["class_sorted", "delta_vs_clean_std"] == pytest.approx(0.5 ** 0.5)
+    assert table.loc["class_sorted", "n"] == 2
