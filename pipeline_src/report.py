@@ -181,8 +181,8 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                 write_atomic(report_dir / "tables" / f"{name}_test_batches.csv", table.to_csv(index=False, float_format="%.4f"))
                 write_atomic(report_dir / "tables" / f"{name}_test_batches.md",
                              f"# {name}: top-1 (%) by test protocol and test batch size, mean ± sd over seeds\n\n"
-                             + table.astype({"test_batch_size": str}).replace({"<NA>": "-"})
-                             .to_markdown(index=False, floatfmt=".2f") + "\n")
+                             + table.assign(test_batch_size=table["test_batch_size"].map(
+                                 lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
     write_json(report_dir / "provenance.json", provenance(params_path, by_set, report_dir))
