@@ -50,7 +50,8 @@ def make_metrics(experiment_set="baseline", seed=0, params_hash="ab12", epochs=E
         "model": "dnn3", "method": experiment_set, "method_name": experiment_set, "seed": seed,
         "scale": "embedded_default",
         "params": {"training": {"epochs": epochs, "optimizer": {"name": "adam", "lr": 0.001}},
-                   "method": {"layers": [1, 2], "strength": 0.1 * seed}, "note": "x" * 7000},
+                   "method": {"layers": [1, 2], "strength": 0.1 * seed}, "note": "x" * 7000,
+                   "resolved_method": {"noise": {"kind": "circular_shift", "strength": 0.3}, "test_batch_size": 10}},
         "params_hash": params_hash,
         "history": [{"epoch": e, "train_loss": 2.0 / e + seed, "train_top1": 50.0 + e + seed, "seconds": 0.5}
                     for e in range(1, epochs + 1)],
@@ -195,6 +196,8 @@ def test_tags_params_metrics_and_artifacts(store):
     params = run.data.params
     assert params["training.optimizer.lr"] == "0.001" and params["method.layers"] == "[1, 2]"
     assert len(params["note"]) == 6000  # MLflow's param value limit
+    # the method as it ran, every default filled, is searchable in MLflow too
+    assert params["resolved_method.noise.strength"] == "0.3" and params["resolved_method.test_batch_size"] == "10"
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith((results.resolve() / "mlartifacts").as_uri())
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "train.log", "curves.png"}
