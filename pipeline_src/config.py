@@ -35,27 +35,40 @@ TRAINING_DEFAULTS = {
 IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 AUTHORS_CODE = {
     # hyzhang98/VPN train.py defaults; network/ResNet.py: 3x3 stride-1 stem for every base ResNet
+    # trained from scratch (their ImageNet runs start from torchvision's 7x7-stem weights instead)
     "vpn": {"training": {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                       "weight_decay": 5e-4, "schedule": "cosine"}},
             "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
-    # Shawey94/NoisyNN NoisyViT-OptimalQ: runScript.txt, parameters.py, Main.py, Accdataloader.py
+    "vpn_imagenet": {"training": {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                               "weight_decay": 5e-4, "schedule": "cosine"}},
+                     "method": {"generator_small_stem": False}, "model": {}},
+    # Shawey94/NoisyNN NoisyViT-OptimalQ (pretrained ViTs only): runScript.txt, parameters.py, Main.py,
+    # Accdataloader.py
     "noisynn_vit": {"training": {"epochs": 50, "batch_size": 16, "label_smoothing": 0.1,
                                  "optimizer": {"name": "adamw", "lr": 1e-6, "weight_decay": 1e-4, "schedule": "cosine",
                                                "warmup_epochs": 10, "min_lr": 1e-7}},
                     "method": {"test_batches": "class_sorted", "test_batch_size": 10},
                     "model": {"input_norm": IMAGENET_STATS}},
-    # NoisyCNN_CircularShiftQ: script.txt, Main.py (AdamW default weight decay 0.01), dataloader.py
+    # NoisyCNN_CircularShiftQ: script.txt, Main.py (AdamW default weight decay 0.01), dataloader.py. Their
+    # ImageNet normalisation goes with torchvision's pretrained weights, which cannot be loaded here.
     "noisynn_cnn": {"training": {"epochs": 100, "batch_size": 512,
                                  "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine"}},
                     "method": {"test_batches": "class_sorted", "test_batch_size": 512, "noise.strength": 0.4},
-                    "model": {"input_norm": IMAGENET_STATS}},
+                    "model": {}},
 }
+NOISYNN_KINDS = ("noisynn_main", "harmful_noise", "layer_sweep", "strength_sweep", "eval_protocol")
 
 
-def authors_code_family(set_kind: str, arch: str) -> str:
+def authors_code_family(set_kind: str, model_cfg: dict, dataset_cfg: dict) -> str | None:
+    """Which of the authors' recipes a run follows under protocol authors_code; None: no public
+    recipe exists for it (the `baseline` set, ViTs trained from scratch), so the params' own stays."""
     if set_kind.startswith("vpn"):
-        return "vpn"
-    return "noisynn_vit" if "vit" in arch else "noisynn_cnn"
+        return "vpn_imagenet" if dataset_cfg["source"] == "imagefolder" else "vpn"
+    if set_kind not in NOISYNN_KINDS:
+        return None
+    if "vit" in model_cfg["arch"]:
+        return "noisynn_vit" if (model_cfg.get("timm_kwargs") or {}).get("pretrained") else None
+    return "noisynn_cnn"
 
 
 def _fill_method(method: dict, defaults: dict) -> dict:
@@ -240,8 +253,9 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
         for dataset, model, (method, sweep), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
             training, model_cfg = set_training, copy.deepcopy(params["models"][model])
-            if params["protocol"] == "authors_code":
-                family = AUTHORS_CODE[authors_code_family(kind, model_cfg["arch"])]
+            name = authors_code_family(kind, model_cfg, params["datasets"][dataset])
+            if params["protocol"] == "authors_code" and name is not None:
+                family = AUTHORS_CODE[name]
                 training = _merge(set_training, family["training"])
                 method = _fill_method(method, family["method"])
                 model_cfg = {**family["model"], **model_cfg}

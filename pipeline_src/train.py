@@ -45,15 +45,15 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
 
 def lr_factor(epoch: int, spec: dict, epochs: int) -> float:
     """Multiplier of the base lr in `epoch` (0-based): linear warm-up from 0 over warmup_epochs, then
-    constant or cosine down to min_lr at the end (the NoisyNN authors' timm CosineLRScheduler shape)."""
+    constant or cosine down to min_lr. As timm's CosineLRScheduler (the NoisyNN authors'; warmup_prefix
+    False), the cosine runs over all epochs from epoch 0 and the warm-up replaces its start."""
     warmup = spec.get("warmup_epochs", 0)
     if epoch < warmup:
         return epoch / warmup
     if spec["schedule"] != "cosine":
         return 1.0
     floor = spec.get("min_lr", 0.0) / spec["lr"]
-    progress = (epoch - warmup) / max(1, epochs - warmup)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
 def make_schedule(optimizer, spec: dict, epochs: int):

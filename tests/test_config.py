@@ -120,6 +120,14 @@ def test_authors_code_protocol_follows_each_papers_code():
     cnn = code_runs[("noisynn_cnn", "imagenet-resnet50-linear_shift-s0")]
     # the spec's own strength (0.3, the paper's) stays; the authors' 512 test batch fills the gap
     assert cnn.method["noise"]["strength"] == 0.3 and cnn.method["test_batch_size"] == 512
+    assert "input_norm" not in cnn.model_cfg  # their ImageNet statistics go with weights we cannot load
+    # no public recipe: a ViT trained from scratch and the `baseline` set keep the params' own training
+    scratch = code_runs[("layer_sweep", "tiny_imagenet-vit_tiny_in-linear_shift-siteblock0-s0")]
+    assert scratch.optimizer == paper_runs[("layer_sweep", scratch.run_id)].optimizer and scratch.epochs == 100
+    base = code_runs[("baseline", "fmnist-resnet18_small-baseline-s0")]
+    assert base.optimizer["name"] == "adam" and "input_norm" not in base.model_cfg
+    imagenet = code_runs[("vpn_joint_imagenet", "imagenet-resnet50-vpn_dnn3-s0")]
+    assert imagenet.optimizer["name"] == "sgd" and "small_stem" not in imagenet.model_cfg
     sweep = code_runs[("strength_sweep", "tiny_imagenet-resnet34-linear_shift-strength0.4-s0")]
     assert sweep.batch_size == 512 and sweep.optimizer["lr"] == 1e-3
     vpn = code_runs[("vpn_joint_tiny", "tiny_imagenet-resnet18-vpn_resnet18-s0")]

@@ -1,5 +1,6 @@
 """The training loop: deterministic on CPU, resumes after a kill with identical results."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -105,7 +106,9 @@ def test_lr_warms_up_linearly_then_follows_cosine_to_its_floor():
 
     spec = {"lr": 1e-3, "schedule": "cosine", "warmup_epochs": 2, "min_lr": 1e-4}
     factors = [lr_factor(e, spec, 6) for e in range(7)]
-    assert factors[:3] == [0.0, 0.5, 1.0]
-    assert factors[4] == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the 4 cosine epochs
+    assert factors[:2] == [0.0, 0.5]
+    # after the warm-up the cosine continues over all 6 epochs (timm's warmup_prefix=False), no restart
+    assert factors[2] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 6)))
+    assert factors[3] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the 6 epochs
     assert factors[6] == pytest.approx(0.1)              # min_lr / lr at the end
     assert [lr_factor(e, {"lr": 1.0, "schedule": "none"}, 5) for e in range(5)] == [1.0] * 5
