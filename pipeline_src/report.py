@@ -126,9 +126,11 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def provenance(params_path: Path, by_set: dict[str, list[Path]], report_dir: Path) -> dict:
-    """What the report's numbers rest on: code, data and params versions, wall time, machines."""
+def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], report_dir: Path) -> dict:
+    """What the report's numbers rest on: code, data and params versions, wall time, machines, and how
+    much of each set is done."""
     metrics = [json.loads(p.read_text()) for paths in by_set.values() for p in paths]
+    declared = pd.Series([run.experiment_set for run in expand_runs(params)]).value_counts()
     machines_path = report_dir / "machines.json"
     machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
 
@@ -140,7 +142,10 @@ def provenance(params_path: Path, by_set: dict[str, list[Path]], report_dir: Pat
     return {
         "params_file": _relative(params_path),
         "params_sha256": hashlib.sha256(Path(params_path).read_bytes()).hexdigest(),
-        "runs": {name: len(paths) for name, paths in by_set.items()},
+        "runs": {name: {"done": len(by_set.get(name, [])), "declared": int(declared[name]),
+                        "job_wall_hours": round(sum(v["job_wall_s"] or 0 for k, v in machines.items()
+                                                    if k.split("/")[0] == name) / 3600, 3)}
+                 for name in params["experiment_sets"]},
         "git_commits": distinct(lambda m: m["provenance"].get("git_commit")),
         "git_dirty": distinct(lambda m: m["provenance"].get("git_dirty")),
         "data_versions": distinct(lambda m: m["provenance"].get("data_version")),
@@ -152,6 +157,29 @@ def provenance(params_path: Path, by_set: dict[str, list[Path]], report_dir: Pat
         "job_wall_hours": round(sum(walls) / 3600, 3),
         "jobs_with_wall_time": len(walls),
     }
+
+
+def index_markdown(params_path: Path, prov: dict, report_dir: Path, audit: pd.DataFrame) -> str:
+    """The report's front page: how far each set is, what the numbers rest on, every set table."""
+    status = pd.DataFrame(prov["runs"]).T.rename_axis("set").reset_index()
+    board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
+    parts = [f"# Reproduction report: {_relative(params_path)}",
+             "Rebuilt from the `metrics.json` files under `runs/` by "
+             f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
+             "Verdicts, paper tables and the departures that apply to each cell: [audit.md](audit.md).",
+             "## Runs done", status.to_markdown(index=False),
+             "## Verdicts so far", board.to_markdown(index=False),
+             "## What the numbers rest on",
+             "\n".join(f"- {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+                       for key, value in prov.items() if key != "runs")]
+    for table in sorted((report_dir / "tables").glob("*.md")):
+        if not table.name.startswith("paper_"):
+            text = table.read_text().strip()
+            parts.append("#" + text if text.startswith("# ") else text)
+            figure = report_dir / "figures" / f"{table.stem}.png"
+            if figure.exists():
+                parts.append(f"![{table.stem}](figures/{figure.name})")
+    return "\n\n".join(parts) + "\n"
 
 
 def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
@@ -185,5 +213,7 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                                  lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
-    write_json(report_dir / "provenance.json", provenance(params_path, by_set, report_dir))
+    prov = provenance(params_path, params, by_set, report_dir)
+    write_json(report_dir / "provenance.json", prov)
+    write_atomic(report_dir / "README.md", index_markdown(params_path, prov, report_dir, audit))
     return audit

@@ -22,7 +22,8 @@ def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
         return pd.read_csv(folder / "audit.csv", keep_default_na=False)[columns]
 
     pd.testing.assert_frame_equal(read(tmp_path), read(REPORT))
-    assert (tmp_path / "audit.md").read_text() == (REPORT / "audit.md").read_text()
+    for page in ("audit.md", "README.md"):
+        assert (tmp_path / page).read_text() == (REPORT / page).read_text()
     assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads((REPORT / "provenance.json").read_text())
 
 
