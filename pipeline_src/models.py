@@ -72,12 +72,14 @@ def add_input_norm(model: nn.Module, mean, std) -> None:
 
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
                 hidden: int = 1024, small_stem: bool = False, timm_kwargs: dict | None = None,
-                input_norm="auto") -> nn.Module:
+                input_norm="auto", weights_file: str | None = None) -> nn.Module:
     """Create a classifier for inputs of shape (C, H, W).
 
     input_norm: "auto" normalises a pretrained timm model's inputs with the mean and std of its
     weights' data config (timm's pretrained_cfg) and leaves other models alone; "none"; or
     {"mean": [...], "std": [...]} given explicitly (e.g. the authors' ImageNet statistics).
+    weights_file: a local state_dict for a timm model, loaded by timm as its pretrained weights (nothing
+    is downloaded); timm re-initialises the classifier when num_classes differs from the weights' config.
     """
     chans, height, width = in_shape
     if arch == "sr":
@@ -89,6 +91,8 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
 
     kwargs = dict(timm_kwargs or {})
     kwargs.setdefault("pretrained", False)
+    if weights_file:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights_path(weights_file))})
     if arch.startswith("vit") or arch.startswith("deit") or "vit" in arch.split("_")[0]:
         kwargs.setdefault("img_size", height)
         if small_stem:
@@ -104,6 +108,16 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     elif input_norm == "auto" and kwargs["pretrained"]:
         add_input_norm(model, model.pretrained_cfg["mean"], model.pretrained_cfg["std"])
     return model
+
+
+def weights_path(weights_file: str) -> "Path":
+    """A params weights_file: absolute, or relative to the repository root (where the rules run)."""
+    from pathlib import Path
+
+    from pipeline_src.provenance import REPO_ROOT
+
+    path = Path(weights_file)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def flops_per_sample(model: nn.Module, in_shape: tuple[int, int, int]) -> float:

@@ -7,7 +7,7 @@ the built model (a layer name) run at the start of the job, still before trainin
 from __future__ import annotations
 
 from pipeline_src.config import ParamsError, RunConfig, dataset_spec
-from pipeline_src.models import is_known_arch
+from pipeline_src.models import is_known_arch, weights_path
 
 
 def base_run_of(run: RunConfig) -> tuple[str, str] | None:
@@ -29,6 +29,9 @@ def check_runs(params: dict, runs: list[RunConfig]) -> None:
         except DataError as err:
             raise ParamsError(f"invalid params: {err}") from None
     for name, model in params["models"].items():
+        if model.get("weights_file") and not weights_path(model["weights_file"]).is_file():
+            raise ParamsError(f"invalid params: models.{name}.weights_file: {model['weights_file']} does not exist; "
+                              "put the weights file there (a state_dict for the timm model) or remove the key")
         if not is_known_arch(model["arch"]):
             raise ParamsError(f"invalid params: models.{name}.arch: {model['arch']!r} is not sr, dnn3 "
                               "or a timm model name (see timm.list_models())")

@@ -8,6 +8,7 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import signal
@@ -119,6 +120,18 @@ def _try_resume(path: Path, params_hash: str, method, optimizer, schedule):
     return state["epoch"], state["history"]
 
 
+def _file_sha256(path: str | None) -> str | None:
+    if not path:
+        return None
+    from pipeline_src.models import weights_path
+
+    digest = hashlib.sha256()
+    with open(weights_path(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _kill_point(epoch: int) -> None:
     """Tests set PIPELINE_KILL_AFTER_EPOCH to SIGKILL the job right after a checkpoint, like a pre-empted node."""
     if os.environ.get("PIPELINE_KILL_AFTER_EPOCH") == str(epoch):
@@ -145,7 +158,8 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     num_classes = len(data.class_names)
     model = build_model(cfg.model_cfg["arch"], in_shape, num_classes, hidden=cfg.model_cfg.get("hidden", 1024),
                         small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"),
-                        input_norm=cfg.model_cfg.get("input_norm", "auto"))
+                        input_norm=cfg.model_cfg.get("input_norm", "auto"),
+                        weights_file=cfg.model_cfg.get("weights_file"))
     info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
             "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
     method = build_method(model, cfg.method, info).to(device)
@@ -199,6 +213,7 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         "provenance": {**git_state(), "snakemake_rule": rule,
                        "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}, "data_version": data.manifest["data_version"],
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
+                       "weights_sha256": _file_sha256(cfg.model_cfg.get("weights_file")),
                        **environment()},
         "mlflow_run_id": None,
     }

@@ -137,3 +137,16 @@ def test_authors_code_protocol_follows_each_papers_code():
     assert "generator_small_stem" not in base.method
     same = paper_runs[("noisynn_main", "imagenet-vit_b16-linear_optimal_q-s0")]
     assert same.protocol == "paper" and same.label_smoothing == 0.0 and "input_norm" not in same.model_cfg
+
+
+def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):
+    raw = copy.deepcopy(raw_default)
+    raw["models"]["vit"]["weights_file"] = "weights/vit_b16_in21k_ft_in1k.pth"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "pipeline_src", "check", "--params", str(bad)],
+                         capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: invalid params: models.vit.weights_file: weights/vit_b16_in21k_ft_in1k.pth does not exist; "
+        "put the weights file there (a state_dict for the timm model) or remove the key"]

@@ -194,3 +194,19 @@ def test_input_norm_normalises_before_the_model_and_keeps_module_paths():
     expected = plain.eval()((x - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.5]).view(1, 3, 1, 1))
     torch.testing.assert_close(normed.eval()(x), expected)
     assert [n for n, _ in normed.named_modules()] == [n for n, _ in plain.named_modules()]
+
+
+def test_local_weights_file_loads_through_timm_and_keeps_matching_heads(tmp_path):
+    import torch
+
+    source = build_model("test_vit", (3, 16, 16), 1000, timm_kwargs={"img_size": 16})
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    loaded = build_model("test_vit", (3, 16, 16), 1000, timm_kwargs={"img_size": 16}, weights_file=str(path),
+                         input_norm="none")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+    # another class count: the backbone is loaded, the classifier is new
+    other = build_model("test_vit", (3, 16, 16), 7, timm_kwargs={"img_size": 16}, weights_file=str(path),
+                        input_norm="none")
+    assert torch.equal(other.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert other.head.weight.shape == (7, source.head.weight.shape[1])
