@@ -413,66 +413,6 @@ def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, prefix: Path)
     write_atomic(prefix.with_suffix(".tex"), tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
 
 
-GREEN, RED, ORANGE, GREY, LIGHT = "#2a9d3f", "#d62728", "#ff9f1c", "#7f7f7f", "#bdbdbd"
-VERDICT_COLOURS = {"reproduced": GREEN, "supported": GREEN, "differs (higher)": RED, "differs (lower)": RED,
-                   "contradicted": RED, "scale differs": ORANGE, "smoke scale": ORANGE, "inconclusive": GREY,
-                   "too few seeds": LIGHT, "not run": LIGHT}
-
-
-def plot_audit(audit: pd.DataFrame, path: Path) -> None:
-    """Per table: ours (mean, 95% CI) against the paper's value, with the diagonal; then the effects."""
-    from pipeline_src.plots import plt, save_figure, sns
-
-    numbers = audit[(audit["table"] != "effects") & (audit["n"] > 0)]
-    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0) & audit["mean"].notna()]
-    tables = list(dict.fromkeys(numbers["table"]))
-    columns = min(3, len(tables) + 1)
-    rows = -(-(len(tables) + 1) // columns)
-    key_lines = max([len(numbers[numbers["table"] == t]) for t in tables if len(numbers[numbers["table"] == t]) <= 12]
-                    + [0])
-    fig, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, (4.6 + 0.16 * key_lines) * rows), squeeze=False,
-                             gridspec_kw={"hspace": 0.35 + 0.04 * key_lines, "wspace": 0.3})
-    for ax, table in zip(axes.flat, tables):
-        part = numbers[numbers["table"] == table]
-        half = (part["ci_high"] - part["mean"]).fillna(0.0)
-        ax.errorbar(part["paper"], part["mean"], yerr=half, fmt="none", ecolor="grey", capsize=3, zorder=1)
-        sns.scatterplot(data=part, x="paper", y="mean", hue="verdict", palette=VERDICT_COLOURS, ax=ax, s=60, zorder=2)
-        values = pd.concat([part["paper"], part["mean"] - half, part["mean"] + half])
-        low, high = values.min() - 3, values.max() + 3
-        ax.plot([low, high], [low, high], ls="--", color="black", lw=1, label="ours = paper")
-        ax.set(xlim=(low, high), ylim=(low, high), xlabel="paper (%)", ylabel="ours: mean (%), 95% CI",
-               title=f"{table}\nscale: {'+'.join(sorted(set(part['scale'])))}")
-        ax.legend(fontsize=8, loc="upper left")
-        if len(part) <= 12:  # numbered points and a key below; beyond that audit.csv names every cell
-            for number, (_, line) in enumerate(part.iterrows(), 1):
-                ax.annotate(str(number), (line["paper"], line["mean"]), fontsize=8, xytext=(5, 2),
-                            textcoords="offset points")
-            key = "\n".join(f"{i}: {r} {c}" for i, (r, c) in enumerate(zip(part["row"], part["column"]), 1))
-            ax.text(0.0, -0.16, key, transform=ax.transAxes, va="top", fontsize=7.5, family="monospace")
-    ax = axes.flat[len(tables)]
-    if len(effects):
-        y = np.arange(len(effects))[::-1]
-        errors = [effects["mean"] - effects["ci_low"].fillna(effects["mean"]),
-                  effects["ci_high"].fillna(effects["mean"]) - effects["mean"]]
-        ax.errorbar(effects["mean"], y, xerr=errors, fmt="none", ecolor="grey", capsize=3)
-        ax.scatter(effects["mean"], y, c=[VERDICT_COLOURS.get(v, "black") for v in effects["verdict"]], zorder=2)
-        ax.set_yticks(y, [f"{c}\nexpected {e}, {v}" for c, e, v in
-                          zip(effects["claim_id"], effects["expected"], effects["verdict"])], fontsize=8)
-        ax.yaxis.tick_right()  # the long labels go where no panel is
-        ax.axvline(0, color="black", lw=1)
-        span = 1.5 * effects["mean"].abs().max() + 5  # very wide CIs (few seeds) run off the edge
-        ax.set(xlim=(-span, span), xlabel="effect, 95% CI (top-1 points; log ratio for sigma\nand variance "
-               "ratios; wide CIs clipped)", title="effect claims (colour = verdict)")
-    else:
-        ax.text(0.5, 0.5, "no effect claim has runs", ha="center", va="center")
-        ax.set_axis_off()
-    for ax in axes.flat[len(tables) + 1:]:
-        ax.set_axis_off()
-    fig.suptitle("Audit: our runs against the papers' published numbers"
-                 + ("" if tables else " (no paper-table cell has runs)"), y=1 + 0.35 / fig.get_figheight())
-    save_figure(fig, path)
-
-
 def rules_text(claims: dict, n_tested: int) -> str:
     """The settings and rules the verdicts follow, stated once at the top of audit.md."""
     settings, alpha = claims["settings"], claims["settings"]["alpha"]
@@ -545,5 +485,7 @@ def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, out_dir
     write_atomic(out_dir / "audit.csv", audit.to_csv(index=False, float_format="%.6g"))
     write_atomic(out_dir / "effects_cells.csv", cells.to_csv(index=False, float_format="%.6g"))
     write_atomic(out_dir / "audit.md", audit_markdown(audit, cells, claims, table_md, deviations))
+    from pipeline_src.plots import plot_audit  # matplotlib only when the figure is drawn
+
     plot_audit(audit, out_dir / "figures" / "audit.png")
     return audit
