@@ -23,7 +23,7 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
             rows.append({"dataset": metrics["dataset"], "model": metrics["model"],
                          "method": metrics["method"].split("-")[0], **sweep, "eval_mode": eval_mode,
                          "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
-                         "protocol": metrics.get("protocol", "paper"),
+                         "protocol": metrics.get("protocol", "paper"), "device": metrics["provenance"].get("device"),
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),
                          "train_noise": method["name"] == "noisynn" and method.get("apply_at", "both") != "test",
                          "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
@@ -79,7 +79,7 @@ def write_table(table: pd.DataFrame, out_prefix: Path, title: str) -> None:
 
 
 ID_COLUMNS = {"dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
-              "mlflow_run_id", "scale", "protocol", "test_batches", "test_batch_size"}
+              "mlflow_run_id", "scale", "protocol", "device", "test_batches", "test_batch_size"}
 
 
 def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out_prefix: Path) -> pd.DataFrame:
