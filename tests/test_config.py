@@ -81,13 +81,18 @@ def test_run_config_round_trips_and_hash_tracks_params():
     assert changed.params_hash() != run.params_hash()
 
 
+def run_check(raw: dict, tmp_path) -> subprocess.CompletedProcess:
+    """`python -m pipeline_src check` on these params, as a user runs it."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    return subprocess.run([sys.executable, "-m", "pipeline_src", "check", "--params", str(bad)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
 def test_check_command_prints_one_line_without_traceback(tmp_path, raw_default):
     raw = copy.deepcopy(raw_default)
     raw["training"]["optimizer"]["name"] = "adagrad"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "pipeline_src", "check", "--params", str(bad)],
-                         capture_output=True, text=True, cwd=REPO_ROOT)
+    out = run_check(raw, tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: invalid params: training.optimizer.name: 'adagrad' is not allowed; allowed values: adam, sgd, adamw"]
@@ -142,10 +147,7 @@ def test_authors_code_protocol_follows_each_papers_code():
 def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):
     raw = copy.deepcopy(raw_default)
     raw["models"]["vit"]["weights_file"] = "weights/vit_b16_in21k_ft_in1k.pth"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "pipeline_src", "check", "--params", str(bad)],
-                         capture_output=True, text=True, cwd=REPO_ROOT)
+    out = run_check(raw, tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: invalid params: models.vit.weights_file: weights/vit_b16_in21k_ft_in1k.pth does not exist; "
