@@ -33,15 +33,13 @@ TRAINING_DEFAULTS = {
 # (params/deviations.yaml names each departure and its source). Per family of runs: training
 # overrides, method keys filled where a run's spec leaves them out, model keys likewise.
 IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+VPN_CODE_TRAINING = {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                  "weight_decay": 5e-4, "schedule": "cosine"}}
 AUTHORS_CODE = {
     # hyzhang98/VPN train.py defaults; network/ResNet.py: 3x3 stride-1 stem for every base ResNet
     # trained from scratch (their ImageNet runs start from torchvision's 7x7-stem weights instead)
-    "vpn": {"training": {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                      "weight_decay": 5e-4, "schedule": "cosine"}},
-            "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
-    "vpn_imagenet": {"training": {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                               "weight_decay": 5e-4, "schedule": "cosine"}},
-                     "method": {"generator_small_stem": False}, "model": {}},
+    "vpn": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
+    "vpn_imagenet": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {}},
     # Shawey94/NoisyNN NoisyViT-OptimalQ (pretrained ViTs only): runScript.txt, parameters.py, Main.py,
     # Accdataloader.py
     "noisynn_vit": {"training": {"epochs": 50, "batch_size": 16, "label_smoothing": 0.1,

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def _covers(recorded, current, defaults) -> bool:
 def collect(params: dict, results_dir: Path, report_dir: Path) -> list[str]:
     """Copy each finished run's metrics.json (and its job's wall time) into the report; returns the
     run keys newly copied. Runs of other params (an epoch count changed since) are not taken."""
-    copied = []
+    copied, here = [], machine()
     machines_path = report_dir / "machines.json"
     machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
     for run in expand_runs(params):
@@ -81,13 +80,11 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> list[str]:
         if not same_run(json.loads(source.read_text())["params"], run):
             continue
         if not target.exists() or target.read_bytes() != source.read_bytes():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target.with_suffix(".tmp"))
-            os.replace(target.with_suffix(".tmp"), target)
+            write_atomic(target, source.read_bytes())
             copied.append(key)
         bench = results_dir / "benchmarks" / f"{key}.tsv"
         wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
-        machines.setdefault(key, {"machine": machine(), "job_wall_s": wall})
+        machines.setdefault(key, {"machine": here, "job_wall_s": wall})
     write_json(machines_path, dict(sorted(machines.items())))
     return copied
 
