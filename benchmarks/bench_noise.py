@@ -20,7 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipeline_src.hooks import attach_noise, resolve_site
+from pipeline_src.hooks import attach_noise
+from pipeline_src.sites import resolve_site
 from pipeline_src.models import build_model
 from pipeline_src.noise import apply_noise, optimal_q_quadratic_reference
 

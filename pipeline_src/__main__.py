@@ -1,6 +1,7 @@
 """Command line: the one entry point the Snakemake rules, the tests and users call.
 
     python -m pipeline_src check     --params params/default.yaml
+    python -m pipeline_src check-models < REQUESTS.json    (preflight's model check)
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
     python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
     python -m pipeline_src aggregate --set SET --kind KIND --out-prefix results/tables/SET METRICS...
@@ -38,6 +39,12 @@ def cmd_check(args) -> None:
     runs = expand_runs(params)
     check_runs(params, runs)
     print(f"{args.params}: ok, {len(params['experiment_sets'])} experiment sets, {len(runs)} runs")
+
+
+def cmd_check_models(args) -> None:
+    from pipeline_src.model_check import check_models
+
+    print(json.dumps(check_models(json.load(sys.stdin))))
 
 
 def cmd_prepare(args) -> None:
@@ -141,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check", help="validate a params file and every run it declares")
     p.add_argument("--params", required=True)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("check-models", help="(for preflight) build models on the meta device and resolve their "
+                       "sites: JSON requests on stdin, JSON errors on stdout")
+    p.set_defaults(func=cmd_check_models)
 
     p = sub.add_parser("prepare", help="turn one dataset source into the canonical prepared form")
     p.add_argument("--dataset", required=True)

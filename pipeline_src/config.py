@@ -284,3 +284,9 @@ def find_run(params: dict, experiment_set: str, run_id: str) -> RunConfig:
         if run.run_id == run_id:
             return run
     raise ParamsError(f"no run {run_id!r} in experiment set {experiment_set!r}")
+
+
+def weights_path(weights_file: str) -> Path:
+    """A params weights_file: absolute, or relative to the repository root (where the rules run)."""
+    path = Path(weights_file)
+    return path if path.is_absolute() else REPO_ROOT / path

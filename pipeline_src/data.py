@@ -8,7 +8,6 @@ File formats live in readers.py; the generated sources (sklearn digits, syntheti
 """
 from __future__ import annotations
 
-import copy
 import json
 import zipfile
 from dataclasses import dataclass
@@ -21,41 +20,14 @@ from PIL import Image
 from pipeline_src import readers
 from pipeline_src.provenance import atomic_path, write_json
 from pipeline_src.readers import DataError, input_label, safe_extract, sha256_file
+from pipeline_src.sources import resolve_spec
 
 __all__ = ["DataError", "Prepared", "prepare", "load_prepared", "resolve_spec", "safe_extract",
            "make_synthetic_clutter", "SHAPES"]
 
 FORMAT = "pipeline_src.data/1"
 
-# Keys each source reads besides source, seed (subsampling and any split) and subsample_per_class;
-# any other key is rejected, so a key that would be silently ignored fails at once.
-SOURCE_DEFAULTS = {
-    "digits": {"test_fraction": 0.25},
-    "fashion-mnist": {"path": None},
-    "synthetic-clutter": {"image_size": 32, "num_classes": 4, "n_train": 400, "n_test": 200},
-    "cifar10": {"path": None},
-    "cifar100": {"path": None},
-    "tiny-imagenet": {"path": None, "image_size": 64},
-    "imagefolder": {"path": None, "train_dir": None, "test_dir": None, "image_size": 224},
-}
 _SPLIT_STREAM = {"train": 1, "test": 2}
-
-
-def resolve_spec(name: str, spec: dict) -> dict:
-    """The spec with this source's defaults filled in; unknown sources and keys are errors."""
-    source = spec.get("source")
-    if source not in SOURCE_DEFAULTS:
-        raise DataError(f"datasets.{name}: unknown source {source!r}; known: {', '.join(SOURCE_DEFAULTS)}")
-    allowed = {"source", "seed", "subsample_per_class"} | set(SOURCE_DEFAULTS[source])
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise DataError(f"datasets.{name}: key(s) {', '.join(extra)} do not apply to source {source!r}; "
-                        f"allowed: {', '.join(sorted(allowed))}")
-    resolved = {"seed": 0, **copy.deepcopy(SOURCE_DEFAULTS[source]), **copy.deepcopy(spec)}
-    unknown_splits = sorted(set(resolved.get("subsample_per_class") or {}) - set(_SPLIT_STREAM))
-    if unknown_splits:
-        raise DataError(f"datasets.{name}.subsample_per_class: unknown split(s) {unknown_splits}; use train, test")
-    return {k: v for k, v in resolved.items() if v is not None}
 
 
 def make_picker(spec: dict):

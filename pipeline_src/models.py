@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OWN_MODELS = ("sr", "dnn3")
+from pipeline_src.config import weights_path
 
 
 class SoftmaxRegression(nn.Module):
@@ -110,14 +110,17 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     return model
 
 
-def weights_path(weights_file: str) -> "Path":
-    """A params weights_file: absolute, or relative to the repository root (where the rules run)."""
-    from pathlib import Path
-
-    from pipeline_src.provenance import REPO_ROOT
-
-    path = Path(weights_file)
-    return path if path.is_absolute() else REPO_ROOT / path
+def build_from_cfg(model_cfg: dict, in_shape: tuple[int, int, int], num_classes: int,
+                   load_weights: bool = True) -> nn.Module:
+    """build_model from a params models entry; load_weights=False leaves a weights_file (and timm's
+    pretrained flag) out, for a structure-only build such as the preflight's on the meta device."""
+    timm_kwargs = dict(model_cfg.get("timm_kwargs") or {})
+    if not load_weights:
+        timm_kwargs.pop("pretrained", None)
+    return build_model(model_cfg["arch"], in_shape, num_classes, hidden=model_cfg.get("hidden", 1024),
+                       small_stem=model_cfg.get("small_stem", False), timm_kwargs=timm_kwargs,
+                       input_norm=model_cfg.get("input_norm", "auto"),
+                       weights_file=model_cfg.get("weights_file") if load_weights else None)
 
 
 def flops_per_sample(model: nn.Module, in_shape: tuple[int, int, int]) -> float:
@@ -130,12 +133,3 @@ def flops_per_sample(model: nn.Module, in_shape: tuple[int, int, int]) -> float:
         model(torch.zeros(1, *in_shape))
     model.train(was_training)
     return float(counter.get_total_flops())
-
-
-def is_known_arch(arch: str) -> bool:
-    """True for sr, dnn3 and any model name timm can create."""
-    if arch in OWN_MODELS:
-        return True
-    import timm
-
-    return timm.is_model(arch)

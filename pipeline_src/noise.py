@@ -13,69 +13,7 @@ import math
 
 import torch
 
-KINDS = ("circular_shift", "optimal_q", "gaussian", "impulse")
-LINEAR_KINDS = ("circular_shift", "optimal_q")
-
-# Per kind: the keys it reads and their defaults. A key another kind reads is rejected,
-# so that e.g. a strength given to optimal_q does not silently do nothing.
-DEFAULTS = {
-    "circular_shift": {"strength": 0.3},  # the paper's default; the authors' CNN scripts use 0.4
-    "optimal_q": {},
-    "gaussian": {"strength": 1.0, "mean": 0.0, "sd": 1.0},
-    "impulse": {"p": 0.1},
-}
-
-
-def resolve_noise(spec: dict) -> dict:
-    """The spec with its kind's defaults filled in (validated first)."""
-    check_noise(spec)
-    return {"kind": spec["kind"], **DEFAULTS[spec["kind"]], **{k: v for k, v in spec.items() if k != "kind"}}
-
-
-def _number(spec: dict, key: str) -> float:
-    value = spec[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"noise.{key}={value!r} is not a finite number")
-    return float(value)
-
-
-def check_noise(spec: dict, batch_size: int | None = None, training: bool = True) -> None:
-    """Raise ValueError (one line: key, bad value, allowed range) if the spec cannot run.
-
-    batch_size is the batch the noise will see; with training=True, optimal Q needs two
-    samples to mix (with one it is the identity, which is only allowed at test time).
-    """
-    if not isinstance(spec, dict):
-        raise ValueError(f"noise={spec!r} must be a mapping with at least 'kind'")
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"noise.kind={kind!r} is not a noise kind; allowed: {', '.join(KINDS)}")
-    allowed = DEFAULTS[kind]
-    for key in spec:
-        if key != "kind" and key not in allowed:
-            used = ", ".join(allowed) or "no parameters"
-            raise ValueError(f"noise.{key} is not used by {kind}; {kind} takes {used}")
-    full = {**allowed, **spec}
-    if kind == "circular_shift":
-        a = _number(full, "strength")
-        if not 0 <= a < 0.5:
-            raise ValueError(f"noise.strength={a:g} is out of range for circular_shift: 0 <= a < 0.5 "
-                             "(I + Q must be invertible and diagonally dominant)")
-    elif kind == "optimal_q":
-        if training and batch_size is not None and batch_size < 2:
-            raise ValueError(f"batch_size={batch_size} is out of range for optimal_q in training: batch_size >= 2 "
-                             "(with one sample optimal Q is the identity)")
-    elif kind == "gaussian":
-        if _number(full, "strength") < 0:
-            raise ValueError(f"noise.strength={full['strength']:g} is out of range for gaussian: strength >= 0")
-        _number(full, "mean")
-        if _number(full, "sd") < 0:
-            raise ValueError(f"noise.sd={full['sd']:g} is out of range for gaussian: sd >= 0")
-    elif kind == "impulse":
-        p = _number(full, "p")
-        if not 0 <= p <= 1:
-            raise ValueError(f"noise.p={p:g} is out of range for impulse: 0 <= p <= 1")
-
+from pipeline_src.method_spec import LINEAR_KINDS, check_noise, resolve_noise  # noqa: F401 (re-exported)
 
 def mixing_matrix(spec: dict, batch_size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The B x B matrix I + Q that a linear kind applies: X' = (I + Q) X over the batch axis."""

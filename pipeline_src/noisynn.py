@@ -10,83 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline_src.hooks import attach_noise, resolve_site
+from pipeline_src.hooks import attach_noise
+from pipeline_src.sites import resolve_site
+from pipeline_src.method_spec import TEST_BATCHES, check_noisynn_spec, eval_plan
 from pipeline_src.methods import Method, predict, top1
-from pipeline_src.noise import check_noise, resolve_noise
-
-APPLY_AT = ("train", "test", "both")
-TEST_BATCHES = ("shuffled", "class_sorted", "single")
-EVAL_PROTOCOLS = ("none", *TEST_BATCHES)
-# test_batch_size None: the run's eval_batch_size. eval_batch_sizes: extra test batch sizes, each
-# evaluated under every batch-mixing protocol of eval_protocols (the batch-size study).
-METHOD_DEFAULTS = {"site": "default", "apply_at": "both", "test_batches": "shuffled", "eval_protocols": [],
-                   "test_batch_size": None, "eval_batch_sizes": []}
-NOISE_DEFAULT = {"kind": "circular_shift", "strength": 0.3}
-# keys of the schema's method entry that NoisyNN reads; the VPN ones are rejected
-KNOWN_KEYS = ("label", "name", "augment", "grid", "noise", "site", "apply_at", "test_batches", "eval_protocols",
-              "test_batch_size", "eval_batch_sizes")
-
-
-def _one_of(key: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
-
-
-def check_method_spec(spec: dict, batch_size: int) -> dict:
-    """Validate a NoisyNN method spec without a model; return it with defaults filled.
-
-    batch_size is the training batch: it matters when noise applies in training (optimal Q
-    cannot mix a batch of one). Site names are checked against a model by NoisyNNMethod.
-    """
-    unknown = [key for key in spec if key not in KNOWN_KEYS]
-    if unknown:
-        raise ValueError(f"method key {unknown[0]!r} is not used by noisynn; allowed: {', '.join(KNOWN_KEYS)}")
-    resolved = {**METHOD_DEFAULTS, **spec}
-    _one_of("apply_at", resolved["apply_at"], APPLY_AT)
-    _one_of("test_batches", resolved["test_batches"], TEST_BATCHES)
-    for protocol in resolved["eval_protocols"]:
-        _one_of("eval_protocols item", protocol, EVAL_PROTOCOLS)
-    site = resolved["site"]
-    if not isinstance(site, str) or not site:
-        raise ValueError(f"site={site!r} must be image, embedding, default, block:<i> or a module path")
-    if site.startswith("block:"):
-        try:
-            int(site[len("block:"):])
-        except ValueError:
-            raise ValueError(f"site={site!r} is not block:<integer>") from None
-    noise = resolved.get("noise", NOISE_DEFAULT)
-    in_training = resolved["apply_at"] in ("train", "both")
-    check_noise(noise, batch_size if in_training else None, training=True)
-    resolved["noise"] = resolve_noise(noise)
-    return resolved
-
-
-def eval_plan(resolved: dict, eval_batch_size: int) -> dict[str, dict]:
-    """eval_mode -> {noise, test_batches, test_batch_size}, in report order: the run's own setting
-    first, then each protocol once, then each extra batch size under each batch-mixing protocol."""
-    size = resolved["test_batch_size"] or eval_batch_size
-    plan = {}
-
-    def add(how: str, batch_size: int, suffix: str = "") -> None:
-        if how == "none":
-            plan.setdefault("no_noise", {"noise": False, "test_batches": "-", "test_batch_size": eval_batch_size})
-        else:
-            plan.setdefault(f"noise_{how}{suffix}", {"noise": True, "test_batches": how,
-                                                     "test_batch_size": 1 if how == "single" else batch_size})
-
-    add("none" if resolved["apply_at"] == "train" else resolved["test_batches"], size)
-    for protocol in resolved["eval_protocols"]:
-        add(protocol, size)
-    for batch_size in resolved["eval_batch_sizes"]:
-        for protocol in resolved["eval_protocols"]:
-            if protocol in ("class_sorted", "shuffled"):
-                add(protocol, batch_size, f"_b{batch_size}")
-    return plan
-
-
-def eval_modes(resolved: dict) -> list[str]:
-    """Evaluation names in report order (see eval_plan)."""
-    return list(eval_plan(resolved, 1))
 
 
 def eval_batch_order(how: str, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -109,7 +36,7 @@ class NoisyNNMethod(Method):
     """
 
     def __init__(self, model: nn.Module, spec: dict, info: dict):
-        resolved = check_method_spec(spec, info["batch_size"])
+        resolved = check_noisynn_spec(spec, info["batch_size"])
         site_path, prefix_tokens = resolve_site(model, resolved["site"])  # fail fast, before any state
         super().__init__(model, resolved, info)
         self.site_path, self.prefix_tokens = site_path, prefix_tokens

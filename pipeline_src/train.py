@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline_src.config import RunConfig
 from pipeline_src.methods import build_method, predict, top1
-from pipeline_src.models import build_model
+from pipeline_src.models import build_from_cfg
 from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -123,7 +123,7 @@ def _try_resume(path: Path, params_hash: str, method, optimizer, schedule):
 def _file_sha256(path: str | None) -> str | None:
     if not path:
         return None
-    from pipeline_src.models import weights_path
+    from pipeline_src.config import weights_path
 
     digest = hashlib.sha256()
     with open(weights_path(path), "rb") as handle:
@@ -156,10 +156,7 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     data = load_prepared(data_dir)
     in_shape = tuple(data.x_train.shape[1:])
     num_classes = len(data.class_names)
-    model = build_model(cfg.model_cfg["arch"], in_shape, num_classes, hidden=cfg.model_cfg.get("hidden", 1024),
-                        small_stem=cfg.model_cfg.get("small_stem", False), timm_kwargs=cfg.model_cfg.get("timm_kwargs"),
-                        input_norm=cfg.model_cfg.get("input_norm", "auto"),
-                        weights_file=cfg.model_cfg.get("weights_file"))
+    model = build_from_cfg(cfg.model_cfg, in_shape, num_classes)
     info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
             "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
     method = build_method(model, cfg.method, info).to(device)
@@ -175,6 +172,8 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     x_test, y_test = to_input(data.x_test, device), data.y_test.to(device)
     train_probe = torch.arange(min(TRAIN_EVAL_SAMPLES, len(x_train)), device=device)
     autocast = _autocast(device)
+    # CPU this process spent before its first training step: imports, data, model (bench_startup.py)
+    startup_cpu_seconds = time.process_time()
 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
@@ -206,6 +205,7 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         # the method as it ran (every default filled), beside the params as given
         "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()}, "params_hash": params_hash,
         "history": history,
+        "startup_cpu_seconds": startup_cpu_seconds,
         "evaluations": evaluations,
         "eval_plan": method.eval_plan(cfg.eval_batch_size),
         "test_top1": next(iter(evaluations.values())),

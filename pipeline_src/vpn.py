@@ -16,16 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from pipeline_src.method_spec import GENERATORS, check_vpn_spec
 from pipeline_src.methods import Method, predict, top1
 from pipeline_src.provenance import atomic_path
 
-# Used when a spec leaves a key out. lam has no published value; 1.0 weighs both terms equally.
-# generator_small_stem None: a 3x3 stride-1 stem on inputs of side <= 32 (ours), the authors' 7x7/2 stem above.
-DEFAULTS = {"generator": "dnn3", "generator_hidden": 1024, "generator_width": 64, "generator_small_stem": None,
-            "mode": "joint", "objective": "noisy_ce", "lam": 1.0, "k": 1, "c": 0.01}
-GENERATORS = ("dnn3", "resnet18")
-MODES = ("joint", "frozen")
-OBJECTIVES = ("noisy_ce", "two_term")
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
 # many rows (or one eval batch, whichever is larger) so memory stays bounded for large C.
 ENUM_MAX_ROWS = 4096
@@ -291,30 +285,8 @@ class VPNMethod(Method):
 
 # ----------------------------------------------------------------------------- helpers
 
-def check_method_spec(spec: dict) -> dict:
-    """The spec with defaults filled, or a one-line ValueError; needs no data (the DAG calls it before any job)."""
-    settings = {key: spec[key] if spec.get(key) is not None else value for key, value in DEFAULTS.items()}
-    for key, allowed in (("generator", GENERATORS), ("mode", MODES), ("objective", OBJECTIVES)):
-        if settings[key] not in allowed:
-            raise ValueError(f"VPN {key} {settings[key]!r} is unknown; allowed: {', '.join(allowed)}")
-    k = settings["k"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"VPN k (noise samples per input) must be an integer >= 1, got {k!r}")
-    for key in ("c", "lam"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"VPN {key} must be a number >= 0, got {value!r}")
-    if settings["generator_small_stem"] not in (None, True, False):
-        raise ValueError(f"VPN generator_small_stem must be true, false or null, got {settings['generator_small_stem']!r}")
-    for key in ("generator_hidden", "generator_width"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"VPN {key} must be an integer >= 1, got {value!r}")
-    return settings
-
-
 def _resolve_settings(spec: dict, info: dict) -> dict:
-    settings = check_method_spec(spec)
+    settings = check_vpn_spec(spec)
     if int(info["num_classes"]) < 2:
         raise ValueError(f"VPN needs at least 2 classes for its label conditioning, got {info['num_classes']}")
     return settings

@@ -152,3 +152,43 @@ def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):
     assert out.stderr.strip().splitlines() == [
         "error: invalid params: models.vit.weights_file: weights/vit_b16_in21k_ft_in1k.pth does not exist; "
         "put the weights file there (a state_dict for the timm model) or remove the key"]
+
+
+def _one_model_params(tmp_path, arch, dataset, site="default"):
+    return validate_params({
+        "results_dir": str(tmp_path / "results"),
+        "datasets": {"d": dataset}, "models": {"m": {"arch": arch}},
+        "experiment_sets": {"s": {"datasets": ["d"], "models": ["m"],
+                                  "methods": [{"label": "q", "name": "noisynn", "site": site}]}}})
+
+
+@pytest.mark.parametrize("arch, dataset, expected", [
+    ("resnt18", {"source": "digits"}, "invalid params: models.m (resnt18) cannot be built: model arch 'resnt18' is "
+                                      "not sr, dnn3 or a timm model name"),
+    ("convnext_atto", {"source": "digits"}, "invalid params: models.m (convnext_atto) does not accept the inputs of "
+                                            "dataset d, of shape [1, 8, 8]: "),
+])
+def test_preflight_builds_each_model_before_any_job(tmp_path, arch, dataset, expected):
+    from pipeline_src.preflight import check_runs
+
+    params = _one_model_params(tmp_path, arch, dataset)
+    with pytest.raises(ParamsError) as err:
+        check_runs(params, expand_runs(params))
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+def test_preflight_model_check_is_cached_once_clean(tmp_path, monkeypatch):
+    from pipeline_src import preflight
+
+    params = _one_model_params(tmp_path, "convnext_atto", {"source": "synthetic-clutter"}, site="stage:3")
+    preflight.check_runs(params, expand_runs(params))
+    assert len(list((tmp_path / "results" / "preflight").glob("models-*.json"))) == 1
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("the cached model check ran again")
+
+    monkeypatch.setattr(preflight.subprocess, "run", no_subprocess)
+    preflight.check_runs(params, expand_runs(params))  # same models and sites: answered from the cache
+    params["experiment_sets"]["s"]["methods"][0]["site"] = "stage:4"
+    with pytest.raises(AssertionError, match="ran again"):
+        preflight.check_runs(params, expand_runs(params))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline_src.hooks import attach_noise, block_sites, resolve_site
+from pipeline_src.hooks import attach_noise
 from pipeline_src.models import build_model
 from pipeline_src.noise import apply_noise
 
@@ -47,26 +47,6 @@ def capture(module, kind):
     else:
         handle = module.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
     return seen, handle
-
-
-def test_block_sites(vit, resnet, dnn3):
-    assert block_sites(vit) == [f"blocks.{i}.attn" for i in range(6)]
-    assert block_sites(resnet) == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
-    assert block_sites(dnn3) == ["fc2", "head"]
-    assert block_sites(build_model("sr", (1, 8, 8), 5)) == ["head"]
-
-
-def test_resolve_site(vit, resnet, dnn3):
-    assert resolve_site(vit, "default") == ("blocks.5.attn", 1)
-    assert resolve_site(vit, "block:-2") == ("blocks.4.attn", 1)
-    assert resolve_site(vit, "embedding") == ("norm_pre", 1)
-    assert resolve_site(vit, "image") == ("", 0)
-    assert resolve_site(vit, "blocks.0.mlp.fc1") == ("blocks.0.mlp.fc1", 1)
-    assert resolve_site(vit, "head") == ("head", 0)
-    assert resolve_site(resnet, "default") == ("layer4.0", 0)
-    assert resolve_site(resnet, "block:0") == ("layer1.0", 0)
-    assert resolve_site(dnn3, "default") == ("head", 0)
-    assert resolve_site(dnn3, "block:0") == ("fc2", 0)
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet", "dnn3"])
@@ -155,32 +135,6 @@ def test_noise_survives_gradient_checkpointing(images):
     handle.remove()
     assert torch.allclose(plain, checkpointed)
     assert not torch.allclose(plain, model(images))
-
-
-def test_bad_site_name_lists_valid_names(vit):
-    with pytest.raises(ValueError) as err:
-        resolve_site(vit, "blocks.9.attn")
-    message = str(err.value)
-    assert "\n" not in message
-    assert message.startswith("site='blocks.9.attn' is not a module of VisionTransformer; valid: image, default, embedding")
-    assert "blocks.0.attn, blocks.1.attn" in message and "top level: patch_embed" in message
-
-
-@pytest.mark.parametrize("site", ["block:6", "block:-7"])
-def test_block_index_out_of_range(vit, site):
-    with pytest.raises(ValueError, match=rf"^site='{site}' is out of range: VisionTransformer has 6 block sites, "
-                                         r"valid indices -6 to 5$"):
-        resolve_site(vit, site)
-
-
-def test_embedding_site_only_for_vit(resnet):
-    with pytest.raises(ValueError, match="^site='embedding' exists only for ViTs, not ResNet"):
-        resolve_site(resnet, "embedding")
-
-
-def test_block_site_must_be_integer(dnn3):
-    with pytest.raises(ValueError, match="^site='block:last' is not block:<integer>"):
-        resolve_site(dnn3, "block:last")
 
 
 def test_input_norm_normalises_before_the_model_and_keeps_module_paths():

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from pipeline_src.methods import build_method
 from pipeline_src.models import build_model
-from pipeline_src.noisynn import NoisyNNMethod, check_method_spec, eval_modes, eval_batch_order
+from pipeline_src.method_spec import check_noisynn_spec as check_method_spec, eval_modes
+from pipeline_src.noisynn import NoisyNNMethod, eval_batch_order
 
 INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8}
 
@@ -144,7 +145,7 @@ def test_registry_builds_noisynn():
     (spec(apply_at="always"), 8, "apply_at='always' is not allowed; allowed: train, test, both"),
     (spec(eval_protocols=["sorted"]), 8, "eval_protocols item='sorted' is not allowed"),
     (spec(generator="dnn3"), 8, "method key 'generator' is not used by noisynn"),
-    (spec(site="block:x"), 8, "site='block:x' is not block:<integer>"),
+    (spec(site="block:x"), 8, "site 'block:x' is not block:<integer>"),
 ])
 def test_check_method_spec_one_line_errors(bad, batch, message):
     with pytest.raises(ValueError) as err:
@@ -157,8 +158,8 @@ def test_optimal_q_batch_of_one_allowed_when_only_at_test():
 
 
 @pytest.mark.parametrize("site, message", [
-    ("fc9", "site='fc9' is not a module of SoftmaxRegression; valid: image, default, block:<i> for i in [-1, 0]"),
-    ("block:3", "site='block:3' is out of range: SoftmaxRegression has 1 block sites"),
+    ("fc9", "site 'fc9' is not a module of SoftmaxRegression; valid: image, default, block:<i> for i in [-1, 0]"),
+    ("block:3", "site 'block:3' is out of range: SoftmaxRegression has 1 block ("),
 ])
 def test_constructor_rejects_bad_site_before_training(site, message):
     with pytest.raises(ValueError) as err:

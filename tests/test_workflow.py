@@ -3,7 +3,9 @@ import copy
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,57 @@ def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     changed = snakemake("-n", "--cores", "2", "--configfile", str(path))
     assert job_counts(changed.stdout + changed.stderr) == {"train": 2, "track_set": 1, "aggregate_set": 1, "audit": 1, "all": 1}
+
+
+def write_params(tmp_path, params) -> Path:
+    params = {**copy.deepcopy(params), "results_dir": str(tmp_path / "results")}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def test_bad_site_stops_the_dry_run_with_one_line(tmp_path):
+    bad = copy.deepcopy(TINY)
+    bad["experiment_sets"]["noisynn_main"]["methods"][0]["site"] = "block:99"
+    out = snakemake("-n", "--cores", "1", "--configfile", str(write_params(tmp_path, bad)), check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert ("error: invalid params: experiment_sets.noisynn_main run digits-dnn3-linear_shift-s0: site 'block:99' "
+            "is out of range: DNN3 has 2 blocks (indices -2 to 1)\n") in out.stderr
+
+
+def test_dag_build_imports_no_torch_once_models_are_checked(tmp_path):
+    path = write_params(tmp_path, TINY)
+    snakemake("-n", "--cores", "1", "--configfile", str(path))  # checks the models once, in a subprocess
+    poisoned = tmp_path / "poisoned"
+    for name in ("torch", "timm", "torchvision"):
+        (poisoned / name).mkdir(parents=True)
+        (poisoned / name / "__init__.py").write_text(f"raise ImportError('the DAG build imported {name}')\n")
+    env = {**ENV, "PYTHONPATH": str(poisoned)}
+    out = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(path)], capture_output=True,
+                         text=True, cwd=REPO_ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert job_counts(out.stdout + out.stderr)["train"] == 6
+
+
+@pytest.mark.slow
+def test_hard_killed_run_recovers_without_unlock_or_activated_venv(tmp_path):
+    path = write_params(tmp_path, TINY)
+    runs = tmp_path / "results" / "runs"
+    first = subprocess.Popen([SNAKEMAKE, "--cores", "1", "--configfile", str(path)], cwd=REPO_ROOT, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(runs.glob("*/*/metrics.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list(REPO_ROOT.glob(".snakemake/locks/*.lock")), "the run holds no locks to leave behind"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # Snakemake and its running job, as an OOM kill would
+        first.wait()
+    assert len(list(runs.glob("*/*/metrics.json"))) < 6
+
+    bare_path = ":".join(p for p in os.environ["PATH"].split(":") if Path(p) != Path(os.sys.executable).parent)
+    again = subprocess.run([SNAKEMAKE, "--cores", "2", "--configfile", str(path)], capture_output=True, text=True,
+                           cwd=REPO_ROOT, env={**os.environ, "PATH": bare_path})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stale Snakemake lock file(s)" in again.stderr
+    assert len(list(runs.glob("*/*/metrics.json"))) == 6 and (tmp_path / "results" / "audit.md").exists()

@@ -1,9 +1,14 @@
 # Params validation and the run table; the logic lives in pipeline_src (tested there).
+import shlex
 import sys
+from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
-from pipeline_src.preflight import base_run_of, check_runs
+from pipeline_src.locks import clear_stale_locks
+from pipeline_src.preflight import base_run_of, check_runs, gpus_for
 from pipeline_src.provenance import code_version
 
 try:
@@ -13,12 +18,25 @@ try:
 except ParamsError as err:
     sys.exit(f"error: {err}")
 
+# After a hard kill the next run would stop at Snakemake's LockException: locks no live Snakemake
+# holds are removed here (only in the main process: a cluster job step cannot see the submit host's).
+if workflow.is_main_process and (note := clear_stale_locks(Path.cwd())):
+    print(note, file=sys.stderr)
+
+# Rules call `python`: make it the interpreter running this workflow, so `.venv/bin/snakemake` works
+# without an activated venv (and a cluster job step runs the same one). Under --sdm conda the rule's
+# own env provides python. The prefix is not part of a rule's code, so it triggers no rerun.
+_INTERPRETER_DIR = Path(sys.executable).parent
+if (DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
+        and (_INTERPRETER_DIR / "python").exists()):
+    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(_INTERPRETER_DIR))}:\"$PATH\"; ")
+
 RESULTS = PARAMS["results_dir"]
 SETS = list(PARAMS["experiment_sets"])
 # Hashes of the modules that compute each rule's numbers: editing one reruns the rules that use it.
-PREPARE_CODE = code_version(["data", "readers"])
-TRAIN_CODE = code_version(["config", "models", "methods", "train", "data", "readers", "noise", "hooks",
-                           "noisynn", "vpn", "augment"])
+PREPARE_CODE = code_version(["data", "readers", "sources"])
+TRAIN_CODE = code_version(["config", "models", "methods", "train", "data", "readers", "sources", "noise", "hooks",
+                           "sites", "method_spec", "noisynn", "vpn", "augment"])
 AGGREGATE_CODE = code_version(["aggregate", "plots"])
 
 
@@ -68,12 +86,7 @@ def get_base_flag(wildcards, input):
 
 
 def get_gpu_count(wildcards):
-    """GPUs a training job holds: params' cluster.train_gpus when it will use CUDA, else none."""
-    import torch
-
-    device = get_run(wildcards).device
-    wants_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return PARAMS["cluster"]["train_gpus"] if wants_cuda else 0
+    return gpus_for(get_run(wildcards), PARAMS["cluster"]["train_gpus"])
 
 
 def get_train_threads(wildcards):

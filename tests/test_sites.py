@@ -1,0 +1,112 @@
+"""Site names on the pipeline's models and on timm models nobody configured for: stages from timm's
+feature_info, blocks within them, one-line errors naming the valid sites."""
+import pytest
+import torch
+
+from pipeline_src.models import build_model
+from pipeline_src.sites import block_sites, resolve_site, stage_sites
+
+timm = pytest.importorskip("timm")
+
+
+def meta_model(arch, in_chans=3, **kwargs):
+    with torch.device("meta"):  # structure only: no weights are allocated
+        return timm.create_model(arch, num_classes=5, in_chans=in_chans, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return meta_model("test_vit", img_size=32)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return meta_model("test_resnet")
+
+
+@pytest.fixture(scope="module")
+def dnn3():
+    return build_model("dnn3", (1, 8, 8), 5, hidden=16)
+
+
+def test_pipeline_models(vit, resnet, dnn3):
+    assert block_sites(vit) == [f"blocks.{i}.attn" for i in range(6)]
+    assert stage_sites(vit) == [f"blocks.{i}" for i in range(6)]
+    assert block_sites(resnet) == ["layer1.0", "layer2.0", "layer3.0", "layer4.0"]
+    assert stage_sites(resnet) == ["layer1", "layer2", "layer3", "layer4"]  # act1 is the stem, not a stage
+    assert block_sites(dnn3) == ["fc2", "head"] and stage_sites(dnn3) == []
+    assert block_sites(build_model("sr", (1, 8, 8), 5)) == ["head"]
+
+
+def test_resolve_site(vit, resnet, dnn3):
+    assert resolve_site(vit, "default") == ("blocks.5.attn", 1)
+    assert resolve_site(vit, "block:-2") == ("blocks.4.attn", 1)
+    assert resolve_site(vit, "stage:1") == ("blocks.1", 1)
+    assert resolve_site(vit, "embedding") == ("norm_pre", 1)
+    assert resolve_site(vit, "image") == ("", 0)
+    assert resolve_site(vit, "blocks.0.mlp.fc1") == ("blocks.0.mlp.fc1", 1)
+    assert resolve_site(vit, "head") == ("head", 0)
+    assert resolve_site(resnet, "default") == ("layer4.0", 0)
+    assert resolve_site(resnet, "block:0") == ("layer1.0", 0)
+    assert resolve_site(resnet, "stage:-1") == ("layer4", 0)
+    assert resolve_site(dnn3, "default") == ("head", 0)
+    assert resolve_site(dnn3, "block:0") == ("fc2", 0)
+
+
+def test_convnext_blocks_sit_inside_its_stages():
+    model = meta_model("convnext_atto")
+    assert stage_sites(model) == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert block_sites(model)[:3] == ["stages.0.blocks.0", "stages.0.blocks.1", "stages.1.blocks.0"]
+    assert len(block_sites(model)) == sum(len(model.stages[i].blocks) for i in range(4))
+    assert resolve_site(model, "block:1") == ("stages.0.blocks.1", 0)
+    assert resolve_site(model, "default") == (block_sites(model)[-1], 0)
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv3_small_050", "efficientnet_b0"])
+def test_mobile_nets_count_every_group_timm_does_not_tap(arch):
+    model = meta_model(arch)
+    tapped = {info["module"] for info in model.feature_info}
+    assert stage_sites(model) == [f"blocks.{i}" for i in range(len(model.blocks))]
+    assert tapped - set(stage_sites(model)) <= {"bn1", "conv_stem"}  # the stem is not a stage
+    blocks = block_sites(model)
+    assert blocks[0] == "blocks.0.0" and len(blocks) == sum(len(g) if isinstance(g, torch.nn.Sequential) else 1
+                                                             for g in model.blocks)
+    for site in ("default", "block:1", "stage:2"):
+        path, prefix = resolve_site(model, site)
+        assert path in dict(model.named_modules()) and prefix == 0
+
+
+def test_bad_site_name_lists_valid_names(vit):
+    with pytest.raises(ValueError) as err:
+        resolve_site(vit, "blocks.9.attn")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == ("site 'blocks.9.attn' is not a module of VisionTransformer; valid: image, default, embedding, "
+                       "block:<i> for i in [-6, 5], stage:<i> for i in [-6, 5], or a module path from "
+                       "model.named_modules()")
+
+
+@pytest.mark.parametrize("site", ["block:6", "block:-7"])
+def test_block_index_out_of_range(vit, site):
+    with pytest.raises(ValueError, match=rf"^site '{site}' is out of range: VisionTransformer has 6 blocks "
+                                         r"\(indices -6 to 5\)$"):
+        resolve_site(vit, site)
+
+
+def test_models_without_blocks_say_so_without_contradiction():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    for site, words in [("default", "needs known blocks"), ("block:1", "has no blocks that timm names"),
+                        ("stage:0", "has no stages that timm names")]:
+        with pytest.raises(ValueError, match=words) as err:
+            resolve_site(model, site)
+        assert str(err.value).endswith("valid: image, or a module path from model.named_modules()")
+
+
+def test_embedding_site_only_for_vit(resnet):
+    with pytest.raises(ValueError, match="^site 'embedding' exists only for ViTs, not ResNet"):
+        resolve_site(resnet, "embedding")
+
+
+def test_block_site_must_be_integer(dnn3):
+    with pytest.raises(ValueError, match="^site 'block:last' is not block:<integer>"):
+        resolve_site(dnn3, "block:last")
