@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from pipeline_src.methods import Method
 from pipeline_src.models import build_model, flops_per_sample
 from pipeline_src.vpn import VPNMethod
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow references live with the tests
+from references import class_enumeration_loop  # noqa: E402
 
 NUM_CLASSES = 10
 
@@ -55,10 +60,10 @@ def bench_enumeration(arch, generator, in_shape, n_test, batch_size, device, rep
     method = _vpn(arch, generator, in_shape, device).eval()
     x = torch.rand(n_test, *in_shape, device=device)
     z = torch.randn(NUM_CLASSES, n_test, *in_shape, device=device)
-    t = _interleaved_medians({"loop": lambda: method.class_enumeration_loop(x, batch_size, z),
+    t = _interleaved_medians({"loop": lambda: class_enumeration_loop(method, x, batch_size, z),
                               "batched": lambda: method.class_enumeration(x, batch_size, z)}, device, repeats)
     looped, batched = t["loop"], t["batched"]
-    same = torch.equal(method.class_enumeration(x, batch_size, z), method.class_enumeration_loop(x, batch_size, z))
+    same = torch.equal(method.class_enumeration(x, batch_size, z), class_enumeration_loop(method, x, batch_size, z))
     print(f"  {arch:>6} + {generator:<8} {str(in_shape):<12} N={n_test} bs={batch_size}: "
           f"loop {looped:7.3f} s  batched {batched:7.3f} s  ratio {looped / batched:5.2f}x  "
           f"same predictions: {same}")

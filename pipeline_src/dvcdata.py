@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline_src.readers import DEBIAN_FASHION_MNIST, DataError, resolve_path
+from pipeline_src.readers import DataError, imagefolder_dirs, input_label, search_places
 
 DVC_FILE = "data.dvc"
 # Sources made in code (sklearn's bundled digits, synthetic clutter): they read nothing under data/.
@@ -49,29 +49,10 @@ def raw_inputs(spec: dict, repo_root: str | Path) -> list[str]:
         return []
     repo_root = Path(repo_root).absolute()
     if spec["source"] == "imagefolder":
-        found = [f for folder in _imagefolder_dirs(spec, repo_root) for f in _listing(folder)]
+        found = [f for folder in imagefolder_dirs(spec, repo_root).values() for f in _listing(folder)]
     else:
-        found = next((files for files in map(_listing, _search_places(spec, repo_root)) if files), [])
-    return sorted({_label(path, repo_root) for path in found})
-
-
-def _search_places(spec: dict, repo_root: Path) -> list[Path]:
-    """Where readers.py looks, in its order: the spec's path, data/raw/<source>, Debian's Fashion-MNIST."""
-    places = [resolve_path(spec["path"], repo_root)] if spec.get("path") else []
-    places.append(repo_root / "data" / "raw" / spec["source"])
-    return places + ([DEBIAN_FASHION_MNIST] if spec["source"] == "fashion-mnist" else [])
-
-
-def _imagefolder_dirs(spec: dict, repo_root: Path) -> list[Path]:
-    """imagefolder's train and test folders as readers.read_imagefolder resolves them."""
-    base = resolve_path(spec["path"], repo_root) if spec.get("path") else None
-    dirs = []
-    for key, default in (("train_dir", "train"), ("test_dir", "val")):
-        if spec.get(key):
-            dirs.append(resolve_path(spec[key], base or repo_root))
-        elif base is not None:
-            dirs.append(base / default)
-    return dirs
+        found = next((files for files in map(_listing, search_places(spec, repo_root)) if files), [])
+    return sorted({input_label(path, repo_root) for path in found})
 
 
 def _listing(place: Path) -> list[Path]:
@@ -84,10 +65,3 @@ def _listing(place: Path) -> list[Path]:
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(place).parts))
     first = list(itertools.islice(files, MAX_LISTED_FILES + 1))
     return [place] if len(first) > MAX_LISTED_FILES else first
-
-
-def _label(path: Path, repo_root: Path) -> str:
-    try:
-        return path.relative_to(repo_root).as_posix()
-    except ValueError:
-        return path.as_posix()

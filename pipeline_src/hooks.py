@@ -10,7 +10,8 @@ from typing import Callable
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from pipeline_src.noise import apply_noise, resolve_noise
+from pipeline_src.method_spec import resolve_noise
+from pipeline_src.noise import apply_noise
 from pipeline_src.sites import resolve_site
 
 

@@ -4,16 +4,15 @@ Every kind works on the first axis as the batch. Token tensors (B, N, D) may car
 prefix tokens (the class token) that are never touched. Random draws use the torch
 global RNG, which the training loop seeds and checkpoints.
 
-A noise spec is the params dict {kind, strength, mean, sd, p}; `resolve_noise` fills
-the defaults so the resolved spec written next to a run says which values it used.
+A noise spec is the params dict {kind, strength, mean, sd, p}; method_spec.resolve_noise checks it
+and fills the defaults, so the resolved spec written next to a run says which values it used.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from pipeline_src.method_spec import LINEAR_KINDS, check_noise, resolve_noise  # noqa: F401 (re-exported)
+from pipeline_src.method_spec import LINEAR_KINDS, resolve_noise
+
 
 def mixing_matrix(spec: dict, batch_size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The B x B matrix I + Q that a linear kind applies: X' = (I + Q) X over the batch axis."""
@@ -29,13 +28,15 @@ def mixing_matrix(spec: dict, batch_size: int, dtype: torch.dtype = torch.float6
 
 
 def apply_noise(x: torch.Tensor, spec: dict, prefix_tokens: int = 0) -> torch.Tensor:
-    """Noise x along its batch axis; with prefix_tokens > 0, x is (B, N, D) and tokens [:prefix] stay."""
+    """Noise x along its batch axis; with prefix_tokens > 0, x is (B, N, D) and tokens [:prefix] stay.
+
+    spec is resolved (method_spec.resolve_noise, once per run): this runs on every forward batch.
+    """
     if prefix_tokens:
         if x.ndim != 3:
             raise ValueError(f"prefix_tokens={prefix_tokens} needs a (B, N, D) token tensor, got shape {tuple(x.shape)}")
         # cat, not in-place assignment, so autograd sees the untouched prefix as identity
         return torch.cat([x[:, :prefix_tokens], apply_noise(x[:, prefix_tokens:], spec)], dim=1)
-    spec = resolve_noise(spec)
     kind = spec["kind"]
     if kind == "circular_shift":
         a = spec["strength"]
@@ -54,16 +55,4 @@ def apply_noise(x: torch.Tensor, spec: dict, prefix_tokens: int = 0) -> torch.Te
         u = torch.rand_like(x)
         high, low = x.detach().max(), x.detach().min()
         return torch.where(u < p / 2, high, torch.where(u < p, low, x))
-    raise AssertionError(kind)  # resolve_noise rejected anything else
-
-
-def optimal_q_quadratic_reference(x: torch.Tensor) -> torch.Tensor:
-    """Optimal Q the authors' way: 2X plus B-1 shifted copies of the batch, summed.
-
-    Kept only to test and benchmark the linear form against; memory and time grow as B^2.
-    """
-    batch = x.shape[0]
-    if batch == 1:
-        return x.clone()
-    copies = torch.cat([torch.roll(x, shifts=k, dims=0) for k in range(1, batch)], dim=0)
-    return (2 * x + copies.view(batch - 1, *x.shape).sum(dim=0)) / (batch + 1)
+    raise ValueError(f"noise.kind={kind!r} is not a noise kind; resolve the spec with method_spec.resolve_noise")

@@ -14,13 +14,12 @@ import gzip
 import hashlib
 import io
 import pickle
-import stat
 import struct
 import tarfile
 import urllib.request
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -55,9 +54,24 @@ def input_label(path: Path, repo_root: Path) -> str:
         return path.as_posix()
 
 
-def _search_places(spec: dict, repo_root: Path, source: str) -> list[Path]:
+def search_places(spec: dict, repo_root: Path) -> list[Path]:
+    """Where a file source is looked for, in order: the spec's path, data/raw/<source>, and for
+    Fashion-MNIST Debian's dataset-fashion-mnist (dvcdata.py lists the same places)."""
     places = [resolve_path(spec["path"], repo_root)] if spec.get("path") else []
-    return places + [Path(repo_root) / "data" / "raw" / source]
+    places.append(Path(repo_root) / "data" / "raw" / spec["source"])
+    return places + ([DEBIAN_FASHION_MNIST] if spec["source"] == "fashion-mnist" else [])
+
+
+def imagefolder_dirs(spec: dict, repo_root: Path) -> dict[str, Path]:
+    """imagefolder's train and test folders: train_dir / test_dir, else <path>/train and <path>/val."""
+    base = resolve_path(spec["path"], repo_root) if spec.get("path") else None
+    dirs = {}
+    for split, key, default in (("train", "train_dir", "train"), ("test", "test_dir", "val")):
+        if spec.get(key):
+            dirs[split] = resolve_path(spec[key], base or repo_root)
+        elif base is not None:
+            dirs[split] = base / default
+    return dirs
 
 
 # ---------------------------------------------------------------- IDX (Fashion-MNIST)
@@ -136,8 +150,7 @@ def download_fashion_mnist(dest: Path, base_url: str = FASHION_MNIST_URL, timeou
 
 def read_fashion_mnist(spec: dict, repo_root: Path, pick) -> dict:
     local = Path(repo_root) / "data" / "raw" / "fashion-mnist"
-    places = [resolve_path(spec["path"], repo_root)] if spec.get("path") else []
-    places += [local, DEBIAN_FASHION_MNIST]
+    places = search_places(spec, repo_root)
     files = next((f for f in map(_find_idx_files, places) if f), None)
     if files is None:
         try:
@@ -215,7 +228,7 @@ _CIFAR = {
 
 def _locate_cifar(source: str, spec: dict, repo_root: Path) -> tuple[str, Path]:
     layout = _CIFAR[source]
-    places = _search_places(spec, repo_root, source)
+    places = search_places({**spec, "source": source}, repo_root)
     for place in places:
         if place.is_file():
             return "tar", place
@@ -327,7 +340,7 @@ def _folder_reader(root: Path, inputs: dict, repo_root: Path):
 
 
 def _locate_tiny(spec: dict, repo_root: Path) -> tuple[str, Path]:
-    places = _search_places(spec, repo_root, "tiny-imagenet")
+    places = search_places({**spec, "source": "tiny-imagenet"}, repo_root)
     for place in places:
         if place.is_file():
             return "zip", place
@@ -409,14 +422,9 @@ def _class_folders(folder: Path) -> dict[str, list[str]]:
 
 
 def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
-    base = resolve_path(spec["path"], repo_root) if spec.get("path") else None
-    dirs = {}
-    for split, key, default in (("train", "train_dir", "train"), ("test", "test_dir", "val")):
-        if spec.get(key):
-            dirs[split] = resolve_path(spec[key], base or repo_root)
-        elif base is not None:
-            dirs[split] = base / default
-        else:
+    dirs = imagefolder_dirs(spec, repo_root)
+    for split, key in (("train", "train_dir"), ("test", "test_dir")):
+        if split not in dirs:
             raise DataError(f"imagefolder: set `path` or `{key}`")
     listings = {split: _class_folders(folder) for split, folder in dirs.items()}
     if set(listings["train"]) != set(listings["test"]):
@@ -433,51 +441,3 @@ def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
         out[f"x_{split}"], out[f"y_{split}"] = _decode_all(
             _picked(items, pick, split), read, lambda rel, f=folder: str(f / rel), spec["image_size"])
     return out
-
-
-# ---------------------------------------------------------------- safe extraction
-
-def _refuse(archive: Path, name: str, why: str):
-    raise DataError(f"{archive}: refusing member {name!r}: {why}")
-
-
-def _check_member(archive: Path, root: Path, name: str, link: str | None = None, link_from_root=False) -> None:
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or PureWindowsPath(name).drive or ".." in PurePosixPath(posix).parts:
-        _refuse(archive, name, "absolute path or '..' would escape the destination")
-    target = (root / posix).resolve()
-    if target != root and root not in target.parents:
-        _refuse(archive, name, f"it resolves outside {root}")
-    if link is not None:
-        if link.startswith("/") or PureWindowsPath(link).drive:
-            _refuse(archive, name, f"link to absolute path {link!r}")
-        pointed = ((root if link_from_root else (root / posix).parent) / link).resolve()
-        if pointed != root and root not in pointed.parents:
-            _refuse(archive, name, f"link to {link!r} points outside {root}")
-
-
-def safe_extract(archive_path: str | Path, dest: str | Path) -> Path:
-    """Extract a tar (any compression) or zip into dest, refusing any member that would land or point outside."""
-    archive_path, dest = Path(archive_path), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        if zipfile.is_zipfile(archive_path):
-            with zipfile.ZipFile(archive_path) as archive:
-                for info in archive.infolist():
-                    is_link = stat.S_ISLNK(info.external_attr >> 16)
-                    _check_member(archive_path, root, info.filename,
-                                  archive.read(info).decode("utf-8", "replace") if is_link else None)
-                archive.extractall(root)
-        else:
-            with tarfile.open(archive_path, "r:*") as archive:
-                members = archive.getmembers()
-                for member in members:
-                    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-                        _refuse(archive_path, member.name, "device, fifo or other special file")
-                    link = member.linkname if (member.issym() or member.islnk()) else None
-                    _check_member(archive_path, root, member.name, link, link_from_root=member.islnk())
-                archive.extractall(root, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
-        raise DataError(f"{archive_path}: cannot extract ({err})") from None
-    return dest

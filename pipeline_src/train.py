@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -132,12 +130,6 @@ def _file_sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def _kill_point(epoch: int) -> None:
-    """Tests set PIPELINE_KILL_AFTER_EPOCH to SIGKILL the job right after a checkpoint, like a pre-empted node."""
-    if os.environ.get("PIPELINE_KILL_AFTER_EPOCH") == str(epoch):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None,
               threads: int | None = None, rule: str = "train") -> dict:
     """Train and evaluate one run; writes model.pt and metrics.json into out_dir and returns the metrics."""
@@ -189,7 +181,6 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
               f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
         torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash), checkpoint)
-        _kill_point(epoch + 1)
 
     method.eval()
     with autocast:

@@ -18,7 +18,6 @@ from torchvision.models.resnet import BasicBlock
 
 from pipeline_src.method_spec import GENERATORS, check_vpn_spec
 from pipeline_src.methods import Method, predict, top1
-from pipeline_src.provenance import atomic_path
 
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
 # many rows (or one eval batch, whichever is larger) so memory stays bounded for large C.
@@ -235,20 +234,6 @@ class VPNMethod(Method):
         return torch.cat(preds)
 
     @torch.no_grad()
-    def class_enumeration_loop(self, x: torch.Tensor, batch_size: int, z: torch.Tensor | None = None) -> torch.Tensor:
-        """Reference: the authors' Python loop, C passes of g and f per batch."""
-        preds = []
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            scores = xb.new_empty(len(xb), self.num_classes)
-            for k in range(self.num_classes):
-                candidates = torch.full((len(xb),), k, device=xb.device)
-                sigma = self.generator(condition(xb, candidates, self.num_classes, self.c))
-                eps = sample_noise(sigma)[0] if z is None else sigma * z[k, i:i + batch_size].to(sigma.device)
-                scores[:, k] = self.model(xb + eps).softmax(-1)[:, k]
-            preds.append(scores.argmax(1))
-        return torch.cat(preds)
-
     # ------------------------------------------------------------------ what g learned
 
     @torch.no_grad()
@@ -280,6 +265,8 @@ class VPNMethod(Method):
         # a private generator, so drawing a figure never moves the training RNG stream
         rng = torch.Generator(device=sigma.device).manual_seed(int(self.info.get("seed", 0)))
         noisy = x + sample_noise(sigma, 1, generator=rng)[0]
+        from pipeline_src.plots import plot_sigma  # matplotlib only when a figure is drawn
+
         return plot_sigma(Path(out_dir) / "vpn_sigma.png", x.cpu(), y.cpu(), sigma.cpu(), noisy.cpu(), self.c)
 
 
@@ -318,41 +305,3 @@ def _eval_mode(module: nn.Module):
         yield
     finally:
         module.train(was_training)
-
-
-def _as_image(t: torch.Tensor):
-    """CHW tensor -> array matplotlib shows: HxW for one channel, HxWx3 for colour."""
-    t = t.clamp(0, 1)
-    return t[0].numpy() if t.shape[0] == 1 else t[:3].permute(1, 2, 0).numpy()
-
-
-def plot_sigma(path: Path, x, y, sigma, noisy, c: float) -> Path:
-    """Figure 1 of the VPN paper, as rows of (image, sigma heatmap, one noisy draw)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(x)
-    fig, axes = plt.subplots(rows, 3, figsize=(10, 2.8 * rows + 0.6), squeeze=False)
-    for i in range(rows):
-        gray = "gray" if x.shape[1] == 1 else None
-        sig = sigma[i].mean(0).numpy()
-        axes[i, 0].imshow(_as_image(x[i]), cmap=gray, vmin=0, vmax=1)
-        axes[i, 0].set_title(f"test image (label {int(y[i])})")
-        heat = axes[i, 1].imshow(sig, cmap="magma")
-        axes[i, 1].set_title(rf"noise scale $\sigma$ (mean {sig.mean():.3f})")
-        fig.colorbar(heat, ax=axes[i, 1], fraction=0.046, pad=0.04)
-        axes[i, 2].imshow(_as_image(noisy[i]), cmap=gray, vmin=0, vmax=1)
-        axes[i, 2].set_title(r"$x + \sigma z$, one draw (shown in [0, 1])")
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(rf"VPN: learned noise scale $\sigma = |g(x + c\,y/(C-1))|$, $c$ = {c:g}")
-    fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path

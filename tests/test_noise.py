@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from pipeline_src.noise import apply_noise, check_noise, mixing_matrix, optimal_q_quadratic_reference, resolve_noise
+from pipeline_src.method_spec import check_noise, resolve_noise
+from pipeline_src.noise import apply_noise, mixing_matrix
+from references import optimal_q_quadratic_reference
 
 SHIFT = {"kind": "circular_shift", "strength": 0.3}
 OPTIMAL = {"kind": "optimal_q"}
@@ -54,7 +56,7 @@ def test_circular_shift_sample_receives_next_sample():
 
 def test_class_token_untouched():
     x = torch.randn(4, 5, 3)
-    for spec in (SHIFT, OPTIMAL, {"kind": "gaussian"}, {"kind": "impulse", "p": 1.0}):
+    for spec in (SHIFT, OPTIMAL, resolve_noise({"kind": "gaussian"}), {"kind": "impulse", "p": 1.0}):
         out = apply_noise(x, spec, prefix_tokens=1)
         assert torch.equal(out[:, 0], x[:, 0])
         assert not torch.equal(out[:, 1:], x[:, 1:])

@@ -1,10 +1,11 @@
 """The training loop: deterministic on CPU, resumes after a kill with identical results."""
 import json
 import math
-import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,10 @@ def digits_dir(tmp_path_factory):
     return out
 
 
-def make_run(method=None, epochs=3, arch="dnn3", seed=0) -> RunConfig:
+def make_run(method=None, epochs=3, arch="dnn3", seed=0, hidden=32) -> RunConfig:
     return RunConfig(
         run_id="digits-dnn3-test-s0", experiment_set="test", set_kind="baseline", dataset="digits", model=arch,
-        model_cfg={"arch": arch, "hidden": 32}, method=method or {"label": "baseline", "name": "baseline"},
+        model_cfg={"arch": arch, "hidden": hidden}, method=method or {"label": "baseline", "name": "baseline"},
         seed=seed, epochs=epochs, batch_size=64, eval_batch_size=128,
         optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine"},
         device="cpu")
@@ -70,31 +71,45 @@ def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
     assert list(metrics["eval_plan"]) == list(metrics["evaluations"])
 
 
-def _train_cli(cfg: RunConfig, data: Path, out: Path, env=None):
+def _train_cli(cfg: RunConfig, data: Path, out: Path):
     return subprocess.run([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
-                           "--data", str(data), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, **(env or {})})
+                           "--data", str(data), "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def _kill_after_first_checkpoint(cfg: RunConfig, data: Path, out: Path) -> None:
+    """SIGKILL the training job as soon as its first epoch checkpoint is on disk, like a pre-empted node."""
+    job = subprocess.Popen([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
+                            "--data", str(data), "--out", str(out)], cwd=REPO_ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (out / CHECKPOINT_NAME).exists():
+        assert job.poll() is None, "the job ended before its first checkpoint"
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    assert job.wait() == -signal.SIGKILL
+    assert not (out / "metrics.json").exists(), "the kill came after the run had finished"
+
+
+# epochs of about half a second each (a wide DNN3), so the kill lands inside the run
+SLOW = {"epochs": 6, "hidden": 2048}
 
 
 def test_killed_job_resumes_from_checkpoint_with_same_result(digits_dir, tmp_path):
-    cfg = make_run(epochs=3)
+    cfg = make_run(**SLOW)
     uninterrupted = train_run(cfg, digits_dir, tmp_path / "whole")
 
     out = tmp_path / "killed"
-    killed = _train_cli(cfg, digits_dir, out, env={"PIPELINE_KILL_AFTER_EPOCH": "2"})
-    assert killed.returncode == -signal.SIGKILL
-    assert (out / CHECKPOINT_NAME).exists() and not (out / "metrics.json").exists()
-
+    _kill_after_first_checkpoint(cfg, digits_dir, out)
     resumed = _train_cli(cfg, digits_dir, out)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr and "after epoch 2" in resumed.stderr
-    assert "epoch 1/3" not in resumed.stderr.split("resuming from")[1], "epochs before the checkpoint were redone"
+    done = int(re.search(r"resuming from .* after epoch (\d+)", resumed.stderr).group(1))
+    assert 1 <= done < SLOW["epochs"]
+    assert f"epoch {done}/{SLOW['epochs']}" not in resumed.stderr, "epochs before the checkpoint were redone"
     assert comparable(json.loads((out / "metrics.json").read_text())) == comparable(uninterrupted)
 
 
 def test_checkpoint_of_other_params_is_not_resumed(digits_dir, tmp_path):
     out = tmp_path / "run"
-    assert _train_cli(make_run(epochs=3), digits_dir, out, env={"PIPELINE_KILL_AFTER_EPOCH": "1"}).returncode != 0
+    _kill_after_first_checkpoint(make_run(**SLOW), digits_dir, out)
     changed = _train_cli(make_run(epochs=2), digits_dir, out)
     assert changed.returncode == 0
     assert "belongs to other params" in changed.stderr

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_src.models import DNN3
+from references import class_enumeration_loop
 from pipeline_src.vpn import (DNN3Generator, ResNet18Generator, VPNMethod, build_generator, condition,
                               sample_noise)
 
@@ -142,7 +143,7 @@ def test_batched_enumeration_matches_loop_with_same_draws():
     method = scaled_up(VPNMethod(DNN3(64, C, 16), spec(c=0.5), info())).eval()
     x, _ = batch(n=37)
     z = torch.randn(C, 37, *SHAPE)
-    looped = method.class_enumeration_loop(x, batch_size=8, z=z)
+    looped = class_enumeration_loop(method, x, batch_size=8, z=z)
     for max_rows in (4, 24, 10_000):  # one image per pass, several passes, all at once
         assert torch.equal(method.class_enumeration(x, batch_size=8, z=z, max_rows=max_rows), looped)
     scores = method.enumeration_scores(x[:5], z[:, :5])
