@@ -4,11 +4,16 @@
     python -m pipeline_src check-models < REQUESTS.json    (preflight's model check)
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
     python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
-    python -m pipeline_src aggregate --set SET --kind KIND --out-prefix results/tables/SET METRICS...
+    python -m pipeline_src aggregate --set SET --kind KIND --table T.csv --markdown T.md --runs R.csv
+                                     --figure F.png METRICS...
     python -m pipeline_src audit     --claims params/claims.yaml --deviations params/deviations.yaml
-                                     --set-info JSON --out results RUNS_CSV...
+                                     --set-info JSON --csv --cells --markdown --figure --tables FILES...
+                                     --runs RUNS_CSV...
     python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
+
+The rules name every file a command writes (--data/--manifest, --metrics/--model, ...); a folder
+(--out) is the shorthand for running a step by hand.
 
 Every expected failure (bad params, missing data, bad noise setting) ends with one
 line on stderr and exit status 2, never a traceback.
@@ -59,7 +64,12 @@ def cmd_prepare(args) -> None:
             raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; "
                               f"defined: {', '.join(params['datasets'])}")
         spec = dataset_spec(params, args.dataset)
-    manifest = prepare(args.dataset, spec, Path(args.out), REPO_ROOT, dvc_hash=args.dvc_hash)
+    from pipeline_src.data import PreparedFiles
+
+    if not ((args.data and args.manifest) or args.out):
+        raise ParamsError("prepare needs --data and --manifest (the files to write), or --out (a folder)")
+    out = PreparedFiles(Path(args.data), Path(args.manifest)) if args.data else PreparedFiles.of(args.out)
+    manifest = prepare(args.dataset, spec, out, REPO_ROOT, dvc_hash=args.dvc_hash)
     print(f"prepared {args.dataset}: data_version {manifest['data_version']}")
 
 
@@ -67,31 +77,39 @@ def cmd_train(args) -> None:
     from pipeline_src.provenance import write_json
     from pipeline_src.train import train_run
 
+    from pipeline_src.data import PreparedFiles
+
     cfg = _run_config(args)
-    out = Path(args.out)
-    metrics = train_run(cfg, Path(args.data), out, Path(args.base_checkpoint) if args.base_checkpoint else None,
-                        threads=args.threads, rule=args.rule)
+    if not (args.out or args.metrics):
+        raise ParamsError("train needs --metrics and --model (the files to write), or --out (a run folder)")
+    out = Path(args.out) if args.out else Path(args.metrics).parent
+    data = PreparedFiles(Path(args.data), Path(args.manifest)) if args.manifest else PreparedFiles.of(args.data)
+    metrics = train_run(cfg, data, out, Path(args.base_checkpoint) if args.base_checkpoint else None,
+                        threads=args.threads, rule=args.rule, metrics_path=args.metrics, model_path=args.model)
     if args.tracking:  # outside Snakemake; in the DAG, track_set logs a whole set at once
         from pipeline_src import track
 
         metrics["mlflow_run_id"] = track.log_run(metrics, out, Path(args.tracking))
-        write_json(out / "metrics.json", metrics)
+        write_json(Path(args.metrics) if args.metrics else out / "metrics.json", metrics)
     print(f"{cfg.run_id}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
 
 
 def cmd_aggregate(args) -> None:
-    from pipeline_src.aggregate import aggregate_set
+    from pipeline_src.aggregate import SetFiles, aggregate_set
 
-    table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], Path(args.out_prefix))
-    print(f"{args.set}: {len(table)} rows -> {args.out_prefix}.csv")
+    files = SetFiles(Path(args.table), Path(args.markdown), Path(args.runs), Path(args.figure))
+    table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], files)
+    print(f"{args.set}: {len(table)} rows -> {args.table}")
 
 
 def cmd_audit(args) -> None:
-    from pipeline_src.audit import main_audit
+    from pipeline_src.audit import AuditFiles, main_audit
 
-    audit = main_audit(Path(args.claims), [Path(p) for p in args.runs], json.loads(args.set_info), Path(args.out),
+    files = AuditFiles(Path(args.csv), Path(args.cells), Path(args.markdown), Path(args.figure),
+                       tuple(map(Path, args.tables)))
+    audit = main_audit(Path(args.claims), [Path(p) for p in args.runs], json.loads(args.set_info), files,
                        Path(args.deviations))
-    print(f"audit: {len(audit)} claims -> {args.out}/audit.csv {audit['verdict'].value_counts().to_dict()}")
+    print(f"audit: {len(audit)} claims -> {args.csv} {audit['verdict'].value_counts().to_dict()}")
 
 
 def cmd_report(args) -> None:
@@ -157,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--spec-json", help="the dataset's params (as the DAG passes them)")
     p.add_argument("--params", help="or: a params file defining the dataset")
-    p.add_argument("--out", required=True)
+    p.add_argument("--data", help="the data.npz to write (with --manifest; the rule names both)")
+    p.add_argument("--manifest", help="the manifest.json to write")
+    p.add_argument("--out", help="or: a folder for data.npz and manifest.json")
     p.add_argument("--dvc-hash", default="", help="data.dvc's hash of data/, recorded in the manifest")
     p.set_defaults(func=cmd_prepare)
 
@@ -166,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params")
     p.add_argument("--set")
     p.add_argument("--run-id")
-    p.add_argument("--data", required=True, help="prepared dataset folder")
-    p.add_argument("--out", required=True, help="run folder: metrics.json, model.pt, checkpoint")
+    p.add_argument("--data", required=True, help="the prepared data.npz (with --manifest), or its folder")
+    p.add_argument("--manifest", help="the prepared dataset's manifest.json")
+    p.add_argument("--metrics", help="the metrics.json to write (its folder also gets the epoch checkpoint)")
+    p.add_argument("--model", help="the model.pt to write")
+    p.add_argument("--out", help="or: a run folder for metrics.json, model.pt and the checkpoint")
     p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
     p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
     p.add_argument("--rule", default="train", help="recorded in provenance")
@@ -177,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("aggregate", help="one table (csv + md) and figure for an experiment set")
     p.add_argument("--set", required=True)
     p.add_argument("--kind", required=True, help="the set's kind: chooses its extra columns and figure")
-    p.add_argument("--out-prefix", required=True, help="e.g. results/tables/baseline (.csv, .md are added)")
+    p.add_argument("--table", required=True, help="the table to write (csv)")
+    p.add_argument("--markdown", required=True, help="the same table in markdown")
+    p.add_argument("--runs", required=True, help="every run and eval mode, one line each (csv)")
+    p.add_argument("--figure", required=True, help="the set's figure (png)")
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_aggregate)
 
@@ -186,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deviations", required=True, help="the deviations registry (params/deviations.yaml)")
     p.add_argument("--set-info", required=True,
                    help='JSON: {set: {"kind", "scale"}, "datasets": {name: paper_name}, "models": {name: paper_name}}')
-    p.add_argument("--out", required=True, help="results folder: audit.csv/.md, figures/audit.png, tables/paper_*")
-    p.add_argument("runs", nargs="*", help="each set's <set>_runs.csv")
+    p.add_argument("--csv", required=True, help="the verdict per claim (csv)")
+    p.add_argument("--cells", required=True, help="effect claims cell by cell (csv)")
+    p.add_argument("--markdown", required=True, help="audit.md: rules, paper tables, claims, deviations")
+    p.add_argument("--figure", required=True, help="the audit figure (png)")
+    p.add_argument("--tables", nargs="+", required=True, help="the paper_<table>.csv/.md/.tex files to write")
+    p.add_argument("--runs", nargs="*", default=[], help="each set's <set>_runs.csv")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("report", help="rebuild a published report folder from its runs' metrics.json files")
@@ -199,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")
     p.add_argument("--params", help="or: take the set names from this params file")
-    p.add_argument("--results", default="results")
+    p.add_argument("--results", default="results", help="the folder of the MLflow store (mlflow.db, mlartifacts/, "
+                   "tracking.json)")
     p.add_argument("--params-hash", default="")
     p.set_defaults(func=cmd_track_init)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -71,18 +72,33 @@ def eval_protocol_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns="train_noise")
 
 
-def write_table(table: pd.DataFrame, out_prefix: Path, title: str) -> None:
-    write_atomic(out_prefix.with_suffix(".csv"), table.to_csv(index=False, float_format="%.4f"))
+class SetFiles(NamedTuple):
+    """What aggregate_set writes for one experiment set."""
+
+    table: Path  # csv
+    markdown: Path
+    runs: Path  # every run and eval mode, one line each (the audit's input)
+    figure: Path
+
+    @classmethod
+    def in_results(cls, results: Path, experiment_set: str) -> "SetFiles":
+        """The layout of a results or report folder: tables/<set>.csv, .md, _runs.csv, figures/<set>.png."""
+        tables = Path(results) / "tables"
+        return cls(tables / f"{experiment_set}.csv", tables / f"{experiment_set}.md",
+                   tables / f"{experiment_set}_runs.csv", Path(results) / "figures" / f"{experiment_set}.png")
+
+
+def write_table(table: pd.DataFrame, files: SetFiles, title: str) -> None:
+    write_atomic(files.table, table.to_csv(index=False, float_format="%.4f"))
     shown = table.drop(columns=[c for c in ("run_ids",) if c in table.columns])
-    write_atomic(out_prefix.with_suffix(".md"),
-                 f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=".2f") + "\n")
+    write_atomic(files.markdown, f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=".2f") + "\n")
 
 
 ID_COLUMNS = {"dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
               "mlflow_run_id", "scale", "protocol", "device", "test_batches", "test_batch_size"}
 
 
-def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out_prefix: Path) -> pd.DataFrame:
+def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], files: SetFiles) -> pd.DataFrame:
     from pipeline_src.plots import plot_set
 
     long = load_runs(metrics_paths)
@@ -92,10 +108,8 @@ def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], out
         table = eval_protocol_columns(table)
     else:
         table = table.drop(columns="train_noise")
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_prefix.parent / f"{out_prefix.name}_runs.csv", long.to_csv(index=False))
-    write_table(table, out_prefix, f"{experiment_set} ({long['scale'].iloc[0]}): top-1 accuracy (%) over seeds")
+    write_atomic(files.runs, long.to_csv(index=False))
+    write_table(table, files, f"{experiment_set} ({long['scale'].iloc[0]}): top-1 accuracy (%) over seeds")
     run_dirs = {Path(p).parent.name: Path(p).parent for p in metrics_paths}  # a run's folder is named by its id
-    plot_set(kind, experiment_set, long, table, out_prefix.parent.parent / "figures" / f"{experiment_set}.png",
-             run_dirs)
+    plot_set(kind, experiment_set, long, table, files.figure, run_dirs)
     return table

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -400,17 +401,43 @@ def _latex_escape(text: str) -> str:
     return re.sub(r"([&%$#_{}])", r"\\\1", text).replace("~", r"\textasciitilde{}")
 
 
-def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, prefix: Path) -> None:
+class AuditFiles(NamedTuple):
+    """What main_audit writes; tables: the files paper_<table>.csv, .md and .tex of every table."""
+
+    csv: Path
+    cells: Path
+    markdown: Path
+    figure: Path
+    tables: tuple[Path, ...]
+
+    @classmethod
+    def in_results(cls, results: Path, table_names: list[str]) -> "AuditFiles":
+        """The layout of a results or report folder."""
+        results = Path(results)
+        return cls(results / "audit.csv", results / "effects_cells.csv", results / "audit.md",
+                   results / "figures" / "audit.png",
+                   tuple(results / "tables" / f"paper_{t}.{ext}" for t in table_names for ext in ("csv", "md", "tex")))
+
+    def table(self, name: str, ext: str) -> Path:
+        wanted = f"paper_{name}.{ext}"
+        found = [path for path in self.tables if Path(path).name == wanted]
+        if not found:
+            raise ValueError(f"no output file {wanted} among the audit's table files; the registry's tables are "
+                             "the rule's outputs: rebuild the DAG")
+        return Path(found[0])
+
+
+def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, files: AuditFiles) -> None:
     title = table_title(audit, table, spec)
     shown = paper_table(audit, table, spec)
-    write_atomic(prefix.with_suffix(".csv"), shown.to_csv())
-    write_atomic(prefix.with_suffix(".md"), f"## {title}\n\nEach cell: paper vs ours (mean ± sd over seeds, n), "
+    write_atomic(files.table(table, "csv"), shown.to_csv())
+    write_atomic(files.table(table, "md"), f"## {title}\n\nEach cell: paper vs ours (mean ± sd over seeds, n), "
                  f"Δ = ours - paper, {spec.get('metric', 'top1')} %, band ±{spec['tolerance']:g}; [D<i>]: "
                  f"deviations that apply (last section).\n\n{shown.to_markdown()}\n")
     # ASCII marks survive escaping; they become math after it
     tex = paper_table(audit, table, spec, pm="PMMARK", delta="DELTAMARK").rename_axis(None).to_latex(
         escape=True, caption=_latex_escape(title), label=f"tab:paper_{table}")
-    write_atomic(prefix.with_suffix(".tex"), tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
+    write_atomic(files.table(table, "tex"), tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
 
 
 def rules_text(claims: dict, n_tested: int) -> str:
@@ -464,9 +491,10 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
 
 
-def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, out_dir: Path,
+def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, files: AuditFiles | Path,
                deviations_path: Path) -> pd.DataFrame:
-    """Write audit.csv, effects_cells.csv, audit.md, figures/audit.png and tables/paper_<table>.{csv,md,tex}."""
+    """Write the audit's files (AuditFiles; a folder stands for its usual layout): audit.csv,
+    effects_cells.csv, audit.md, figures/audit.png and tables/paper_<table>.{csv,md,tex}."""
     claims = load_claims(claims_path)
     deviations = load_deviations(deviations_path)
     settings = claims["settings"]
@@ -476,16 +504,17 @@ def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, out_dir
     effects, cells = audit_effects(claims["effects"], runs, settings)
     audit = pd.concat([numbers, effects], ignore_index=True)
     audit["deviations"] = deviation_markers(audit, deviations, runs)
-    out_dir = Path(out_dir)
+    if not isinstance(files, AuditFiles):
+        files = AuditFiles.in_results(files, list(claims["tables"]))
     table_md = []
     for table, spec in claims["tables"].items():
         spec = {"tolerance": settings["tolerance"], **spec}
-        write_paper_table(audit, table, spec, out_dir / "tables" / f"paper_{table}")
-        table_md.append((out_dir / "tables" / f"paper_{table}.md").read_text().strip())
-    write_atomic(out_dir / "audit.csv", audit.to_csv(index=False, float_format="%.6g"))
-    write_atomic(out_dir / "effects_cells.csv", cells.to_csv(index=False, float_format="%.6g"))
-    write_atomic(out_dir / "audit.md", audit_markdown(audit, cells, claims, table_md, deviations))
+        write_paper_table(audit, table, spec, files)
+        table_md.append(files.table(table, "md").read_text().strip())
+    write_atomic(files.csv, audit.to_csv(index=False, float_format="%.6g"))
+    write_atomic(files.cells, cells.to_csv(index=False, float_format="%.6g"))
+    write_atomic(files.markdown, audit_markdown(audit, cells, claims, table_md, deviations))
     from pipeline_src.plots import plot_audit  # matplotlib only when the figure is drawn
 
-    plot_audit(audit, out_dir / "figures" / "audit.png")
+    plot_audit(audit, files.figure)
     return audit

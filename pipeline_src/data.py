@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import zipfile
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipeline_src.provenance import atomic_path, write_json
 from pipeline_src.readers import DataError, sha256_file
 from pipeline_src.sources import resolve_spec
 
-__all__ = ["DataError", "Prepared", "prepare", "load_prepared", "resolve_spec"]
+__all__ = ["DataError", "Prepared", "PreparedFiles", "prepare", "load_prepared", "resolve_spec"]
 
 FORMAT = "pipeline_src.data/1"
 
@@ -88,18 +89,31 @@ def _check_arrays(name: str, arrays: dict, num_classes: int) -> None:
                         f"{arrays['x_test'].shape[1:]}")
 
 
-def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path, dvc_hash: str = "") -> dict:
-    """Read dataset `name` as `spec` says, write out_dir/data.npz and out_dir/manifest.json; return the manifest.
+class PreparedFiles(NamedTuple):
+    """The two files of a prepared dataset; a folder stands for its data.npz and manifest.json."""
 
-    dvc_hash: data.dvc's hash of data/ (the DVC data version), recorded as is; '' for none."""
+    data: Path
+    manifest: Path
+
+    @classmethod
+    def of(cls, where: "Path | str | PreparedFiles") -> "PreparedFiles":
+        if isinstance(where, PreparedFiles):
+            return where
+        return cls(Path(where) / "data.npz", Path(where) / "manifest.json")
+
+
+def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path, dvc_hash: str = "") -> dict:
+    """Read dataset `name` as `spec` says, write its data.npz and manifest.json; return the manifest.
+
+    out: the two file paths, or a folder for both. dvc_hash: data.dvc's hash of data/ (the DVC data
+    version), recorded as is; '' for none."""
     spec = resolve_spec(name, spec)
-    out_dir, repo_root = Path(out_dir), Path(repo_root)
+    files, repo_root = PreparedFiles.of(out), Path(repo_root)
     raw = READERS[spec["source"]](spec, repo_root, make_picker(spec))
     arrays = {k: v for k, v in raw.items() if k.startswith(("x_", "y_", "mask_"))}
     num_classes = len(raw["class_names"])
     _check_arrays(name, arrays, num_classes)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_version = _write_npz(out_dir / "data.npz", arrays)
+    data_version = _write_npz(files.data, arrays)
     manifest = {
         "format": FORMAT,
         "name": name,
@@ -118,7 +132,7 @@ def prepare(name: str, spec: dict, out_dir: Path, repo_root: Path, dvc_hash: str
         "dvc_hash": dvc_hash or None,
         "spec": spec,
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(files.manifest, manifest)
     return manifest
 
 
@@ -134,10 +148,9 @@ class Prepared:
     manifest: dict
 
 
-def load_prepared(out_dir: Path) -> Prepared:
+def load_prepared(where: "Path | PreparedFiles") -> Prepared:
     """The prepared arrays as tensors, after checking data.npz against the manifest's data_version."""
-    out_dir = Path(out_dir)
-    manifest_path, npz_path = out_dir / "manifest.json", out_dir / "data.npz"
+    npz_path, manifest_path = PreparedFiles.of(where)
     try:
         manifest = json.loads(manifest_path.read_text())
         actual = sha256_file(npz_path)

@@ -182,7 +182,7 @@ def index_markdown(params_path: Path, prov: dict, report_dir: Path, audit: pd.Da
 def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
           claims: Path = CLAIMS, deviations: Path = DEVIATIONS) -> pd.DataFrame:
     """Collect (when results_dir is given), then rebuild every table, figure and the audit."""
-    from pipeline_src.aggregate import aggregate_set, load_runs
+    from pipeline_src.aggregate import SetFiles, aggregate_set, load_runs
     from pipeline_src.audit import main_audit
     from pipeline_src.plots import plot_test_batch_study
 
@@ -197,8 +197,9 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     runs_csvs = []
     for name, paths in by_set.items():
         kind = params["experiment_sets"][name].get("kind", name)
-        aggregate_set(name, kind, paths, report_dir / "tables" / name)
-        runs_csvs.append(report_dir / "tables" / f"{name}_runs.csv")
+        files = SetFiles.in_results(report_dir, name)
+        aggregate_set(name, kind, paths, files)
+        runs_csvs.append(files.runs)
         if kind == "eval_protocol":
             long = load_runs(paths)
             if long["test_batch_size"].nunique() > 1:

@@ -130,9 +130,13 @@ def _file_sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Path | None = None,
-              threads: int | None = None, rule: str = "train") -> dict:
-    """Train and evaluate one run; writes model.pt and metrics.json into out_dir and returns the metrics."""
+def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
+              threads: int | None = None, rule: str = "train", metrics_path: Path | None = None,
+              model_path: Path | None = None) -> dict:
+    """Train and evaluate one run; returns the metrics.
+
+    data: the prepared dataset (data.PreparedFiles, or its folder). Writes metrics_path and model_path
+    (default: metrics.json and model.pt in out_dir); the epoch checkpoint and any figures go to out_dir."""
     from pipeline_src.data import load_prepared
 
     if threads:
@@ -145,7 +149,9 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    data = load_prepared(data_dir)
+    data = load_prepared(data)
+    metrics_path = Path(metrics_path or out_dir / "metrics.json")
+    model_path = Path(model_path or out_dir / "model.pt")
     in_shape = tuple(data.x_train.shape[1:])
     num_classes = len(data.class_names)
     model = build_from_cfg(cfg.model_cfg, in_shape, num_classes)
@@ -187,7 +193,7 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
         evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
         diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
     method.save_figures(out_dir, x_test, y_test)
-    torch_save_atomic({"model": method.model.state_dict()}, out_dir / "model.pt")
+    torch_save_atomic({"model": method.model.state_dict()}, model_path)
 
     metrics = {
         "run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
@@ -208,6 +214,6 @@ def train_run(cfg: RunConfig, data_dir: Path, out_dir: Path, base_checkpoint: Pa
                        **environment()},
         "mlflow_run_id": None,
     }
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(metrics_path, metrics)
     checkpoint.unlink(missing_ok=True)
     return metrics

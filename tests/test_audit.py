@@ -219,7 +219,8 @@ def test_deviations_are_numbered_in_file_order_and_a_missing_registry_is_one_err
     with pytest.raises(FileNotFoundError, match="deviations registry .* not found"):
         audit.load_deviations(tmp_path / "absent.yaml")
     status = cli(["audit", "--claims", str(CLAIMS), "--deviations", str(tmp_path / "absent.yaml"),
-                  "--set-info", "{}", "--out", str(tmp_path / "out")])
+                  "--set-info", "{}", "--csv", "a.csv", "--cells", "c.csv", "--markdown", "a.md", "--figure", "a.png",
+                  "--tables", "paper_x.csv"])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "deviations registry" in err and "Traceback" not in err
 

@@ -18,4 +18,5 @@ rule aggregate_set:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src aggregate --set {wildcards.experiment_set} --kind {params.kind} "
-        "--out-prefix $(dirname {output.table})/{wildcards.experiment_set} {input.metrics} > {log} 2>&1"
+        "--table {output.table} --markdown {output.markdown} --runs {output.runs} --figure {output.figure} "
+        "{input.metrics} > {log} 2>&1"

@@ -47,4 +47,5 @@ rule audit:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src audit --claims {input.claims} --deviations {input.deviations} "
-        "--set-info {params.info:q} --out $(dirname {output.csv}) {input.runs} > {log} 2>&1"
+        "--set-info {params.info:q} --csv {output.csv} --cells {output.cells} --markdown {output.markdown} "
+        "--figure {output.figure} --tables {output.tables} --runs {input.runs} > {log} 2>&1"

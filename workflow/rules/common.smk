@@ -74,6 +74,7 @@ def get_train_inputs(wildcards):
     run = get_run(wildcards)
     inputs = {
         "data": expand(rules.prepare_data.output.data, dataset=run.dataset)[0],
+        "manifest": expand(rules.prepare_data.output.manifest, dataset=run.dataset)[0],
     }
     base = base_run_of(run)
     if base is not None:

@@ -14,4 +14,4 @@ rule prepare_data:
         "../envs/pipeline.yaml"
     shell:
         "python -m pipeline_src prepare --dataset {wildcards.dataset} --spec-json {params.spec:q} "
-        "--dvc-hash={params.dvc} --out $(dirname {output.data}) > {log} 2>&1"
+        "--dvc-hash={params.dvc} --data {output.data} --manifest {output.manifest} > {log} 2>&1"

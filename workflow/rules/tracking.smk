@@ -7,10 +7,11 @@ rule init_tracking:
         f"{RESULTS}/logs/init_tracking.log",
     params:
         sets=" ".join(SETS),
+        store=lambda wildcards, output: Path(output.info).parent,  # the MLflow store's folder, indexed by tracking.json
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src track-init --results $(dirname {output.info}) --sets {params.sets} > {log} 2>&1"
+        "python -m pipeline_src track-init --results {params.store} --sets {params.sets} > {log} 2>&1"
 
 
 rule track_set:
@@ -23,8 +24,10 @@ rule track_set:
         ids=f"{RESULTS}/tracking/{{experiment_set}}.json",
     log:
         f"{RESULTS}/logs/track/{{experiment_set}}.log",
+    params:
+        store=lambda wildcards, input: Path(input.info).parent,
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src track-set --results $(dirname {input.info}) --set {wildcards.experiment_set} "
+        "python -m pipeline_src track-set --results {params.store} --set {wildcards.experiment_set} "
         "--out {output.ids} {input.metrics} > {log} 2>&1"

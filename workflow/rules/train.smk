@@ -20,5 +20,5 @@ rule train:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src train --run-json {params.run:q} --data $(dirname {input.data}) --threads {threads} "
-        "--out $(dirname {output.metrics}) {params.base} > {log} 2>&1"
+        "python -m pipeline_src train --run-json {params.run:q} --data {input.data} --manifest {input.manifest} "
+        "--threads {threads} --metrics {output.metrics} --model {output.model} {params.base} > {log} 2>&1"
