@@ -16,7 +16,8 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
         metrics = json.loads(Path(path).read_text())
         sweep = {key.split(".")[-1]: value for key, value in metrics["sweep"].items()}
         sweep_keys.update(sweep)
-        method = metrics["params"]["method"]
+        # the run's resolved spec (runs recorded before specs were resolved in the run table: resolved_method)
+        method = metrics["params"].get("resolved_method") or metrics["params"]["method"]
         plan = metrics.get("eval_plan", {})
         for eval_mode, value in metrics["evaluations"].items():
             how = plan.get(eval_mode, {})
@@ -26,7 +27,7 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
                          "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
                          "protocol": metrics.get("protocol", "paper"), "device": metrics["provenance"].get("device"),
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),
-                         "train_noise": method["name"] == "noisynn" and method.get("apply_at", "both") != "test",
+                         "train_noise": method["name"] == "noisynn" and method["apply_at"] != "test",
                          "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
                          **metrics.get("diagnostics", {})})
     if not rows:

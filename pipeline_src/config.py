@@ -15,6 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from pipeline_src.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
 
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
@@ -257,14 +258,19 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 training = _merge(set_training, family["training"])
                 method = _fill_method(method, family["method"])
                 model_cfg = {**family["model"], **model_cfg}
+            run_id = f"{dataset}-{model}-{method['label']}-s{seed}"
+            try:
+                resolved = resolve_method(method, training["batch_size"], training["eval_batch_size"])
+            except ValueError as err:
+                raise ParamsError(f"invalid params: experiment_sets.{set_name} run {run_id}: {err}") from None
             runs.append(RunConfig(
-                run_id=f"{dataset}-{model}-{method['label']}-s{seed}",
+                run_id=run_id,
                 experiment_set=set_name,
                 set_kind=spec.get("kind", set_name),
                 dataset=dataset,
                 model=model,
                 model_cfg=model_cfg,
-                method=method,
+                method=resolved,
                 seed=seed,
                 epochs=training["epochs"],
                 batch_size=training["batch_size"],

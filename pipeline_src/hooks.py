@@ -10,14 +10,13 @@ from typing import Callable
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from pipeline_src.method_spec import resolve_noise
 from pipeline_src.noise import apply_noise
 from pipeline_src.sites import resolve_site
 
 
 def attach_noise(model: nn.Module, site: str, spec: dict, is_active: Callable[[], bool]) -> RemovableHandle:
-    """Noise the input of the module at `site` whenever is_active() is True. Returns the hook handle."""
-    spec = resolve_noise(spec)  # validates; resolved once, not on every forward
+    """Noise the input of the module at `site` whenever is_active() is True. Returns the hook handle.
+    spec: a resolved noise spec (method_spec.resolve_noise)."""
     path, prefix = resolve_site(model, site)
     module = model.get_submodule(path)
 

@@ -1,6 +1,7 @@
 """Method specs checked and resolved without torch: the noise kinds, NoisyNN's method keys and
-evaluation plan, VPN's settings. The DAG build calls these before any job starts (and imports no
-torch); the training modules (noise.py, noisynn.py, vpn.py) use the same functions on the same specs.
+evaluation plan, VPN's settings. `resolve_method` runs once per run, when the run table is expanded
+(config.expand_runs); the resolved spec, every default filled, is what the train job gets, what the
+methods use as is, and what metrics.json and MLflow record.
 """
 from __future__ import annotations
 
@@ -181,3 +182,15 @@ def check_vpn_spec(spec: dict) -> dict:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"VPN {key} must be an integer >= 1, got {value!r}")
     return settings
+
+
+def resolve_method(method: dict, batch_size: int, eval_batch_size: int) -> dict:
+    """A run's method spec with every default filled, or a one-line ValueError. batch_size is the
+    training batch (optimal Q cannot mix a batch of one); a NoisyNN test batch left unset is the run's
+    eval_batch_size. Idempotent: a resolved spec resolves to itself."""
+    if method["name"] == "noisynn":
+        resolved = check_noisynn_spec(method, batch_size)
+        return {**resolved, "test_batch_size": resolved["test_batch_size"] or eval_batch_size}
+    if method["name"] == "vpn":
+        return {**method, **check_vpn_spec(method)}
+    return dict(method)

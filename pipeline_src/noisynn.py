@@ -12,7 +12,7 @@ from torch import nn
 
 from pipeline_src.hooks import attach_noise
 from pipeline_src.sites import resolve_site
-from pipeline_src.method_spec import TEST_BATCHES, check_noisynn_spec, eval_plan
+from pipeline_src.method_spec import TEST_BATCHES, eval_plan
 from pipeline_src.methods import Method, predict, top1
 
 
@@ -36,7 +36,7 @@ class NoisyNNMethod(Method):
     """
 
     def __init__(self, model: nn.Module, spec: dict, info: dict):
-        resolved = check_noisynn_spec(spec, info["batch_size"])
+        resolved = spec  # resolved once, by config.expand_runs (method_spec.resolve_method)
         site_path, prefix_tokens = resolve_site(model, resolved["site"])  # fail fast, before any state
         super().__init__(model, resolved, info)
         self.site_path, self.prefix_tokens = site_path, prefix_tokens

@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline_src.config import ParamsError, RunConfig, dataset_spec, weights_path
-from pipeline_src.method_spec import check_noisynn_spec, check_vpn_spec
 from pipeline_src.provenance import code_version, write_json
 from pipeline_src.readers import DataError
 from pipeline_src.sources import input_shape, resolve_spec
@@ -44,7 +43,8 @@ def gpus_for(run: RunConfig, train_gpus: int) -> int:
 
 def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None:
     """Raise ParamsError (one line) on the first run that cannot start. models=False skips the
-    model check (its subprocess imports torch)."""
+    model check (its subprocess imports torch). The runs' method specs were checked as they were
+    resolved (config.expand_runs)."""
     datasets = {}
     for name in params["datasets"]:
         try:
@@ -56,18 +56,14 @@ def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None
             raise ParamsError(f"invalid params: models.{name}.weights_file: {model['weights_file']} does not exist; "
                               "put the weights file there (a state_dict for the timm model) or remove the key")
     runs_by_key = {(r.experiment_set, r.run_id): r for r in runs}
-    for run in runs:
+    for run in runs:  # method specs were resolved and checked by expand_runs
         try:
-            if run.method["name"] == "noisynn":
-                check_noisynn_spec(run.method, run.batch_size)
-            elif run.method["name"] == "vpn":
-                check_vpn_spec(run.method)
-                base = base_run_of(run)
-                if base is not None and base not in runs_by_key:
-                    raise ValueError(f"frozen mode: no run {base[1]!r} in experiment set {base[0]!r} "
-                                     "to take the base model from")
+            base = base_run_of(run)
         except ValueError as err:
             raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: {err}") from None
+        if base is not None and base not in runs_by_key:
+            raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: frozen mode: "
+                              f"no run {base[1]!r} in experiment set {base[0]!r} to take the base model from")
     if models:
         errors = checked_models(model_requests(runs, datasets), Path(params["results_dir"]) / "preflight")
         if errors:
@@ -84,7 +80,7 @@ def model_requests(runs: list[RunConfig], datasets: dict[str, dict]) -> list[dic
         request = requests.setdefault(key, {"model": run.model, "cfg": run.model_cfg, "dataset": run.dataset,
                                             "in_shape": shape, "sites": []})
         if run.method["name"] == "noisynn":
-            site = check_noisynn_spec(run.method, run.batch_size)["site"]
+            site = run.method["site"]
             if site not in {s for _, _, s in request["sites"]}:
                 request["sites"].append([run.experiment_set, run.run_id, site])
     return list(requests.values())

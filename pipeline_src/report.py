@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline_src.config import TRAINING_DEFAULTS, RunConfig, audit_set_info, expand_runs, load_params
+from pipeline_src.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
 
 CLAIMS = REPO_ROOT / "params" / "claims.yaml"
@@ -47,10 +48,16 @@ def machine() -> str:
 
 def same_run(recorded: dict, run: RunConfig) -> bool:
     """A run's recorded params are the run the params file declares now. Keys added since the run was
-    made (a RunConfig field, an optimizer option) count as equal when they hold their neutral default."""
+    made (a RunConfig field, an optimizer option) count as equal when they hold their neutral default;
+    the recorded method is resolved as runs are today (runs made before specs were resolved in the
+    run table recorded the method as written)."""
     defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
     defaults["optimizer"] = TRAINING_DEFAULTS["optimizer"]
-    return _covers(recorded, asdict(run), defaults)
+    try:
+        method = resolve_method(recorded["method"], recorded["batch_size"], recorded["eval_batch_size"])
+    except (KeyError, ValueError):
+        return False
+    return _covers({**recorded, "method": method}, asdict(run), defaults)
 
 
 def _covers(recorded, current, defaults) -> bool:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from pipeline_src.method_spec import GENERATORS, check_vpn_spec
+from pipeline_src.method_spec import GENERATORS, VPN_DEFAULTS
 from pipeline_src.methods import Method, predict, top1
 
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
@@ -273,7 +273,8 @@ class VPNMethod(Method):
 # ----------------------------------------------------------------------------- helpers
 
 def _resolve_settings(spec: dict, info: dict) -> dict:
-    settings = check_vpn_spec(spec)
+    """The VPN settings of a resolved spec (method_spec.resolve_method), checked against the data."""
+    settings = {key: spec[key] for key in VPN_DEFAULTS}
     if int(info["num_classes"]) < 2:
         raise ValueError(f"VPN needs at least 2 classes for its label conditioning, got {info['num_classes']}")
     return settings

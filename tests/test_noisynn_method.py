@@ -5,10 +5,10 @@ import torch.nn.functional as F
 
 from pipeline_src.methods import build_method
 from pipeline_src.models import build_model
-from pipeline_src.method_spec import check_noisynn_spec as check_method_spec, eval_modes
+from pipeline_src.method_spec import check_noisynn_spec as check_method_spec, eval_modes, resolve_method
 from pipeline_src.noisynn import NoisyNNMethod, eval_batch_order
 
-INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8}
+INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8, "eval_batch_size": 8}
 
 
 def spec(**kw):
@@ -23,7 +23,7 @@ def make(**kw):
         classes = torch.arange(INFO["num_classes"], dtype=torch.float32)
         model.head.weight.copy_(classes.view(-1, 1).expand(-1, 16))
         model.head.bias.copy_(-8 * classes ** 2)
-    return NoisyNNMethod(model, spec(**kw), dict(INFO))
+    return NoisyNNMethod(model, resolve_method(spec(**kw), INFO["batch_size"], INFO["eval_batch_size"]), dict(INFO))
 
 
 def head_logits(method, flat):
@@ -134,7 +134,7 @@ def test_defaults_filled():
 
 def test_registry_builds_noisynn():
     model = build_model("dnn3", INFO["in_shape"], 3, hidden=8)
-    method = build_method(model, spec(site="block:0"), dict(INFO))
+    method = build_method(model, resolve_method(spec(site="block:0"), 8, 8), dict(INFO))
     assert isinstance(method, NoisyNNMethod) and method.site_path == "fc2"
 
 

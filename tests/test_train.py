@@ -12,6 +12,7 @@ import pytest
 
 from pipeline_src.config import REPO_ROOT, RunConfig
 from pipeline_src.data import prepare
+from pipeline_src.method_spec import resolve_method
 from pipeline_src.train import CHECKPOINT_NAME, train_run
 
 
@@ -25,7 +26,8 @@ def digits_dir(tmp_path_factory):
 def make_run(method=None, epochs=3, arch="dnn3", seed=0, hidden=32) -> RunConfig:
     return RunConfig(
         run_id="digits-dnn3-test-s0", experiment_set="test", set_kind="baseline", dataset="digits", model=arch,
-        model_cfg={"arch": arch, "hidden": hidden}, method=method or {"label": "baseline", "name": "baseline"},
+        model_cfg={"arch": arch, "hidden": hidden},
+        method=resolve_method(method or {"label": "baseline", "name": "baseline"}, 64, 128),
         seed=seed, epochs=epochs, batch_size=64, eval_batch_size=128,
         optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine"},
         device="cpu")
@@ -61,12 +63,13 @@ def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
     method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}, "apply_at": "test",
               "eval_protocols": ["none", "single"]}
     metrics = json.loads(json.dumps(train_run(make_run(method, epochs=1), digits_dir, tmp_path)))
-    resolved = metrics["params"]["resolved_method"]
-    # every default filled: strength, site and the module it resolved to, test batches and their size
-    assert resolved["noise"] == {"kind": "circular_shift", "strength": 0.3}
-    assert (resolved["site"], resolved["site_module"]) == ("default", "head")
-    assert (resolved["test_batches"], resolved["test_batch_size"]) == ("shuffled", 128)
-    assert metrics["params"]["method"] == method  # the spec as given stays beside it
+    spec = metrics["params"]["method"]
+    # the run's one spec, every default filled: strength, site, test batches and their size
+    assert spec["noise"] == {"kind": "circular_shift", "strength": 0.3}
+    assert (spec["site"], spec["test_batches"], spec["test_batch_size"]) == ("default", "shuffled", 128)
+    assert spec == resolve_method(method, 64, 128) and spec["eval_protocols"] == ["none", "single"]
+    # and what only the built model knows: the module the site resolved to
+    assert metrics["params"]["resolved_method"] == {**spec, "site_module": "head"}
     assert metrics["eval_plan"]["noise_single"]["test_batch_size"] == 1
     assert list(metrics["eval_plan"]) == list(metrics["evaluations"])
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline_src.method_spec import resolve_method
 from pipeline_src.models import DNN3
 from references import class_enumeration_loop
 from pipeline_src.vpn import (DNN3Generator, ResNet18Generator, VPNMethod, build_generator, condition,
@@ -19,8 +20,13 @@ def info(**extra):
     return {"num_classes": C, "in_shape": SHAPE, "seed": 0, **extra}
 
 
-def spec(**extra):
+def raw(**extra):
     return {"name": "vpn", "label": "vpn", "generator_hidden": 32, **extra}
+
+
+def spec(**extra):
+    """A resolved spec, as the run table hands it to the method."""
+    return resolve_method(raw(**extra), 8, 8)
 
 
 def tiny_cnn():
@@ -210,15 +216,15 @@ def test_save_figures_writes_png_without_moving_global_rng(tmp_path):
 
 
 @pytest.mark.parametrize("bad_spec, bad_info, message", [
-    (spec(k=0), info(), "k (noise samples per input) must be an integer >= 1"),
-    (spec(c=-0.1), info(), "c must be a number >= 0"),
-    (spec(mode="frozen"), info(), "needs info['base_checkpoint']"),
-    (spec(mode="frozen"), info(base_checkpoint="/nonexistent/base.pt"), "does not exist"),
-    (spec(generator="vae"), info(), "generator 'vae' is unknown"),
+    (raw(k=0), info(), "k (noise samples per input) must be an integer >= 1"),
+    (raw(c=-0.1), info(), "c must be a number >= 0"),
+    (raw(mode="frozen"), info(), "needs info['base_checkpoint']"),
+    (raw(mode="frozen"), info(base_checkpoint="/nonexistent/base.pt"), "does not exist"),
+    (raw(generator="vae"), info(), "generator 'vae' is unknown"),
 ])
 def test_one_line_errors(bad_spec, bad_info, message):
-    with pytest.raises(ValueError) as err:
-        VPNMethod(DNN3(64, C, 16), bad_spec, bad_info)
+    with pytest.raises(ValueError) as err:  # from resolving the spec, or from the method given the data
+        VPNMethod(DNN3(64, C, 16), resolve_method(bad_spec, 8, 8), bad_info)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
