@@ -12,22 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from pipeline_src.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
-
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
-
-TRAINING_DEFAULTS = {
-    "epochs": 3,
-    "batch_size": 64,
-    "eval_batch_size": 256,
-    "label_smoothing": 0.0,
-    "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none",
-                  "warmup_epochs": 0, "min_lr": 0.0},
-}
+from pipeline_src.schema import SchemaError, filled
 
 
 # protocol: authors_code follows the authors' public code where it departs from their paper's text
@@ -94,43 +83,18 @@ class ParamsError(ValueError):
     """A params problem, described in one line."""
 
 
-def _with_defaults(validator_class):
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if "default" in subschema:
-                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_Validator = _with_defaults(jsonschema.Draft7Validator)
-
-
-def _describe(error: jsonschema.ValidationError) -> str:
-    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
-    if error.validator == "enum":
-        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    return f"{where}: {error.message}"
-
-
 def validate_params(params: dict) -> dict:
     """Validate against the schema, fill defaults, check cross-references. Returns a new dict."""
-    params = copy.deepcopy(params)
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    errors = sorted(_Validator(schema).iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ParamsError(f"invalid params: {_describe(errors[0])}")
+    raw_methods = {name: spec.get("methods") for name, spec in (params.get("experiment_sets") or {}).items()
+                   if isinstance(spec, dict)}
+    try:
+        params = filled(params)
+    except SchemaError as err:
+        raise ParamsError(f"invalid params: {err}") from None
+    # methods stay as written: a run's method gets its defaults when it is resolved, after the
+    # protocol's own values (authors_code) have filled what the spec leaves out
+    for name, methods in raw_methods.items():
+        params["experiment_sets"][name]["methods"] = copy.deepcopy(methods)
     for set_name, spec in params["experiment_sets"].items():
         for key, known in (("datasets", params["datasets"]), ("models", params["models"])):
             for name in spec[key]:
@@ -247,7 +211,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
     for set_name, spec in params["experiment_sets"].items():
         if experiment_set is not None and set_name != experiment_set:
             continue
-        set_training = _merge(_merge(TRAINING_DEFAULTS, params.get("training", {})), spec.get("training", {}))
+        set_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
         kind = spec.get("kind", set_name)
         for dataset, model, (method, sweep), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):

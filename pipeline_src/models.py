@@ -28,7 +28,7 @@ class SoftmaxRegression(nn.Module):
 class DNN3(nn.Module):
     """D-H-H-C multilayer perceptron with ReLU and no dropout (the VPN paper's DNN3)."""
 
-    def __init__(self, in_features: int, num_classes: int, hidden: int = 1024):
+    def __init__(self, in_features: int, num_classes: int, hidden: int):
         super().__init__()
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(in_features, hidden)
@@ -71,7 +71,7 @@ def add_input_norm(model: nn.Module, mean, std) -> None:
 
 
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
-                hidden: int = 1024, small_stem: bool = False, timm_kwargs: dict | None = None,
+                hidden: int | None = None, small_stem: bool = False, timm_kwargs: dict | None = None,
                 input_norm="auto", weights_file: str | None = None) -> nn.Module:
     """Create a classifier for inputs of shape (C, H, W).
 
@@ -85,6 +85,8 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     if arch == "sr":
         return SoftmaxRegression(chans * height * width, num_classes)
     if arch == "dnn3":
+        if hidden is None:
+            raise ValueError("model arch 'dnn3' needs its hidden width (params: models.<name>.hidden, default 1024)")
         return DNN3(chans * height * width, num_classes, hidden)
 
     import timm  # imported here: it costs seconds and SR/DNN3 jobs never need it
@@ -117,7 +119,7 @@ def build_from_cfg(model_cfg: dict, in_shape: tuple[int, int, int], num_classes:
     timm_kwargs = dict(model_cfg.get("timm_kwargs") or {})
     if not load_weights:
         timm_kwargs.pop("pretrained", None)
-    return build_model(model_cfg["arch"], in_shape, num_classes, hidden=model_cfg.get("hidden", 1024),
+    return build_model(model_cfg["arch"], in_shape, num_classes, hidden=model_cfg.get("hidden"),
                        small_stem=model_cfg.get("small_stem", False), timm_kwargs=timm_kwargs,
                        input_norm=model_cfg.get("input_norm", "auto"),
                        weights_file=model_cfg.get("weights_file") if load_weights else None)

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.config import TRAINING_DEFAULTS, RunConfig, audit_set_info, expand_runs, load_params
+from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params
 from pipeline_src.method_spec import resolve_method
+from pipeline_src.schema import filled
 from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
 
 CLAIMS = REPO_ROOT / "params" / "claims.yaml"
@@ -52,7 +53,7 @@ def same_run(recorded: dict, run: RunConfig) -> bool:
     the recorded method is resolved as runs are today (runs made before specs were resolved in the
     run table recorded the method as written)."""
     defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
-    defaults["optimizer"] = TRAINING_DEFAULTS["optimizer"]
+    defaults["optimizer"] = filled({}, "optimizer_defaults")  # the schema's optimizer defaults
     try:
         method = resolve_method(recorded["method"], recorded["batch_size"], recorded["eval_batch_size"])
     except (KeyError, ValueError):

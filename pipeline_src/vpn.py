@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from pipeline_src.method_spec import GENERATORS, VPN_DEFAULTS
+from pipeline_src.method_spec import VPN_SETTINGS
 from pipeline_src.methods import Method, predict, top1
 
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
@@ -29,7 +29,7 @@ ENUM_MAX_ROWS = 4096
 class DNN3Generator(nn.Module):
     """D-H-H-D perceptron; sigma = |last layer| reshaped to the input."""
 
-    def __init__(self, in_shape: tuple[int, int, int], hidden: int = 1024):
+    def __init__(self, in_shape: tuple[int, int, int], hidden: int):
         super().__init__()
         self.in_shape = tuple(in_shape)
         dim = self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
@@ -93,13 +93,13 @@ def _basic_stage(in_width: int, out_width: int, stride: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(in_width, out_width, stride, downsample), BasicBlock(out_width, out_width))
 
 
-def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int = 1024, width: int = 64,
+def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int, width: int = 64,
                     small_stem: bool | None = None) -> nn.Module:
     if name == "dnn3":
         return DNN3Generator(in_shape, hidden)
     if name == "resnet18":
         return ResNet18Generator(in_shape, small_stem=small_stem, width=width)
-    raise ValueError(f"VPN generator {name!r} is unknown; known generators: {', '.join(GENERATORS)}")
+    raise ValueError(f"VPN generator {name!r} is unknown; known generators: dnn3, resnet18")
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -274,7 +274,7 @@ class VPNMethod(Method):
 
 def _resolve_settings(spec: dict, info: dict) -> dict:
     """The VPN settings of a resolved spec (method_spec.resolve_method), checked against the data."""
-    settings = {key: spec[key] for key in VPN_DEFAULTS}
+    settings = {key: spec[key] for key in VPN_SETTINGS}
     if int(info["num_classes"]) < 2:
         raise ValueError(f"VPN needs at least 2 classes for its label conditioning, got {info['num_classes']}")
     return settings

@@ -99,8 +99,8 @@ def test_check_command_prints_one_line_without_traceback(tmp_path, raw_default):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"k": 0}, "run fmnist-sr-vpn_dnn3-s0: VPN k (noise samples per input) must be an integer >= 1, got 0"),
-    ({"c": -0.1}, "VPN c must be a number >= 0, got -0.1"),
+    ({"k": 0}, "experiment_sets.vpn_frozen.methods.0.k: 0 is less than the minimum of 1"),
+    ({"c": -0.1}, "experiment_sets.vpn_frozen.methods.0.c: -0.1 is less than the minimum of 0"),
     ({"base_label": "nope"}, "frozen mode: no run 'fmnist-sr-nope-s0' in experiment set 'vpn_joint'"),
 ])
 def test_preflight_rejects_bad_vpn_runs_before_any_job(raw_default, change, expected):
@@ -108,8 +108,8 @@ def test_preflight_rejects_bad_vpn_runs_before_any_job(raw_default, change, expe
 
     raw = copy.deepcopy(raw_default)
     raw["experiment_sets"]["vpn_frozen"]["methods"][0].update(change)
-    params = validate_params(raw)
     with pytest.raises(ParamsError) as err:
+        params = validate_params(raw)
         check_runs(params, expand_runs(params))
     assert expected in str(err.value) and "\n" not in str(err.value)
 

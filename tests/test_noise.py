@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline_src.method_spec import check_noise, resolve_noise
+from pipeline_src.method_spec import resolve_method, resolve_noise
 from pipeline_src.noise import apply_noise, mixing_matrix
 from references import optimal_q_quadratic_reference
 
@@ -29,8 +29,9 @@ def test_circular_shift_matrix_is_exact():
 def test_half_strength_is_singular_for_even_batch_and_rejected():
     s = torch.eye(4, dtype=torch.float64).roll(1, dims=1)
     assert abs(torch.linalg.det(0.5 * torch.eye(4, dtype=torch.float64) + 0.5 * s).item()) < 1e-12
-    with pytest.raises(ValueError, match=r"^noise.strength=0.5 is out of range for circular_shift: 0 <= a < 0.5"):
-        check_noise({"kind": "circular_shift", "strength": 0.5})
+    with pytest.raises(ValueError, match=r"^strength: 0.5 is greater than or equal to the maximum of 0.5 "
+                                         r"\(0 <= a < 0.5: I \+ Q must stay invertible"):
+        resolve_noise({"kind": "circular_shift", "strength": 0.5})
 
 
 @pytest.mark.parametrize("batch", [2, 3, 7])
@@ -121,26 +122,28 @@ def test_defaults_are_filled():
     assert resolve_noise({"kind": "gaussian", "sd": 0.5}) == {"kind": "gaussian", "strength": 1.0, "mean": 0.0, "sd": 0.5}
 
 
-@pytest.mark.parametrize("spec, kwargs, message", [
-    ({"kind": "circular_shift", "strength": -0.1}, {}, "noise.strength=-0.1 is out of range for circular_shift"),
-    ({"kind": "impulse", "p": 1.5}, {}, "noise.p=1.5 is out of range for impulse: 0 <= p <= 1"),
-    ({"kind": "gaussian", "sd": -1}, {}, "noise.sd=-1 is out of range for gaussian: sd >= 0"),
-    ({"kind": "gaussian", "strength": -2}, {}, "noise.strength=-2 is out of range for gaussian: strength >= 0"),
-    ({"kind": "optimal_q"}, {"batch_size": 1}, "batch_size=1 is out of range for optimal_q in training: batch_size >= 2"),
-    ({"kind": "optimal_q", "strength": 0.3}, {}, "noise.strength is not used by optimal_q"),
-    ({"kind": "uniform"}, {}, "noise.kind='uniform' is not a noise kind; allowed: circular_shift, optimal_q"),
-    ({"kind": "circular_shift", "strength": "0.3"}, {}, "noise.strength='0.3' is not a finite number"),
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "circular_shift", "strength": -0.1}, "strength: -0.1 is less than the minimum of 0 (0 <= a < 0.5: "
+                                                   "I + Q must stay invertible and diagonally dominant)"),
+    ({"kind": "impulse", "p": 1.5}, "p: 1.5 is greater than the maximum of 1"),
+    ({"kind": "gaussian", "sd": -1}, "sd: -1 is less than the minimum of 0"),
+    ({"kind": "gaussian", "strength": -2}, "strength: -2 is less than the minimum of 0"),
+    ({"kind": "optimal_q", "strength": 0.3}, "noise: unknown key 'strength'; allowed keys: kind"),
+    ({"kind": "uniform"}, "kind: 'uniform' is not allowed; allowed values: circular_shift, optimal_q, gaussian, impulse"),
+    ({"kind": "circular_shift", "strength": "0.3"}, "strength: '0.3' is not of type 'number'"),
 ])
-def test_check_noise_errors_are_one_line(spec, kwargs, message):
+def test_noise_errors_are_one_line(spec, message):
     with pytest.raises(ValueError) as err:
-        check_noise(spec, **kwargs)
-    assert str(err.value).startswith(message)
-    assert "\n" not in str(err.value)
+        resolve_noise(spec)
+    assert str(err.value) == message
 
 
-def test_optimal_q_single_sample_allowed_at_test_time():
-    check_noise(OPTIMAL, batch_size=1, training=False)
-    check_noise(OPTIMAL, batch_size=2)
+def test_optimal_q_needs_two_samples_only_when_it_trains():
+    spec = {"label": "q", "name": "noisynn", "noise": OPTIMAL}
+    with pytest.raises(ValueError, match=r"^batch_size=1 is out of range for optimal_q in training: batch_size >= 2"):
+        resolve_method(spec, 1, 8)
+    resolve_method({**spec, "apply_at": "test"}, 1, 8)
+    resolve_method(spec, 2, 8)
 
 
 def test_mixing_matrix_rejects_nonlinear_kind():

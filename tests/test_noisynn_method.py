@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from pipeline_src.methods import build_method
 from pipeline_src.models import build_model
-from pipeline_src.method_spec import check_noisynn_spec as check_method_spec, eval_modes, resolve_method
+from pipeline_src.method_spec import eval_modes, resolve_method
 from pipeline_src.noisynn import NoisyNNMethod, eval_batch_order
 
 INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8, "eval_batch_size": 8}
@@ -93,12 +93,12 @@ def test_single_batches_with_optimal_q_equal_no_noise(data):
 
 
 def test_headline_and_protocol_keys():
-    assert eval_modes(check_method_spec(spec(apply_at="train"), 8)) == ["no_noise"]
-    assert eval_modes(check_method_spec(spec(), 8)) == ["noise_shuffled"]
-    resolved = check_method_spec(spec(apply_at="test", test_batches="class_sorted",
-                                      eval_protocols=["none", "class_sorted", "shuffled", "single", "none"]), 8)
+    assert eval_modes(resolve_method(spec(apply_at="train"), 8, 8)) == ["no_noise"]
+    assert eval_modes(resolve_method(spec(), 8, 8)) == ["noise_shuffled"]
+    resolved = resolve_method(spec(apply_at="test", test_batches="class_sorted",
+                                   eval_protocols=["none", "class_sorted", "shuffled", "single", "none"]), 8, 8)
     assert eval_modes(resolved) == ["noise_class_sorted", "no_noise", "noise_shuffled", "noise_single"]
-    resolved = check_method_spec(spec(apply_at="train", eval_protocols=["none", "class_sorted"]), 8)
+    resolved = resolve_method(spec(apply_at="train", eval_protocols=["none", "class_sorted"]), 8, 8)
     assert eval_modes(resolved) == ["no_noise", "noise_class_sorted"]
 
 
@@ -125,11 +125,13 @@ def test_training_loss_noise_follows_apply_at(data):
             assert torch.allclose(method.training_loss(x[:8], y[:8]), expected, rtol=1e-6, atol=0)
 
 
-def test_defaults_filled():
-    assert check_method_spec(spec(), 64) == {
+def test_defaults_filled_from_the_schema():
+    resolved = resolve_method(spec(), 64, 256)
+    assert resolved == {
         "label": "n", "name": "noisynn", "site": "default", "apply_at": "both", "test_batches": "shuffled",
-        "eval_protocols": [], "test_batch_size": None, "eval_batch_sizes": [],
+        "eval_protocols": [], "test_batch_size": 256, "eval_batch_sizes": [],
         "noise": {"kind": "circular_shift", "strength": 0.3}}
+    assert resolve_method(resolved, 64, 256) == resolved  # a resolved spec resolves to itself
 
 
 def test_registry_builds_noisynn():
@@ -141,20 +143,16 @@ def test_registry_builds_noisynn():
 @pytest.mark.parametrize("bad, batch, message", [
     (spec(noise={"kind": "optimal_q"}), 1, "batch_size=1 is out of range for optimal_q in training: batch_size >= 2"),
     (spec(noise={"kind": "circular_shift", "strength": 0.5}), 8,
-     "noise.strength=0.5 is out of range for circular_shift: 0 <= a < 0.5"),
-    (spec(apply_at="always"), 8, "apply_at='always' is not allowed; allowed: train, test, both"),
-    (spec(eval_protocols=["sorted"]), 8, "eval_protocols item='sorted' is not allowed"),
-    (spec(generator="dnn3"), 8, "method key 'generator' is not used by noisynn"),
-    (spec(site="block:x"), 8, "site 'block:x' is not block:<integer>"),
+     "noise.strength: 0.5 is greater than or equal to the maximum of 0.5 (0 <= a < 0.5"),
+    (spec(apply_at="always"), 8, "apply_at: 'always' is not allowed; allowed values: train, test, both"),
+    (spec(eval_protocols=["sorted"]), 8, "eval_protocols.0: 'sorted' is not allowed"),
+    (spec(generator="dnn3"), 8, "method: key 'generator' is not read by this method; its keys: label, name, augment"),
+    (spec(site="block:x"), 8, "site: 'block:x' is not one of: image | embedding | default | block:<i> | stage:<i>"),
 ])
-def test_check_method_spec_one_line_errors(bad, batch, message):
+def test_resolve_method_one_line_errors(bad, batch, message):
     with pytest.raises(ValueError) as err:
-        check_method_spec(bad, batch)
+        resolve_method(bad, batch, 8)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
-
-
-def test_optimal_q_batch_of_one_allowed_when_only_at_test():
-    check_method_spec(spec(noise={"kind": "optimal_q"}, apply_at="test"), 1)
 
 
 @pytest.mark.parametrize("site, message", [

@@ -216,11 +216,11 @@ def test_save_figures_writes_png_without_moving_global_rng(tmp_path):
 
 
 @pytest.mark.parametrize("bad_spec, bad_info, message", [
-    (raw(k=0), info(), "k (noise samples per input) must be an integer >= 1"),
-    (raw(c=-0.1), info(), "c must be a number >= 0"),
+    (raw(k=0), info(), "k: 0 is less than the minimum of 1"),
+    (raw(c=-0.1), info(), "c: -0.1 is less than the minimum of 0"),
     (raw(mode="frozen"), info(), "needs info['base_checkpoint']"),
     (raw(mode="frozen"), info(base_checkpoint="/nonexistent/base.pt"), "does not exist"),
-    (raw(generator="vae"), info(), "generator 'vae' is unknown"),
+    (raw(generator="vae"), info(), "generator: 'vae' is not allowed; allowed values: dnn3, resnet18"),
 ])
 def test_one_line_errors(bad_spec, bad_info, message):
     with pytest.raises(ValueError) as err:  # from resolving the spec, or from the method given the data

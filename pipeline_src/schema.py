@@ -1,0 +1,72 @@
+"""The params schema (workflow/schemas/params.schema.yaml): the single source of every allowed key and
+every default. `filled` validates a whole params file, or one of the schema's definitions (a method,
+a noise), and returns a copy with the defaults filled; the first error is one line naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import jsonschema
+import yaml
+
+from pipeline_src.provenance import REPO_ROOT
+
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+
+
+class SchemaError(ValueError):
+    """The first schema violation, in one line: where, what, what is allowed."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if isinstance(subschema, dict) and "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def describe(error: jsonschema.ValidationError, root: str = "(top level)") -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or root
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+        return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
+    if error.validator == "enum" and "propertyNames" in error.schema_path:
+        return (f"{where}: key {error.instance!r} is not read by this method; its keys: "
+                f"{', '.join(map(str, error.validator_value))}")
+    if error.validator == "pattern" and error.schema.get("description"):
+        return f"{where}: {error.instance!r} is not one of: {error.schema['description']}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, error.validator_value))}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") and error.schema.get("description"):
+        return f"{where}: {error.message} ({error.schema['description']})"
+    return f"{where}: {error.message}"
+
+
+@functools.cache
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def filled(instance: dict, definition: str | None = None) -> dict:
+    """A validated copy of instance with the schema's defaults filled; definition names one of the
+    schema's definitions (e.g. "method") to check that alone. Raises SchemaError."""
+    schema = _schema()
+    if definition is not None:
+        schema = {"definitions": schema["definitions"], "$ref": f"#/definitions/{definition}"}
+    instance = copy.deepcopy(instance)
+    errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise SchemaError(describe(errors[0], root=definition or "(top level)"))
+    return instance
