@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_src import audit, verdicts
+from pipeline_src import audit, audit_pages, verdicts
 from pipeline_src.__main__ import main as cli
 from pipeline_src.config import REPO_ROOT
 
@@ -436,4 +436,4 @@ def test_no_runs_at_all_still_writes_every_output(tmp_path, deviations_file):
 def test_one_seed_cell_shows_no_spread():
     line = pd.Series({"paper": 74.97, "mean": 74.0, "std": np.nan, "n": 1, "delta": -0.97, "verdict": "too few seeds",
                       "scale": "paper", "deviations": ""})
-    assert audit.cell_text(line) == "74.97 vs 74.00 (n=1), Δ -0.97"
+    assert audit_pages.cell_text(line) == "74.97 vs 74.00 (n=1), Δ -0.97"

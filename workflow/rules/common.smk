@@ -34,8 +34,8 @@ if (DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
 RESULTS = PARAMS["results_dir"]
 SETS = list(PARAMS["experiment_sets"])
 # Hashes of the modules that compute each rule's numbers: editing one reruns the rules that use it.
-PREPARE_CODE = code_version(["data", "readers", "sources"])
-TRAIN_CODE = code_version(["config", "models", "methods", "train", "data", "readers", "sources", "noise", "hooks",
+PREPARE_CODE = code_version(["data", "readers", "sources", "generated"])
+TRAIN_CODE = code_version(["config", "schema", "models", "methods", "train", "data", "readers", "sources", "noise", "hooks",
                            "sites", "method_spec", "noisynn", "vpn", "augment"])
 AGGREGATE_CODE = code_version(["aggregate", "plots"])
 
