@@ -22,7 +22,8 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
         for eval_mode, value in metrics["evaluations"].items():
             how = plan.get(eval_mode, {})
             # labels cannot contain '-', so the part before it is the method's own label
-            rows.append({"dataset": metrics["dataset"], "model": metrics["model"],
+            rows.append({"experiment_set": metrics["experiment_set"], "kind": metrics["set_kind"],
+                         "dataset": metrics["dataset"], "model": metrics["model"],
                          "method": metrics["method"].split("-")[0], **sweep, "eval_mode": eval_mode,
                          "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
                          "protocol": metrics.get("protocol", "paper"), "device": metrics["provenance"].get("device"),
@@ -95,7 +96,7 @@ def write_table(table: pd.DataFrame, files: SetFiles, title: str) -> None:
     write_atomic(files.markdown, f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=".2f") + "\n")
 
 
-ID_COLUMNS = {"dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
+ID_COLUMNS = {"experiment_set", "kind", "dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
               "mlflow_run_id", "scale", "protocol", "device", "test_batches", "test_batch_size"}
 
 

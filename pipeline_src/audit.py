@@ -106,10 +106,12 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
     frames = []
     for path in runs_csvs:
         frame = pd.read_csv(path)
-        name = Path(path).name.removesuffix("_runs.csv")
+        # set and kind come with each run (metrics.json); runs tables from before they did: from set_info
+        name = frame["experiment_set"].iloc[0] if "experiment_set" in frame else Path(path).name.removesuffix("_runs.csv")
         info = set_info.get(name, {})
         frame["set"] = name
-        frame["kind"] = info.get("kind", name)
+        if "kind" not in frame:
+            frame["kind"] = info.get("kind", name)
         if "scale" not in frame.columns:
             frame["scale"] = info.get("scale", "unknown")
         frames.append(frame)

@@ -95,6 +95,8 @@ def validate_params(params: dict) -> dict:
     # protocol's own values (authors_code) have filled what the spec leaves out
     for name, methods in raw_methods.items():
         params["experiment_sets"][name]["methods"] = copy.deepcopy(methods)
+    for name, spec in params["experiment_sets"].items():
+        spec.setdefault("kind", name)  # a set without a kind is its own kind: the one default a schema cannot name
     for set_name, spec in params["experiment_sets"].items():
         for key, known in (("datasets", params["datasets"]), ("models", params["models"])):
             for name in spec[key]:
@@ -115,7 +117,7 @@ def dataset_spec(params: dict, name: str) -> dict:
 def audit_set_info(params: dict) -> dict:
     """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
     return {
-        **{name: {"kind": spec.get("kind", name), "scale": params["scale"]}
+        **{name: {"kind": spec["kind"], "scale": params["scale"]}
            for name, spec in params["experiment_sets"].items()},
         "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
         "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},
@@ -212,7 +214,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
         if experiment_set is not None and set_name != experiment_set:
             continue
         set_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
-        kind = spec.get("kind", set_name)
+        kind = spec["kind"]
         for dataset, model, (method, sweep), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
             training, model_cfg = set_training, copy.deepcopy(params["models"][model])
@@ -230,7 +232,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
             runs.append(RunConfig(
                 run_id=run_id,
                 experiment_set=set_name,
-                set_kind=spec.get("kind", set_name),
+                set_kind=kind,
                 dataset=dataset,
                 model=model,
                 model_cfg=model_cfg,

@@ -204,7 +204,7 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
         raise ValueError(f"no finished runs of {params_path} in {report_dir}/runs; run the DAG first, or pass --results")
     runs_csvs = []
     for name, paths in by_set.items():
-        kind = params["experiment_sets"][name].get("kind", name)
+        kind = params["experiment_sets"][name]["kind"]
         files = SetFiles.in_results(report_dir, name)
         aggregate_set(name, kind, paths, files)
         runs_csvs.append(files.runs)

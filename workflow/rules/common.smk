@@ -104,7 +104,7 @@ def get_set_metrics(wildcards):
 
 
 def get_set_kind(wildcards):
-    return PARAMS["experiment_sets"][wildcards.experiment_set].get("kind", wildcards.experiment_set)
+    return PARAMS["experiment_sets"][wildcards.experiment_set]["kind"]
 
 
 def get_final_outputs():
