@@ -158,6 +158,7 @@ class RunConfig:
     scale: str = "embedded_default"
     device: str = "auto"
     sweep: dict = field(default_factory=dict)
+    compile: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -247,6 +248,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 scale=params["scale"],
                 device=params["device"],
                 sweep=sweep,
+                compile=training["compile"],
             ))
     return runs
 

@@ -40,12 +40,12 @@ class Method(nn.Module):
         """eval_mode -> how it was evaluated (noise on, test batches, test batch size)."""
         return {"no_noise": {"noise": False, "test_batches": "-", "test_batch_size": eval_batch_size}}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         """eval_mode -> top-1 accuracy in percent. The first entry is the run's headline number."""
         return {"no_noise": top1(predict(self.model, x, batch_size), y)}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
         """Extra measurements a method can report (VPN: sigma on background vs object)."""
         return {}

@@ -55,7 +55,7 @@ class NoisyNNMethod(Method):
     def eval_plan(self, eval_batch_size: int) -> dict[str, dict]:
         return eval_plan(self.spec, eval_batch_size)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predictions(self, how: str, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Predicted classes in the test set's own order: `how` is none (noise off) or how test
         batches of batch_size are formed with noise on (class_sorted, shuffled, single).
@@ -83,7 +83,7 @@ class NoisyNNMethod(Method):
             self.eval_noise = False
             self.model.train(was_training)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         """eval_mode -> top-1 percent; the first key is the headline for the run's own setting."""
         return {mode: top1(self.predictions(plan["test_batches"] if plan["noise"] else "none", x, y,

@@ -80,8 +80,9 @@ def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
     device = x_train.device
     method.train()
     total_loss, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
-    for idx in tqdm(batches(len(x_train), batch_size), desc=desc, file=sys.stderr, mininterval=2.0, leave=False):
-        idx = idx.to(device)
+    # the order is drawn on the CPU (the same on every device) and copied to the device once per epoch
+    order = [idx.to(device, non_blocking=True) for idx in batches(len(x_train), batch_size)]
+    for idx in tqdm(order, desc=desc, file=sys.stderr, mininterval=2.0, leave=False):
         with _autocast(device):
             loss = method.training_loss(to_input(x_train[idx], device), y_train[idx])
         optimizer.zero_grad(set_to_none=True)
@@ -160,6 +161,9 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     method = build_method(model, cfg.method, info).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        # in place (nn.Module.compile): the state_dict keys, the noise hooks and resuming stay as they are
+        method.model.compile()
     optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], cfg.optimizer)
     schedule = make_schedule(optimizer, cfg.optimizer, cfg.epochs)
     params_hash = cfg.params_hash()
@@ -179,7 +183,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
                                  desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}")
         schedule.step()
         method.eval()
-        with torch.no_grad(), autocast:
+        with torch.inference_mode(), autocast:
             train_pred = predict(method.model, to_input(x_train[train_probe], device), cfg.eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_top1": top1(train_pred, y_train[train_probe]),
@@ -189,7 +193,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash), checkpoint)
 
     method.eval()
-    with autocast:
+    with torch.inference_mode(), autocast:
         evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
         diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
     method.save_figures(out_dir, x_test, y_test)

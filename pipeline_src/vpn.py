@@ -190,14 +190,14 @@ class VPNMethod(Method):
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
         with _eval_mode(self):
             return {"class_enumeration": top1(self.class_enumeration(x, batch_size), y),
                     "no_noise": top1(predict(self.model, x, batch_size), y),
                     "class_enumeration_mean_sigma": top1(self.class_enumeration(x, batch_size, label_free=True), y)}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def enumeration_scores(self, x: torch.Tensor, z: torch.Tensor | None = None,
                            label_free: bool = False) -> torch.Tensor:
         """score[i, k] = softmax(f(x_i + sigma_k * z_k))[k], sigma_k = g(x_i + c*k/(C-1)).
@@ -222,7 +222,7 @@ class VPNMethod(Method):
         probs = self.model(repeated + eps).softmax(-1).view(num_classes, b, num_classes)
         return probs.diagonal(dim1=0, dim2=2)  # probs[k, i, k] -> (b, C)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def class_enumeration(self, x: torch.Tensor, batch_size: int, z: torch.Tensor | None = None,
                           max_rows: int = ENUM_MAX_ROWS, label_free: bool = False) -> torch.Tensor:
         """Predicted classes by class enumeration; z (C, N, *in_shape) fixes the draws."""
@@ -233,10 +233,10 @@ class VPNMethod(Method):
                  for i in range(0, len(x), per_pass)]
         return torch.cat(preds)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     # ------------------------------------------------------------------ what g learned
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
         """Mean sigma (true-label conditioning, channel mean) on background and on the object."""
         if mask is None:
@@ -256,7 +256,7 @@ class VPNMethod(Method):
         ratio = background / obj_mean if obj_mean > 0 else float("nan")
         return {"sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:
         """vpn_sigma.png: per test image the image, its sigma map and one draw of x + eps."""
         x, y = x[:n], y[:n]

@@ -37,7 +37,7 @@ def test_defaults_are_filled(raw_default):
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda p: p["training"].update(epoch=3), "training: unknown key 'epoch'; allowed keys: batch_size, epochs"),
+    (lambda p: p["training"].update(epoch=3), "training: unknown key 'epoch'; allowed keys: batch_size, compile, epochs"),
     (lambda p: p["training"].update(epochs=-1), "training.epochs: -1 is less than the minimum of 1"),
     (lambda p: p["training"].update(batch_size="big"), "training.batch_size: 'big' is not of type 'integer'"),
     (lambda p: p["datasets"]["digits"].update(source="mnist"),

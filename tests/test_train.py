@@ -130,3 +130,16 @@ def test_lr_warms_up_linearly_then_follows_cosine_to_its_floor():
     assert factors[3] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the 6 epochs
     assert factors[6] == pytest.approx(0.1)              # min_lr / lr at the end
     assert [lr_factor(e, {"lr": 1.0, "schedule": "none"}, 5) for e in range(5)] == [1.0] * 5
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(digits_dir, tmp_path):
+    from dataclasses import replace
+
+    method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}}
+    eager = train_run(make_run(method, epochs=2), digits_dir, tmp_path / "eager")
+    compiled = train_run(replace(make_run(method, epochs=2), compile=True), digits_dir, tmp_path / "compiled")
+    assert compiled["params"]["compile"] is True and eager["params"]["compile"] is False
+    for a, b in zip(eager["history"], compiled["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert compiled["evaluations"] == pytest.approx(eager["evaluations"], abs=0.5)
