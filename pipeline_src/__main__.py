@@ -86,6 +86,8 @@ def cmd_train(args) -> None:
     data = PreparedFiles(Path(args.data), Path(args.manifest)) if args.manifest else PreparedFiles.of(args.data)
     metrics = train_run(cfg, data, out, Path(args.base_checkpoint) if args.base_checkpoint else None,
                         threads=args.threads, rule=args.rule, metrics_path=args.metrics, model_path=args.model)
+    if not metrics:  # a torchrun process other than the first: process 0 writes the results
+        return
     if args.tracking:  # outside Snakemake; in the DAG, track_set logs a whole set at once
         from pipeline_src import track
 

@@ -27,6 +27,10 @@ class Method(nn.Module):
 
             self.augment = make_augment(spec["augment"])
 
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss: the forward DistributedDataParallel wraps (distributed.py)."""
+        return self.training_loss(x, y)
+
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.augment is not None:
             x = self.augment(x)

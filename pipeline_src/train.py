@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline_src.config import RunConfig
+from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
@@ -27,12 +28,12 @@ CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
 
 
-def select_device(requested: str) -> torch.device:
+def select_device(requested: str, world: World = World()) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda was requested but no CUDA device is available; allowed here: auto, cpu")
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda")
+    return torch.device("cuda", world.local_rank)
 
 
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
@@ -59,10 +60,16 @@ def make_schedule(optimizer, spec: dict, epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, spec, epochs))
 
 
-def batches(n: int, batch_size: int) -> list[torch.Tensor]:
-    """A seeded permutation cut into batches; a trailing batch of one is dropped (batch-mixing noise needs two)."""
-    parts = list(torch.split(torch.randperm(n), batch_size))
-    return parts[:-1] if len(parts) > 1 and len(parts[-1]) == 1 else parts
+def batches(n: int, batch_size: int, world: World = World()) -> list[torch.Tensor]:
+    """A seeded permutation cut into batches; a trailing batch of one is dropped (batch-mixing noise needs two).
+    With several processes: global batches of batch_size x world.size, of which this process takes its part."""
+    if world.size == 1:
+        parts = list(torch.split(torch.randperm(n), batch_size))
+        return parts[:-1] if len(parts) > 1 and len(parts[-1]) == 1 else parts
+    parts = list(torch.split(torch.randperm(n), batch_size * world.size))
+    if len(parts) > 1 and len(parts[-1]) // world.size < 2:  # decided on the global batch: all processes step together
+        parts = parts[:-1]
+    return [part.tensor_split(world.size)[world.rank] for part in parts]
 
 
 def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -75,22 +82,24 @@ def _autocast(device: torch.device):
 
 
 def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int,
-                desc: str = "train") -> float:
-    """One pass over the device-resident uint8 training set; returns the mean training loss."""
+                desc: str = "train", world: World = World(), step=None) -> float:
+    """One pass over the device-resident uint8 training set; returns the mean training loss (over all
+    processes). step: the module whose forward is the loss (method, or its DistributedDataParallel)."""
     device = x_train.device
+    step = step or method
     method.train()
     total_loss, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
     # the order is drawn on the CPU (the same on every device) and copied to the device once per epoch
-    order = [idx.to(device, non_blocking=True) for idx in batches(len(x_train), batch_size)]
-    for idx in tqdm(order, desc=desc, file=sys.stderr, mininterval=2.0, leave=False):
+    order = [idx.to(device, non_blocking=True) for idx in batches(len(x_train), batch_size, world)]
+    for idx in tqdm(order, desc=desc, file=sys.stderr, mininterval=2.0, leave=False, disable=not world.is_main):
         with _autocast(device):
-            loss = method.training_loss(to_input(x_train[idx], device), y_train[idx])
+            loss = step(to_input(x_train[idx], device), y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total_loss += loss.detach().float() * len(idx)
         seen += len(idx)
-    return total_loss.item() / seen
+    return mean_over(world, total_loss).item() / seen
 
 
 def _checkpoint_state(method, optimizer, schedule, epoch, history, params_hash) -> dict:
@@ -147,8 +156,9 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    world = join()
+    device = select_device(cfg.device, world)
+    torch.manual_seed(cfg.seed)  # the same on every process: the same initial weights and epoch orders
 
     data = load_prepared(data)
     metrics_path = Path(metrics_path or out_dir / "metrics.json")
@@ -164,6 +174,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     if cfg.compile:
         # in place (nn.Module.compile): the state_dict keys, the noise hooks and resuming stay as they are
         method.model.compile()
+    step = wrap(method, world, device)
     optimizer = make_optimizer([p for p in method.parameters() if p.requires_grad], cfg.optimizer)
     schedule = make_schedule(optimizer, cfg.optimizer, cfg.epochs)
     params_hash = cfg.params_hash()
@@ -180,7 +191,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
         train_loss = train_epoch(method, optimizer, x_train, y_train, cfg.batch_size,
-                                 desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}")
+                                 desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}", world=world, step=step)
         schedule.step()
         method.eval()
         with torch.inference_mode(), autocast:
@@ -188,10 +199,15 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_top1": top1(train_pred, y_train[train_probe]),
                         "seconds": time.perf_counter() - started})
-        print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
-              f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
-        torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash), checkpoint)
+        if world.is_main:
+            print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
+                  f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
+            torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash),
+                              checkpoint)
 
+    if not world.is_main:  # process 0 evaluates and writes; the others are done
+        leave(world)
+        return {}
     method.eval()
     with torch.inference_mode(), autocast:
         evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
@@ -207,6 +223,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()}, "params_hash": params_hash,
         "history": history,
         "startup_cpu_seconds": startup_cpu_seconds,
+        # batch_size (params) is per process; one process unless launched by torchrun
+        "distributed": {**world.describe(), "per_process_batch_size": cfg.batch_size},
         "evaluations": evaluations,
         "eval_plan": method.eval_plan(cfg.eval_batch_size),
         "test_top1": next(iter(evaluations.values())),
@@ -220,4 +238,5 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     }
     write_json(metrics_path, metrics)
     checkpoint.unlink(missing_ok=True)
+    leave(world)
     return metrics

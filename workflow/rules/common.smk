@@ -90,6 +90,12 @@ def get_gpu_count(wildcards):
     return gpus_for(get_run(wildcards), PARAMS["cluster"]["train_gpus"])
 
 
+def get_launcher(wildcards):
+    """How the train command starts: one process, or one per GPU through torchrun (pipeline_src/distributed.py)."""
+    gpus = get_gpu_count(wildcards)
+    return f"python -m torch.distributed.run --standalone --nproc-per-node {gpus} -m" if gpus > 1 else "python -m"
+
+
 def get_train_threads(wildcards):
     """One torch thread per training job on one machine, where many small jobs share the cores;
     params' cluster.train_cpus where each job gets its own allocation (the SLURM plugin turns threads

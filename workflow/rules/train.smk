@@ -11,6 +11,7 @@ rule train:
     params:
         run=get_run_json,
         base=get_base_flag,
+        launcher=get_launcher,
         code=TRAIN_CODE,
     threads: get_train_threads
     resources:
@@ -20,5 +21,5 @@ rule train:
     conda:
         "../envs/pipeline.yaml"
     shell:
-        "python -m pipeline_src train --run-json {params.run:q} --data {input.data} --manifest {input.manifest} "
+        "{params.launcher} pipeline_src train --run-json {params.run:q} --data {input.data} --manifest {input.manifest} "
         "--threads {threads} --metrics {output.metrics} --model {output.model} {params.base} > {log} 2>&1"
