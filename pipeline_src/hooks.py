@@ -18,7 +18,11 @@ def attach_noise(model: nn.Module, site: str, spec: dict, is_active: Callable[[]
     """Noise the input of the module at `site` whenever is_active() is True. Returns the hook handle.
     spec: a resolved noise spec (method_spec.resolve_noise)."""
     path, prefix = resolve_site(model, site)
-    module = model.get_submodule(path)
+    return noise_input_of(model.get_submodule(path), prefix, spec, is_active)
+
+
+def noise_input_of(module: nn.Module, prefix: int, spec: dict, is_active: Callable[[], bool]) -> RemovableHandle:
+    """attach_noise on a module already found (prefix: leading tokens left untouched)."""
 
     def noise_input(_module, args):
         if not is_active():

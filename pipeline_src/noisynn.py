@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline_src.hooks import attach_noise
+from pipeline_src.hooks import noise_input_of
 from pipeline_src.sites import resolve_site
 from pipeline_src.method_spec import TEST_BATCHES, eval_plan
 from pipeline_src.methods import Method, predict, top1
@@ -42,7 +42,8 @@ class NoisyNNMethod(Method):
         self.site_path, self.prefix_tokens = site_path, prefix_tokens
         self.train_noise = resolved["apply_at"] in ("train", "both")
         self.eval_noise = False
-        self.noise_handle = attach_noise(model, resolved["site"], resolved["noise"], self._noise_active)
+        self.noise_handle = noise_input_of(model.get_submodule(site_path), prefix_tokens, resolved["noise"],
+                                           self._noise_active)
 
     def _noise_active(self) -> bool:
         return self.train_noise if self.model.training else self.eval_noise
