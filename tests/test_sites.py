@@ -110,3 +110,38 @@ def test_embedding_site_only_for_vit(resnet):
 def test_block_site_must_be_integer(dnn3):
     with pytest.raises(ValueError, match="^site 'block:last' is not block:<integer>"):
         resolve_site(dnn3, "block:last")
+
+
+@pytest.mark.parametrize("arch, site, module", [("convnext_atto", "stage:1", "stages.1"),
+                                                ("mobilenetv3_small_050", "block:2", "blocks.1.1"),
+                                                ("efficientnet_b0", "default", "blocks.6.0")])
+def test_timm_models_nobody_configured_train_with_noise_through_params_alone(tmp_path, arch, site, module):
+    """One epoch on 32 px clutter images, optimal Q at the site, from a params file and the command line."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline_src.config import REPO_ROOT
+
+    params = {"results_dir": str(tmp_path / "results"), "device": "cpu", "seeds": [0],
+              "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 32},
+              "datasets": {"clutter": {"source": "synthetic-clutter", "n_train": 32, "n_test": 16}},
+              "models": {"m": {"arch": arch}},
+              "experiment_sets": {"s": {"datasets": ["clutter"], "models": ["m"],
+                                        "methods": [{"label": "q", "name": "noisynn", "site": site,
+                                                     "noise": {"kind": "optimal_q"}}]}}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cli = [sys.executable, "-m", "pipeline_src"]
+    for args in (["check", "--params", str(path)],
+                 ["prepare", "--params", str(path), "--dataset", "clutter", "--out", str(tmp_path / "data")],
+                 ["train", "--params", str(path), "--set", "s", "--run-id", "clutter-m-q-s0",
+                  "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--threads", "1"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    spec = metrics["params"]["resolved_method"]
+    assert (spec["site"], spec["site_module"]) == (site, module)
+    assert 0 <= metrics["test_top1"] <= 100
