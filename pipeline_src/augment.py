@@ -9,59 +9,16 @@ RNG checkpoints cover them.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-# kind -> its keys and their defaults (torchvision's and the VPN paper's usual values)
-KINDS = {
-    "rotation": {"degrees": 15.0},
-    "translation": {"fraction": 0.1},
-    "color_jitter": {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4},
-    "gaussian_blur": {"kernel_size": 3, "sigma": (0.1, 2.0)},
-    "random_noise": {"fraction": 0.1},
-}
-
-
 def make_augment(spec: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    """spec: {'kind': ..., plus that kind's keys}; unknown kinds, keys or values raise ValueError."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind not in KINDS:
-        raise ValueError(f"augment kind {kind!r} is unknown; known kinds: {', '.join(KINDS)}")
-    extra = sorted(set(spec) - set(KINDS[kind]))
-    if extra:
-        raise ValueError(f"augment kind {kind!r} takes keys {', '.join(KINDS[kind])}; not {', '.join(extra)}")
-    opts = {**KINDS[kind], **spec}
-    for key, value in opts.items():
-        _check_value(kind, key, value)
-    transform = {"rotation": random_rotation, "translation": random_translation, "color_jitter": color_jitter,
-                 "gaussian_blur": random_gaussian_blur, "random_noise": random_pixel_noise}[kind]
-    return functools.partial(_checked, functools.partial(transform, **opts))
-
-
-def _check_value(kind: str, key: str, value) -> None:
-    def bad(allowed: str):
-        return ValueError(f"augment {kind}.{key} = {value!r} is invalid; expected {allowed}")
-
-    def is_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if key == "kernel_size":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value % 2 == 0:
-            raise bad("an odd integer >= 1")
-    elif key == "sigma":
-        if (not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_number(v) for v in value)
-                or not 0 < value[0] <= value[1]):
-            raise bad("[low, high] with 0 < low <= high")
-    elif key == "fraction":
-        if not is_number(value) or not 0 <= value <= 1:
-            raise bad("a number in [0, 1]")
-    elif not is_number(value) or value < 0:
-        raise bad("a number >= 0")
+    """spec: a resolved augmentation spec (method_spec.resolve_augment): its kind and that kind's keys."""
+    opts = {key: value for key, value in spec.items() if key != "kind"}
+    return functools.partial(_checked, functools.partial(TRANSFORMS[spec["kind"]], **opts))
 
 
 def _checked(transform, x: torch.Tensor) -> torch.Tensor:
@@ -160,3 +117,7 @@ def random_pixel_noise(x: torch.Tensor, fraction: float) -> torch.Tensor:
     n, _, height, width = x.shape
     chosen = torch.rand(n, 1, height, width, device=x.device) < fraction
     return (x + torch.randn_like(x) * chosen).clamp(0, 1)
+
+
+TRANSFORMS = {"rotation": random_rotation, "translation": random_translation, "color_jitter": color_jitter,
+              "gaussian_blur": random_gaussian_blur, "random_noise": random_pixel_noise}

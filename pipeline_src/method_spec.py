@@ -20,6 +20,15 @@ def resolve_noise(spec: dict) -> dict:
     return filled(spec, "noise")
 
 
+def resolve_augment(spec: dict) -> dict:
+    """An augmentation spec checked against its kind's keys, with the kind's defaults filled (ValueError)."""
+    resolved = filled(spec, "augment")
+    low, high = resolved.get("sigma", (1, 1))
+    if low > high:
+        raise ValueError(f"sigma: {resolved['sigma']} is not [low, high] with low <= high")
+    return resolved
+
+
 def resolve_method(method: dict, batch_size: int, eval_batch_size: int) -> dict:
     """A run's method spec with every default filled, or a one-line ValueError. batch_size is the
     training batch (optimal Q cannot mix a batch of one); eval_batch_size fills an unset NoisyNN test
@@ -28,6 +37,8 @@ def resolve_method(method: dict, batch_size: int, eval_batch_size: int) -> dict:
     # pattern forbids in a label as written: check the label as written
     label = method["label"]
     resolved = {**filled({**method, "label": label.split("-")[0]}, "method"), "label": label}
+    if "augment" in resolved:
+        resolved["augment"] = resolve_augment(resolved["augment"])
     if resolved["name"] == "noisynn":
         in_training = resolved["apply_at"] in ("train", "both")
         if resolved["noise"]["kind"] == "optimal_q" and in_training and batch_size < 2:

@@ -4,7 +4,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from pipeline_src.augment import KINDS, affine, gaussian_blur, make_augment
+from pipeline_src.augment import TRANSFORMS, affine, gaussian_blur
+from pipeline_src.augment import make_augment as make_resolved
+from pipeline_src.method_spec import resolve_augment
+
+
+def make_augment(spec):
+    """As the run table does it: the spec resolved (defaults, checks), then the transform."""
+    return make_resolved(resolve_augment(spec))
 
 
 def images(n=6, chans=3, height=16, width=16):
@@ -14,7 +21,7 @@ def images(n=6, chans=3, height=16, width=16):
     return torch.nn.functional.interpolate(base, size=(height, width), mode="bilinear", align_corners=False)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(TRANSFORMS))
 @pytest.mark.parametrize("chans", [1, 3])
 def test_changes_images_keeps_shape_and_range(kind, chans):
     x = images(chans=chans)
@@ -25,7 +32,7 @@ def test_changes_images_keeps_shape_and_range(kind, chans):
     assert not torch.allclose(out, x)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(TRANSFORMS))
 def test_parameters_differ_within_a_batch(kind):
     x = images(n=1).repeat(8, 1, 1, 1)  # eight copies of one image
     torch.manual_seed(0)
@@ -34,7 +41,7 @@ def test_parameters_differ_within_a_batch(kind):
     assert len(distinct) >= 4
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(TRANSFORMS))
 def test_seeded_runs_repeat(kind):
     x = images()
     aug = make_augment({"kind": kind})
