@@ -43,7 +43,7 @@ def describe(error: jsonschema.ValidationError, root: str = "(top level)") -> st
         hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
         return f"{where}: unknown key {', '.join(map(repr, extra))}{hint}"
     if error.validator == "enum" and "propertyNames" in error.schema_path:
-        return (f"{where}: key {error.instance!r} is not read by this method; its keys: "
+        return (f"{where}: key {error.instance!r} does not apply here; allowed keys: "
                 f"{', '.join(map(str, error.validator_value))}")
     if error.validator == "pattern" and error.schema.get("description"):
         return f"{where}: {error.instance!r} is not one of: {error.schema['description']}"

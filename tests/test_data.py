@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -92,13 +93,15 @@ def test_missing_prepared_files_are_reported(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"source": "mnist"}, "unknown source 'mnist'"),
-    ({"source": "digits", "n_train": 5}, "n_train do not apply to source 'digits'"),
-    ({"source": "digits", "subsample_per_class": {"val": 3}}, "unknown split"),
-    ({"source": "synthetic-clutter", "num_classes": 9}, "exceeds the 8 shapes"),
+    ({"source": "mnist"}, "datasets.bad: source: 'mnist' is not allowed; allowed values: digits, fashion-mnist"),
+    ({"source": "digits", "n_train": 5}, "datasets.bad: dataset: key 'n_train' does not apply here; allowed keys: "
+                                         "source, paper_name, seed, subsample_per_class, test_fraction"),
+    ({"source": "digits", "subsample_per_class": {"val": 3}},
+     "datasets.bad: subsample_per_class: unknown key 'val'; allowed keys: test, train"),
+    ({"source": "synthetic-clutter", "num_classes": 9}, "num_classes: 9 is greater than the maximum of 8 (one shape"),
 ])
 def test_bad_specs_are_rejected(tmp_path, spec, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(DataError, match=re.escape(message)):
         prepare("bad", spec, tmp_path, tmp_path)
 
 

@@ -146,7 +146,7 @@ def test_registry_builds_noisynn():
      "noise.strength: 0.5 is greater than or equal to the maximum of 0.5 (0 <= a < 0.5"),
     (spec(apply_at="always"), 8, "apply_at: 'always' is not allowed; allowed values: train, test, both"),
     (spec(eval_protocols=["sorted"]), 8, "eval_protocols.0: 'sorted' is not allowed"),
-    (spec(generator="dnn3"), 8, "method: key 'generator' is not read by this method; its keys: label, name, augment"),
+    (spec(generator="dnn3"), 8, "method: key 'generator' does not apply here; allowed keys: label, name, augment"),
     (spec(site="block:x"), 8, "site: 'block:x' is not one of: image | embedding | default | block:<i> | stage:<i>"),
 ])
 def test_resolve_method_one_line_errors(bad, batch, message):
