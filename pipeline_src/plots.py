@@ -26,7 +26,9 @@ def save_figure(fig, path: Path) -> None:
 
 
 def _block_index(site: str) -> int:
-    return int(site.split(":")[1]) if isinstance(site, str) and site.startswith("block:") else -1
+    """The depth of a swept site (block:<i> or stage:<i>); -1 for other sites."""
+    kind, _, index = site.partition(":") if isinstance(site, str) else ("", "", "")
+    return int(index) if kind in ("block", "stage") else -1
 
 
 def plot_layer_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
