@@ -21,10 +21,9 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
         plan = metrics.get("eval_plan", {})
         for eval_mode, value in metrics["evaluations"].items():
             how = plan.get(eval_mode, {})
-            # labels cannot contain '-', so the part before it is the method's own label
             rows.append({"experiment_set": metrics["experiment_set"], "kind": metrics["set_kind"],
                          "dataset": metrics["dataset"], "model": metrics["model"],
-                         "method": metrics["method"].split("-")[0], **sweep, "eval_mode": eval_mode,
+                         "method": method["label"], **sweep, "eval_mode": eval_mode,
                          "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
                          "protocol": metrics.get("protocol", "paper"), "device": metrics["provenance"].get("device"),
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),

@@ -189,8 +189,9 @@ def _format_value(value) -> str:
     return str(value).replace(":", "").replace("/", "_").replace(" ", "")
 
 
-def expand_methods(methods: list[dict]) -> list[tuple[dict, dict]]:
-    """Each method spec -> one (method, sweep values) per point of its grid."""
+def expand_methods(methods: list[dict]) -> list[tuple[dict, dict, str]]:
+    """Each method spec -> one (method, sweep values, run-id suffix) per point of its grid. The method
+    keeps its own label; the suffix ("-strength0.1") names the grid point in run ids only."""
     out = []
     for spec in methods:
         spec = copy.deepcopy(spec)
@@ -201,10 +202,8 @@ def expand_methods(methods: list[dict]) -> list[tuple[dict, dict]]:
             sweep = dict(zip(keys, values))
             for key, value in sweep.items():
                 _set_dotted(method, key, value)
-            if sweep:
-                suffix = "-".join(f"{k.split('.')[-1]}{_format_value(v)}" for k, v in sweep.items())
-                method["label"] = f"{spec['label']}-{suffix}"
-            out.append((method, sweep))
+            suffix = "".join(f"-{k.split('.')[-1]}{_format_value(v)}" for k, v in sweep.items())
+            out.append((method, sweep, suffix))
     return out
 
 
@@ -216,7 +215,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
             continue
         set_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
         kind = spec["kind"]
-        for dataset, model, (method, sweep), seed in itertools.product(
+        for dataset, model, (method, sweep, suffix), seed in itertools.product(
                 spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
             training, model_cfg = set_training, copy.deepcopy(params["models"][model])
             name = authors_code_family(kind, model_cfg, params["datasets"][dataset])
@@ -225,7 +224,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 training = _merge(set_training, family["training"])
                 method = _fill_method(method, family["method"])
                 model_cfg = {**family["model"], **model_cfg}
-            run_id = f"{dataset}-{model}-{method['label']}-s{seed}"
+            run_id = f"{dataset}-{model}-{method['label']}{suffix}-s{seed}"
             try:
                 resolved = resolve_method(method, training["batch_size"], training["eval_batch_size"])
             except ValueError as err:

@@ -33,10 +33,7 @@ def resolve_method(method: dict, batch_size: int, eval_batch_size: int) -> dict:
     """A run's method spec with every default filled, or a one-line ValueError. batch_size is the
     training batch (optimal Q cannot mix a batch of one); eval_batch_size fills an unset NoisyNN test
     batch. Idempotent: a resolved spec resolves to itself."""
-    # a grid point's label carries the sweep suffix ("-strength0.1"), which the schema's label
-    # pattern forbids in a label as written: check the label as written
-    label = method["label"]
-    resolved = {**filled({**method, "label": label.split("-")[0]}, "method"), "label": label}
+    resolved = filled(method, "method")
     if "augment" in resolved:
         resolved["augment"] = resolve_augment(resolved["augment"])
     if resolved["name"] == "noisynn":

@@ -64,6 +64,8 @@ def test_grid_expands_one_run_per_value_and_seed():
     assert len(runs) == 5 * 2
     assert "digits-vit-linear_shift-strength0.3-s1" in {r.run_id for r in runs}
     assert all(r.sweep == {"noise.strength": r.method["noise"]["strength"]} for r in runs)
+    # the grid point is named in the run id only; the spec keeps the method's own label
+    assert {r.method["label"] for r in runs} == {"linear_shift"}
 
 
 def test_set_training_override_applies_only_to_that_set():
