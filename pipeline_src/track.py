@@ -24,37 +24,36 @@ active run with the same key and hash exists:
 
 Concurrency. MLflow's SqlAlchemyStore creates the schema of a fresh database without any lock, so
 processes opening a fresh sqlite store at once race (we measured 7 of 8 runs lost). Every client
-here is opened under an flock on `<sqlite file>.lock` (`results_dir/.mlflow.lock` for other
-stores), and init_store (run once, before any
-training job) creates schema, experiment and parents under that lock. Later writes rely on
-sqlite's busy timeout (MLflow sets 20 s) plus our bounded retries.
+here is opened under a file lock (filelock) on `<sqlite file>.lock` (`results_dir/.mlflow.lock`
+for other stores), and init_store (run once, before any training job) creates schema, experiment
+and parents under that lock. Later writes rely on sqlite's busy timeout (MLflow sets 20 s) plus our
+bounded retries (tenacity).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import hashlib
 import importlib
 import json
 import os
-import random
 import re
 import sys
 import time
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from pipeline_src.provenance import write_json
 
 EXPERIMENT_NAME = "beneficial-noise"
 PENDING_MARKER = "mlflow_pending"
 TRACKING_INFO = "tracking.json"
-BATCH_PARAMS, BATCH_METRICS = 100, 1000  # MLflow's per-request limits for log_batch
 
 # Retry budget for transient errors: at most ~30 s of waiting, on top of sqlite's own 20 s busy
 # timeout per statement. PIPELINE_MLFLOW_ATTEMPTS / PIPELINE_MLFLOW_BACKOFF_S or the keyword
@@ -204,12 +203,10 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
         client.set_tag(old.info.run_id, "pipeline_superseded_by", run_id)
         client.delete_run(old.info.run_id)
 
-    params = [Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in _flatten(metrics.get("params") or {})]
-    for i in range(0, len(params), BATCH_PARAMS):
-        client.log_batch(run_id, params=params[i:i + BATCH_PARAMS])
-    points = _metric_points(metrics, start_ms, now_ms)
-    for i in range(0, len(points), BATCH_METRICS):
-        client.log_batch(run_id, metrics=points[i:i + BATCH_METRICS])
+    # log_batch splits into requests within MLflow's per-request limits itself
+    client.log_batch(run_id, params=[Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH))
+                                     for k, v in _flatten(metrics.get("params") or {})],
+                     metrics=_metric_points(metrics, start_ms, now_ms))
     client.log_dict(run_id, metrics, "metrics.json")  # exactly what was logged and hashed
     for extra in [run_dir / "train.log", *sorted(run_dir.glob("*.png"))]:
         if extra.is_file():
@@ -320,18 +317,12 @@ def _filter(**tags: str) -> str:
     return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str, results_dir: Path):
+def _store_lock(uri: str, results_dir: Path) -> FileLock:
     """Exclusive across processes using the same sqlite file (else results_dir); released if a process dies."""
     sqlite = uri.startswith("sqlite:///")
     path = Path(uri.removeprefix("sqlite:///") + ".lock") if sqlite else results_dir / ".mlflow.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(path)
 
 
 @contextlib.contextmanager
@@ -356,16 +347,15 @@ def _budget(attempts: int | None, backoff_s: float | None) -> tuple[int, float]:
 
 
 def _retrying(action, attempts: int, backoff_s: float):
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as exc:
-            if attempt == attempts or not _is_transient(exc):
-                raise
-            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)  # jitter
-            print(f"MLflow: transient error, attempt {attempt}/{attempts}, retrying in {delay:.1f} s: "
-                  f"{_reason(exc)[:200]}", file=sys.stderr)
-            time.sleep(delay)
+    """action(), retried on transient errors with jittered exponential backoff; the last error is raised."""
+    def say(state) -> None:
+        print(f"MLflow: transient error, attempt {state.attempt_number}/{attempts}, retrying in "
+              f"{state.upcoming_sleep:.1f} s: {_reason(state.outcome.exception())[:200]}", file=sys.stderr)
+
+    retrying = Retrying(stop=stop_after_attempt(attempts), retry=retry_if_exception(_is_transient),
+                        wait=wait_random_exponential(multiplier=backoff_s, max=MAX_BACKOFF_S),
+                        before_sleep=say, reraise=True)
+    return retrying(action)
 
 
 def _is_transient(exc: BaseException | None) -> bool:

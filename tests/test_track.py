@@ -151,6 +151,8 @@ def test_outage_marks_pending_then_resync_logs_once(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "WARNING: MLflow store setup FAILED" in err
     assert "WARNING: MLflow logging FAILED for baseline/digits-dnn3-baseline-s0" in err
+    assert "MLflow: transient error, attempt 1/2, retrying in" in err  # a refused connection is retried
+    assert "after 2 attempt(s)" in (run_dir / track.PENDING_MARKER).read_text()
     assert (run_dir / track.PENDING_MARKER).exists()
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
