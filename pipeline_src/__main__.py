@@ -84,16 +84,41 @@ def cmd_train(args) -> None:
         raise ParamsError("train needs --metrics and --model (the files to write), or --out (a run folder)")
     out = Path(args.out) if args.out else Path(args.metrics).parent
     data = PreparedFiles(Path(args.data), Path(args.manifest)) if args.manifest else PreparedFiles.of(args.data)
-    metrics = train_run(cfg, data, out, Path(args.base_checkpoint) if args.base_checkpoint else None,
-                        threads=args.threads, rule=args.rule, metrics_path=args.metrics, model_path=args.model)
+    live = _live_run(cfg, out, args.rule)
+    try:
+        metrics = train_run(cfg, data, out, Path(args.base_checkpoint) if args.base_checkpoint else None,
+                            threads=args.threads, rule=args.rule, metrics_path=args.metrics, model_path=args.model,
+                            on_epoch=live.epoch if live else None)
+    except BaseException:
+        if live:
+            live.fail()
+        raise
     if not metrics:  # a torchrun process other than the first: process 0 writes the results
         return
-    if args.tracking:  # outside Snakemake; in the DAG, track_set logs a whole set at once
+    if live or args.tracking:  # in the DAG without live tracking, track_set logs a whole set at once
         from pipeline_src import track
 
-        metrics["mlflow_run_id"] = track.log_run(metrics, out, Path(args.tracking))
+        metrics["mlflow_run_id"] = live.finish(metrics) if live else track.log_run(metrics, out, Path(args.tracking))
         write_json(Path(args.metrics) if args.metrics else out / "metrics.json", metrics)
     print(f"{cfg.run_id}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
+
+
+def _live_run(cfg: RunConfig, out: Path, rule: str):
+    """The job's live MLflow run (params tracking.live with a tracking server), started; else None.
+    Under torchrun only process 0 logs."""
+    import os
+
+    from pipeline_src.tracking_switch import live_store
+
+    store = live_store()
+    if store is None or os.environ.get("RANK", "0") != "0":
+        return None
+    from pipeline_src.track import LiveRun
+    from pipeline_src.train import run_head
+
+    live = LiveRun(store, out, run_head(cfg, rule))
+    live.start()
+    return live
 
 
 def cmd_aggregate(args) -> None:

@@ -44,15 +44,17 @@ from pathlib import Path
 
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pipeline_src.provenance import write_json
+from pipeline_src.provenance import write_atomic, write_json
+from pipeline_src.tracking_switch import is_server
 
 EXPERIMENT_NAME = "beneficial-noise"
 PENDING_MARKER = "mlflow_pending"
+LIVE_MARKER = "mlflow_live_run"  # the id of a job's live run, so a job resumed after a kill reopens it
 TRACKING_INFO = "tracking.json"
 
 # Retry budget for transient errors: at most ~30 s of waiting, on top of sqlite's own 20 s busy
@@ -66,7 +68,6 @@ MAX_BACKOFF_S = 15.0
 # per call. Our retry loop is the one mechanism, so while this module talks to a server MLflow's
 # own retries are off, unless the user has set these variables.
 _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-_SERVER_SCHEMES = ("http", "https", "databricks")
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
 _TRANSIENT_TEXT = ("database is locked", "database is busy", "connection refused", "max retries exceeded",
@@ -152,12 +153,97 @@ def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None 
     return synced, skipped
 
 
+class LiveRun:
+    """A training job's own MLflow run, logged while it trains (params tracking.live, a server store).
+
+    start() creates it under the set's parent with status RUNNING (a job resumed after a kill reopens
+    the run named in run_dir/mlflow_live_run); epoch() logs each epoch's values at step=epoch;
+    finish() completes it (params, final values, metrics.json, FINISHED) and returns its id; fail()
+    marks it FAILED. Each call is a single try, so a slow or dead server cannot stall training: the
+    first error ends live logging for the job with a warning, and finish() then hands the run to
+    log_run (retries, then the pending marker for resync). log_run supersedes the partial live run,
+    so the store never holds two live runs of one run.
+    """
+
+    def __init__(self, results_dir, run_dir, head: dict):
+        """head: the run's identity as metrics.json will give it (run_id, experiment_set, params_hash, ...)."""
+        self.results_dir, self.run_dir, self.head = Path(results_dir).resolve(), Path(run_dir), head
+        self.run_key = f"{head['experiment_set']}/{head['run_id']}"
+        self.client = self.run_id = self.parent_id = None
+        self.broken = False
+
+    def start(self) -> None:
+        self._try("start", self._start)
+
+    def epoch(self, entry: dict) -> None:
+        if self.run_id:
+            self._try(f"epoch {entry['epoch']}", lambda: self.client.log_batch(
+                self.run_id, metrics=_epoch_points(entry, int(time.time() * 1000))))
+
+    def finish(self, metrics: dict) -> str | None:
+        run_id = self._try("finish", lambda: self._finish(metrics)) if self.run_id else None
+        if run_id is None:
+            run_id = log_run(metrics, self.run_dir, self.results_dir)
+        (self.run_dir / LIVE_MARKER).unlink(missing_ok=True)
+        return run_id
+
+    def fail(self) -> None:
+        if self.run_id:
+            self._try("fail", lambda: self.client.set_terminated(self.run_id, "FAILED"))
+
+    def _try(self, what: str, action):
+        if self.broken:
+            return None
+        try:
+            with _http_defaults():
+                return action()
+        except Exception as exc:  # noqa: BLE001 - tracking must never cost a training result
+            self.broken = True
+            _warn(f"MLflow live logging stopped for {self.run_key} at {what}: {_reason(exc)}",
+                  "Training goes on; the finished run is logged from metrics.json, or marked for resync.")
+            return None
+
+    def _start(self) -> None:
+        self.client = _open_client(tracking_uri(self.results_dir), self.results_dir)
+        experiment_id, self.parent_id = _find_parent(self.client, self.head["experiment_set"])
+        if self.parent_id is None:
+            info = _init_once(self.results_dir, [self.head["experiment_set"]], None)
+            experiment_id, self.parent_id = info["experiment_id"], info["parents"][self.head["experiment_set"]]
+        marker = self.run_dir / LIVE_MARKER
+        if marker.is_file():
+            with contextlib.suppress(MlflowException):
+                earlier = self.client.get_run(marker.read_text().strip())
+                if earlier.info.lifecycle_stage == "active":
+                    self.client.update_run(earlier.info.run_id, status="RUNNING")
+                    self.run_id = earlier.info.run_id
+                    return
+        self.run_id = self.client.create_run(experiment_id, run_name=self.head["run_id"],
+                                             tags=_run_tags(self.head, self.run_key, self.parent_id, None)).info.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(marker, self.run_id + "\n")
+
+    def _finish(self, metrics: dict) -> str:
+        client, now_ms = self.client, int(time.time() * 1000)
+        logged = {m.step for m in client.get_metric_history(self.run_id, "train_loss")}
+        missed = [point for entry in metrics.get("history") or [] if int(entry["epoch"]) not in logged
+                  for point in _epoch_points(entry, now_ms)]  # epochs a kill or resume skipped
+        tags = _run_tags(metrics, self.run_key, self.parent_id, _content_hash(metrics))
+        client.log_batch(self.run_id, params=_params(metrics), metrics=missed + _final_points(metrics, now_ms),
+                         tags=[RunTag(key, value) for key, value in tags.items()])
+        _log_files(client, self.run_id, metrics, self.run_dir)
+        found = client.search_runs([client.get_run(self.run_id).info.experiment_id],
+                                   _filter(run_key=self.run_key, params_hash=metrics["params_hash"]))
+        _supersede(client, found, self.run_id)
+        client.set_terminated(self.run_id, "FINISHED", end_time=now_ms)
+        return self.run_id
+
+
 # --- one attempt ---------------------------------------------------------------------------------
 
 def _open_client(uri: str, results_dir: Path) -> MlflowClient:
     # Importing MLflow's database store takes ~1.5 s: do it before the lock, so parallel jobs do not
     # queue behind each other's imports. Opening it (which may create the schema) is locked.
-    if uri.split(":", 1)[0] not in _SERVER_SCHEMES:
+    if not is_server(uri):
         with contextlib.suppress(ImportError):
             importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
     with _store_lock(uri, results_dir):
@@ -199,23 +285,34 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
     start_ms = now_ms - int(1000 * sum(_number(h.get("seconds")) or 0.0 for h in history))
     run_id = client.create_run(experiment_id, start_time=start_ms, run_name=metrics["run_id"],
                                tags=_run_tags(metrics, run_key, parent_id, digest)).info.run_id
-    for old in found:
-        client.set_tag(old.info.run_id, "pipeline_superseded_by", run_id)
-        client.delete_run(old.info.run_id)
-
+    _supersede(client, found, run_id)
     # log_batch splits into requests within MLflow's per-request limits itself
-    client.log_batch(run_id, params=[Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH))
-                                     for k, v in _flatten(metrics.get("params") or {})],
-                     metrics=_metric_points(metrics, start_ms, now_ms))
-    client.log_dict(run_id, metrics, "metrics.json")  # exactly what was logged and hashed
-    for extra in [run_dir / "train.log", *sorted(run_dir.glob("*.png"))]:
-        if extra.is_file():
-            client.log_artifact(run_id, str(extra))
+    client.log_batch(run_id, params=_params(metrics), metrics=_metric_points(metrics, start_ms, now_ms))
+    _log_files(client, run_id, metrics, run_dir)
     client.set_terminated(run_id, "FINISHED", end_time=now_ms)
     return run_id
 
 
-def _run_tags(metrics: dict, run_key: str, parent_id: str, digest: str) -> dict:
+def _params(metrics: dict) -> list[Param]:
+    return [Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in _flatten(metrics.get("params") or {})]
+
+
+def _supersede(client: MlflowClient, found, run_id: str) -> None:
+    """Soft-delete the other runs of this run key and params (restorable until `mlflow gc`)."""
+    for old in found:
+        if old.info.run_id != run_id:
+            client.set_tag(old.info.run_id, "pipeline_superseded_by", run_id)
+            client.delete_run(old.info.run_id)
+
+
+def _log_files(client: MlflowClient, run_id: str, metrics: dict, run_dir: Path) -> None:
+    client.log_dict(run_id, metrics, "metrics.json")  # exactly what was logged and hashed
+    for extra in [run_dir / "train.log", *sorted(run_dir.glob("*.png"))]:
+        if extra.is_file():
+            client.log_artifact(run_id, str(extra))
+
+
+def _run_tags(metrics: dict, run_key: str, parent_id: str, digest: str | None) -> dict:
     prov = metrics.get("provenance") or {}
     tags = {
         "mlflow.parentRunId": parent_id,
@@ -240,22 +337,26 @@ def _run_tags(metrics: dict, run_key: str, parent_id: str, digest: str) -> dict:
 
 def _metric_points(metrics: dict, start_ms: int, end_ms: int) -> list[Metric]:
     """Per-epoch values at step=epoch; final values (test_top1, evaluations.*, diagnostics.*) at the last step."""
-    points, elapsed, last_step = [], 0.0, 0
+    points, elapsed = [], 0.0
     for entry in metrics.get("history") or []:
-        step = int(entry.get("epoch", last_step + 1))
         elapsed += _number(entry.get("seconds")) or 0.0
-        stamp = min(start_ms + int(1000 * elapsed), end_ms)
-        for key, value in entry.items():
-            if key != "epoch" and _number(value) is not None:
-                points.append(Metric(_name(key), _number(value), stamp, step))
-        last_step = max(last_step, step)
+        points += _epoch_points(entry, min(start_ms + int(1000 * elapsed), end_ms))
+    return points + _final_points(metrics, end_ms)
+
+
+def _epoch_points(entry: dict, stamp_ms: int) -> list[Metric]:
+    step = int(entry["epoch"])
+    return [Metric(_name(key), _number(value), stamp_ms, step)
+            for key, value in entry.items() if key != "epoch" and _number(value) is not None]
+
+
+def _final_points(metrics: dict, stamp_ms: int) -> list[Metric]:
+    last_step = max((int(entry["epoch"]) for entry in metrics.get("history") or []), default=0)
     finals = {"test_top1": metrics.get("test_top1"),
               **{f"evaluations.{k}": v for k, v in _flatten(metrics.get("evaluations") or {})},
               **{f"diagnostics.{k}": v for k, v in _flatten(metrics.get("diagnostics") or {})}}
-    for key, value in finals.items():
-        if _number(value) is not None:
-            points.append(Metric(_name(key), _number(value), end_ms, last_step))
-    return points
+    return [Metric(_name(key), _number(value), stamp_ms, last_step)
+            for key, value in finals.items() if _number(value) is not None]
 
 
 # --- store helpers -------------------------------------------------------------------------------
@@ -268,8 +369,7 @@ def _ensure_experiment(client: MlflowClient, results_dir: Path, uri: str) -> str
     experiment = client.get_experiment_by_name(_experiment_name())
     if experiment is None:
         # A tracking server manages its own artifact store; a local or database store gets ours.
-        server = uri.split(":", 1)[0] in _SERVER_SCHEMES
-        location = None if server else (results_dir / "mlartifacts").as_uri()
+        location = None if is_server(uri) else (results_dir / "mlartifacts").as_uri()
         try:
             return client.create_experiment(_experiment_name(), artifact_location=location)
         except MlflowException as exc:  # created meanwhile from another machine (shared server)

@@ -140,13 +140,24 @@ def _file_sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
+def run_head(cfg: RunConfig, rule: str = "train") -> dict:
+    """What names a run in metrics.json and in MLflow, known before it trains."""
+    return {"run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
+            "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"],
+            "method_name": cfg.method["name"], "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol,
+            "sweep": cfg.sweep, "params_hash": cfg.params_hash(),
+            "provenance": {**git_state(), "snakemake_rule": rule,
+                           "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}}}
+
+
 def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
               threads: int | None = None, rule: str = "train", metrics_path: Path | None = None,
-              model_path: Path | None = None) -> dict:
+              model_path: Path | None = None, on_epoch=None) -> dict:
     """Train and evaluate one run; returns the metrics.
 
     data: the prepared dataset (data.PreparedFiles, or its folder). Writes metrics_path and model_path
-    (default: metrics.json and model.pt in out_dir); the epoch checkpoint and any figures go to out_dir."""
+    (default: metrics.json and model.pt in out_dir); the epoch checkpoint and any figures go to out_dir.
+    on_epoch(entry), if given, sees each epoch's history entry once it is checkpointed (process 0)."""
     from pipeline_src.data import load_prepared
 
     if threads:
@@ -204,6 +215,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
                   f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
             torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash),
                               checkpoint)
+            if on_epoch:
+                on_epoch(history[-1])
 
     if not world.is_main:  # process 0 evaluates and writes; the others are done
         leave(world)
@@ -215,12 +228,11 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     method.save_figures(out_dir, x_test, y_test)
     torch_save_atomic({"model": method.model.state_dict()}, model_path)
 
+    head = run_head(cfg, rule)
     metrics = {
-        "run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
-        "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"], "method_name": cfg.method["name"],
-        "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol, "sweep": cfg.sweep,
+        **head,
         # the method as it ran (every default filled), beside the params as given
-        "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()}, "params_hash": params_hash,
+        "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()},
         "history": history,
         "startup_cpu_seconds": startup_cpu_seconds,
         # batch_size (params) is per process; one process unless launched by torchrun
@@ -229,8 +241,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         "eval_plan": method.eval_plan(cfg.eval_batch_size),
         "test_top1": next(iter(evaluations.values())),
         "diagnostics": diagnostics,
-        "provenance": {**git_state(), "snakemake_rule": rule,
-                       "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}, "data_version": data.manifest["data_version"],
+        "provenance": {**head["provenance"], "data_version": data.manifest["data_version"],
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        "weights_sha256": _file_sha256(cfg.model_cfg.get("weights_file")),
                        **environment()},

@@ -33,7 +33,7 @@ def test_defaults_are_filled(raw_default):
     raw = copy.deepcopy(raw_default)
     del raw["seeds"], raw["device"]
     params = validate_params(raw)
-    assert params["seeds"] == [0, 1] and params["device"] == "auto"
+    assert params["seeds"] == [0, 1, 2] and params["device"] == "auto"
 
 
 @pytest.mark.parametrize("mutate, expected", [

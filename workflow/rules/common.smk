@@ -1,4 +1,5 @@
 # Params validation and the run table; the logic lives in pipeline_src (tested there).
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
 from pipeline_src.locks import clear_stale_locks
 from pipeline_src.preflight import base_run_of, check_runs, gpus_for
 from pipeline_src.provenance import code_version
+from pipeline_src.tracking_switch import LIVE_ENV, switch_on
 
 try:
     PARAMS = validate_params(config)
@@ -32,6 +34,11 @@ if (DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
     shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(_INTERPRETER_DIR))}:\"$PATH\"; ")
 
 RESULTS = PARAMS["results_dir"]
+# tracking.live reaches the training jobs through their environment, so switching it reruns nothing
+if workflow.is_main_process and (note := switch_on(PARAMS["tracking"]["live"], RESULTS)):
+    print(note, file=sys.stderr)
+if os.environ.get(LIVE_ENV):  # a cluster job gets the switch and the server exported with its command
+    workflow.register_envvars(LIVE_ENV, "MLFLOW_TRACKING_URI")
 SETS = list(PARAMS["experiment_sets"])
 # Hashes of the modules that compute each rule's numbers: editing one reruns the rules that use it.
 PREPARE_CODE = code_version(["data", "readers", "sources", "generated"])

@@ -1,0 +1,165 @@
+"""Live tracking (params tracking.live) against a real `mlflow server` on 127.0.0.1: a training job's
+epochs appear while it trains, and a server killed mid-run loses nothing once resync has run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline_src import track
+from pipeline_src.config import REPO_ROOT, RunConfig
+from pipeline_src.data import prepare
+from pipeline_src.method_spec import resolve_method
+from pipeline_src.tracking_switch import LIVE_ENV, live_store, switch_on
+
+EPOCHS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(folder: Path, port: int):
+    """A real tracking server on a sqlite store in folder; killed (SIGKILL) on exit unless already dead."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = open(folder / f"server-{time.time_ns()}.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+                               "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            pass
+        assert server.poll() is None, (folder / log.name).read_text()[-2000:]
+        assert time.time() < deadline, "mlflow server did not come up in 120 s"
+        time.sleep(0.5)
+    try:
+        yield server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "digits"
+    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
+    return out
+
+
+def _run() -> RunConfig:
+    # a wide DNN3: about half a second per epoch, so there is time to look while it trains
+    return RunConfig(
+        run_id="digits-dnn3-live-s0", experiment_set="live", set_kind="baseline", dataset="digits", model="dnn3",
+        model_cfg={"arch": "dnn3", "hidden": 2048}, method=resolve_method({"label": "live", "name": "baseline"}, 64, 128),
+        seed=0, epochs=EPOCHS, batch_size=64, eval_batch_size=128,
+        optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"},
+        device="cpu")
+
+
+def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "PIPELINE_MLFLOW_ATTEMPTS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
+                             "--data", str(data), "--out", str(run_dir)], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _live_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name(track.EXPERIMENT_NAME)  # None until the job creates it
+    return client.search_runs([experiment.experiment_id], "tags.run_key = 'live/digits-dnn3-live-s0'") if experiment else []
+
+
+def _first_epoch_while_running(job: subprocess.Popen, client: MlflowClient):
+    """Poll the server until the job's run shows an epoch; the job must still be training then."""
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert job.poll() is None, "the job ended before any epoch appeared in MLflow:\n" + job.stdout.read()
+        runs = _live_runs(client)
+        if runs and client.get_metric_history(runs[0].info.run_id, "train_loss"):
+            return runs[0]
+        time.sleep(0.1)
+    raise AssertionError("no epoch appeared in MLflow within 180 s")
+
+
+def test_switch_needs_a_server_and_stays_out_of_the_rules(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    assert switch_on(True, str(tmp_path), env) is None and live_store(env) == tmp_path.resolve()
+    assert switch_on(False, str(tmp_path), env) is None and LIVE_ENV not in env
+    local = {"MLFLOW_TRACKING_URI": "sqlite:///x.db"}
+    note = switch_on(True, str(tmp_path), local)
+    assert "needs MLFLOW_TRACKING_URI to name a tracking server" in note and "\n" not in note
+    assert live_store(local) is None
+
+
+def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp_path):
+    port, results = _free_port(), tmp_path / "results"
+    uri = f"http://127.0.0.1:{port}"
+    with mlflow_server(tmp_path / "server", port):
+        client = MlflowClient(uri)
+        run_dir = results / "runs" / "live" / "digits-dnn3-live-s0"
+        job = _start_job(_run(), digits_dir, run_dir, results, uri)
+        seen = _first_epoch_while_running(job, client)
+        assert seen.info.status == "RUNNING"
+        assert seen.data.tags["mlflow.parentRunId"] and seen.data.tags["params_hash"] == _run().params_hash()
+        assert job.wait(timeout=300) == 0, job.stdout.read()
+
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        [run] = _live_runs(client)
+        assert run.info.run_id == seen.info.run_id == metrics["mlflow_run_id"]
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+        assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
+        assert run.data.tags["metrics_sha256"] == track._content_hash(metrics)
+        assert not (run_dir / track.LIVE_MARKER).exists()
+        # the set's batched logging afterwards finds the run instead of logging it twice
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_URI", uri)
+            assert track.log_run(metrics, run_dir, results) == run.info.run_id
+        assert len(_live_runs(client)) == 1
+
+
+def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
+    port, results = _free_port(), tmp_path / "results"
+    uri = f"http://127.0.0.1:{port}"
+    run_dir = results / "runs" / "live" / "digits-dnn3-live-s0"
+    with mlflow_server(tmp_path / "server", port) as server:
+        job = _start_job(_run(), digits_dir, run_dir, results, uri)
+        partial = _first_epoch_while_running(job, MlflowClient(uri))
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+        assert job.wait(timeout=300) == 0, "training must go on without the server"
+        output = job.stdout.read()
+    assert "MLflow live logging stopped" in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mlflow_run_id"] is None and (run_dir / track.PENDING_MARKER).exists()
+
+    with mlflow_server(tmp_path / "server", port), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert track.resync(results) == (1, 0)
+        client = MlflowClient(uri)
+        [run] = _live_runs(client)  # one active run: the partial live run is superseded, not duplicated
+        assert run.info.run_id != partial.info.run_id and run.info.status == "FINISHED"
+        assert client.get_run(partial.info.run_id).info.lifecycle_stage == "deleted"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+        assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
+        assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run.info.run_id
