@@ -5,6 +5,10 @@ data.npz holds x_train, x_test (uint8, N x C x H x W), y_train, y_test (int64) a
 synthetic-clutter, mask_train, mask_test (bool, N x H x W: where the object is). Its bytes depend only
 on its arrays (fixed zip timestamps), so `data_version` is the same wherever the same data is prepared.
 File formats live in readers.py, the generated sources (sklearn digits, synthetic clutter) in generated.py.
+
+A streamed image folder (spec `streaming`) keeps its pixels in its files: data.npz then holds, per split,
+files_<split> (paths relative to the split's folder), y_<split>, bytes_<split> and sha256_<split>, the
+manifest names the folders, and load_prepared gives ImageStreams (stream.py) instead of tensors.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pipeline_src import generated, readers
 from pipeline_src.provenance import atomic_path, write_json
 from pipeline_src.readers import DataError, sha256_file
 from pipeline_src.sources import resolve_spec
+from pipeline_src.stream import ImageStream
 
 __all__ = ["DataError", "Prepared", "PreparedFiles", "prepare", "load_prepared", "resolve_spec"]
 
@@ -76,7 +81,15 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
 
 def _check_arrays(name: str, arrays: dict, num_classes: int) -> None:
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        y = arrays[f"y_{split}"]
+        if f"files_{split}" in arrays:  # streamed: checked when decoded
+            if y.dtype != np.int64 or y.shape != arrays[f"files_{split}"].shape:
+                raise DataError(f"datasets.{name}: reader returned {len(arrays[f'files_{split}'])} files and "
+                                f"y_{split} {y.dtype} {y.shape}")
+            if len(y) == 0:
+                raise DataError(f"datasets.{name}: the {split} split is empty")
+            continue
+        x = arrays[f"x_{split}"]
         if x.dtype != np.uint8 or x.ndim != 4 or y.dtype != np.int64 or y.shape != (len(x),):
             raise DataError(f"datasets.{name}: reader returned x_{split} {x.dtype} {x.shape}, "
                             f"y_{split} {y.dtype} {y.shape}")
@@ -84,7 +97,7 @@ def _check_arrays(name: str, arrays: dict, num_classes: int) -> None:
             raise DataError(f"datasets.{name}: the {split} split is empty")
         if y.min() < 0 or y.max() >= num_classes:
             raise DataError(f"datasets.{name}: y_{split} has labels outside 0..{num_classes - 1}")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+    if "x_train" in arrays and arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"datasets.{name}: train images are {arrays['x_train'].shape[1:]} but test images "
                         f"{arrays['x_test'].shape[1:]}")
 
@@ -102,6 +115,18 @@ class PreparedFiles(NamedTuple):
         return cls(Path(where) / "data.npz", Path(where) / "manifest.json")
 
 
+def streams(spec: dict, repo_root: Path, pick) -> bool:
+    """Whether a resolved spec is prepared for streaming: an image folder with streaming true, or auto and
+    a decoded size over stream_over_mb."""
+    if spec["source"] != "imagefolder" or spec["streaming"] is False:
+        return False
+    if spec["streaming"] is True:
+        return True
+    listed = readers.imagefolder_items(spec, repo_root, pick)
+    decoded_bytes = (len(listed["train"]) + len(listed["test"])) * 3 * spec["image_size"] ** 2
+    return decoded_bytes > spec["stream_over_mb"] * 2 ** 20
+
+
 def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path, dvc_hash: str = "") -> dict:
     """Read dataset `name` as `spec` says, write its data.npz and manifest.json; return the manifest.
 
@@ -109,8 +134,16 @@ def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path,
     version), recorded as is; '' for none."""
     spec = resolve_spec(name, spec)
     files, repo_root = PreparedFiles.of(out), Path(repo_root)
-    raw = READERS[spec["source"]](spec, repo_root, make_picker(spec))
-    arrays = {k: v for k, v in raw.items() if k.startswith(("x_", "y_", "mask_"))}
+    pick = make_picker(spec)
+    streaming = streams(spec, repo_root, pick)
+    if streaming:
+        raw = readers.index_imagefolder(spec, repo_root, pick)
+        arrays = {k: v for k, v in raw.items() if k.startswith(("files_", "y_", "bytes_", "sha256_"))}
+        shape = [3, spec["image_size"], spec["image_size"]]
+    else:
+        raw = READERS[spec["source"]](spec, repo_root, pick)
+        arrays = {k: v for k, v in raw.items() if k.startswith(("x_", "y_", "mask_"))}
+        shape = list(arrays["x_train"].shape[1:])
     num_classes = len(raw["class_names"])
     _check_arrays(name, arrays, num_classes)
     data_version = _write_npz(files.data, arrays)
@@ -120,12 +153,15 @@ def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path,
         "source": spec["source"],
         "class_names": raw["class_names"],
         "num_classes": num_classes,
-        "shape": list(arrays["x_train"].shape[1:]),
+        "shape": shape,
         "n_train": len(arrays["y_train"]),
         "n_test": len(arrays["y_test"]),
         "class_counts": {split: np.bincount(arrays[f"y_{split}"], minlength=num_classes).tolist()
                          for split in ("train", "test")},
         "has_mask": "mask_test" in arrays,
+        "streaming": streaming,
+        **({"folders": raw["folders"], "file_bytes": {split: int(arrays[f"bytes_{split}"].sum())
+                                                      for split in ("train", "test")}} if streaming else {}),
         "found_at": raw["found_at"],
         "inputs": dict(sorted(raw["inputs"].items())),
         "data_version": data_version,
@@ -138,9 +174,9 @@ def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path,
 
 @dataclass(frozen=True)
 class Prepared:
-    x_train: torch.Tensor  # uint8 N x C x H x W
+    x_train: "torch.Tensor | ImageStream"  # uint8 N x C x H x W, or the same decoded batch by batch
     y_train: torch.Tensor  # int64 N
-    x_test: torch.Tensor
+    x_test: "torch.Tensor | ImageStream"
     y_test: torch.Tensor
     mask_train: torch.Tensor | None  # bool N x H x W, synthetic-clutter only
     mask_test: torch.Tensor | None
@@ -148,8 +184,9 @@ class Prepared:
     manifest: dict
 
 
-def load_prepared(where: "Path | PreparedFiles") -> Prepared:
-    """The prepared arrays as tensors, after checking data.npz against the manifest's data_version."""
+def load_prepared(where: "Path | PreparedFiles", workers: int = 1) -> Prepared:
+    """The prepared arrays as tensors, after checking data.npz against the manifest's data_version.
+    A streamed dataset gives ImageStreams for x, each decoding with `workers` threads."""
     npz_path, manifest_path = PreparedFiles.of(where)
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -162,7 +199,13 @@ def load_prepared(where: "Path | PreparedFiles") -> Prepared:
         raise DataError(f"{npz_path}: sha256 {actual} does not match the manifest's data_version "
                         f"{manifest.get('data_version')}: the file changed after prepare; prepare it again")
     with np.load(npz_path, allow_pickle=False) as npz:
-        arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
+        if manifest.get("streaming"):
+            arrays = {key: torch.from_numpy(npz[key]) for key in npz.files if key.startswith("y_")}
+            size = manifest["shape"][-1]
+            for split in ("train", "test"):
+                arrays[f"x_{split}"] = ImageStream(manifest["folders"][split], npz[f"files_{split}"], size, workers)
+        else:
+            arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
     return Prepared(x_train=arrays["x_train"], y_train=arrays["y_train"],
                     x_test=arrays["x_test"], y_test=arrays["y_test"],
                     mask_train=arrays.get("mask_train"), mask_test=arrays.get("mask_test"),

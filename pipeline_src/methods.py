@@ -58,8 +58,12 @@ class Method(nn.Module):
         """Per-run figures a method can draw from test images."""
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int, order: torch.Tensor | None = None) -> torch.Tensor:
+    """Predicted classes of x, batch_size images at a time; with `order`, of x[order] (indexed batch by
+    batch, so a streamed x is never decoded whole)."""
+    if order is None:
+        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[order[i:i + batch_size]]).argmax(1) for i in range(0, len(order), batch_size)])
 
 
 def top1(pred: torch.Tensor, y: torch.Tensor) -> float:

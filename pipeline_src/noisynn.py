@@ -72,11 +72,11 @@ class NoisyNNMethod(Method):
             size = 1 if how == "single" else batch_size
             # A forked, seeded RNG: random kinds draw the same test noise every time, and
             # evaluating mid-training leaves the training stream where it was.
-            devices = [x.device.index or 0] if x.is_cuda else []
+            devices = [y.device.index or 0] if y.is_cuda else []
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.info["seed"])
                 self.eval_noise = True
-                pred = predict(self.model, x[order], size)
+                pred = predict(self.model, x, size, order)
             result = torch.empty_like(pred)
             result[order] = pred
             return result

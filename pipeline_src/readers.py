@@ -421,7 +421,9 @@ def _class_folders(folder: Path) -> dict[str, list[str]]:
     return classes
 
 
-def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
+def imagefolder_items(spec: dict, repo_root: Path, pick) -> dict:
+    """An image folder's picked files, not decoded: class_names, found_at, and per split its folder and
+    [(path relative to it, label)]; labels number the class folders in sorted order."""
     dirs = imagefolder_dirs(spec, repo_root)
     for split, key in (("train", "train_dir"), ("test", "test_dir")):
         if split not in dirs:
@@ -433,11 +435,43 @@ def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
         raise DataError(f"imagefolder: {dirs['train']} and {dirs['test']} hold different classes "
                         f"(only in train: {only_train}; only in test: {only_test})")
     class_names = list(listings["train"])
-    inputs: dict[str, str] = {}
-    out = {"class_names": class_names, "found_at": f"{dirs['train']} | {dirs['test']}", "inputs": inputs}
+    out = {"class_names": class_names, "found_at": f"{dirs['train']} | {dirs['test']}", "folders": dirs}
     for split, folder in dirs.items():
         items = [(rel, label) for label, name in enumerate(class_names) for rel in listings[split][name]]
+        out[split] = _picked(items, pick, split)
+    return out
+
+
+def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
+    listed = imagefolder_items(spec, repo_root, pick)
+    inputs: dict[str, str] = {}
+    out = {"class_names": listed["class_names"], "found_at": listed["found_at"], "inputs": inputs}
+    for split, folder in listed["folders"].items():
         read = _folder_reader(folder, inputs, repo_root)
         out[f"x_{split}"], out[f"y_{split}"] = _decode_all(
-            _picked(items, pick, split), read, lambda rel, f=folder: str(f / rel), spec["image_size"])
+            listed[split], read, lambda rel, f=folder: str(f / rel), spec["image_size"])
     return out
+
+
+def index_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
+    """An image folder for streaming: per split the files (relative to the split's folder), labels, sizes
+    and sha256, and the folders; nothing is decoded. Every file is read once, for its checksum."""
+    listed = imagefolder_items(spec, repo_root, pick)
+    out = {"class_names": listed["class_names"], "found_at": listed["found_at"], "inputs": {},
+           "folders": {split: str(folder) for split, folder in listed["folders"].items()}}
+    for split, folder in listed["folders"].items():
+        rels = [rel for rel, _ in listed[split]]
+        out[f"files_{split}"] = np.array(rels, dtype=np.str_)
+        out[f"y_{split}"] = np.array([label for _, label in listed[split]], np.int64)
+        out[f"bytes_{split}"] = np.array([(folder / rel).stat().st_size for rel in rels], np.int64)
+        out[f"sha256_{split}"] = np.array([sha256_file(folder / rel) for rel in rels], dtype="<U64")
+    return out
+
+
+def decode_file(path: Path, size: int) -> np.ndarray:
+    """One image file as the in-memory path decodes it (decode_image), for streaming."""
+    try:
+        payload = Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: unreadable ({err.strerror})") from None
+    return decode_image(payload, str(path), size)

@@ -23,6 +23,7 @@ from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
+from pipeline_src.stream import ImageStream
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
@@ -72,7 +73,10 @@ def batches(n: int, batch_size: int, world: World = World()) -> list[torch.Tenso
     return [part.tensor_split(world.size)[world.rank] for part in parts]
 
 
-def to_input(x_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_input(x_uint8, device: torch.device):
+    """uint8 images -> float in [0, 1] on the device; a stream becomes a view that converts each batch."""
+    if isinstance(x_uint8, ImageStream):
+        return x_uint8.to_device(device)
     x = x_uint8.to(device, non_blocking=True).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
 
@@ -83,17 +87,22 @@ def _autocast(device: torch.device):
 
 def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int,
                 desc: str = "train", world: World = World(), step=None) -> float:
-    """One pass over the device-resident uint8 training set; returns the mean training loss (over all
-    processes). step: the module whose forward is the loss (method, or its DistributedDataParallel)."""
-    device = x_train.device
+    """One pass over the uint8 training set (device-resident, or an ImageStream decoding each batch while the
+    one before it trains); returns the mean training loss (over all processes). step: the module whose
+    forward is the loss (method, or its DistributedDataParallel)."""
+    device = y_train.device
     step = step or method
     method.train()
     total_loss, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
     # the order is drawn on the CPU (the same on every device) and copied to the device once per epoch
-    order = [idx.to(device, non_blocking=True) for idx in batches(len(x_train), batch_size, world)]
-    for idx in tqdm(order, desc=desc, file=sys.stderr, mininterval=2.0, leave=False, disable=not world.is_main):
+    cpu_order = batches(len(x_train), batch_size, world)
+    order = [idx.to(device, non_blocking=True) for idx in cpu_order]
+    images = (x_train.prefetched(cpu_order) if isinstance(x_train, ImageStream)
+              else (x_train[idx] for idx in order))
+    for idx, x in tqdm(zip(order, images), total=len(order), desc=desc, file=sys.stderr, mininterval=2.0,
+                       leave=False, disable=not world.is_main):
         with _autocast(device):
-            loss = step(to_input(x_train[idx], device), y_train[idx])
+            loss = step(to_input(x, device), y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -171,7 +180,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     device = select_device(cfg.device, world)
     torch.manual_seed(cfg.seed)  # the same on every process: the same initial weights and epoch orders
 
-    data = load_prepared(data)
+    data = load_prepared(data, workers=threads or 1)
     metrics_path = Path(metrics_path or out_dir / "metrics.json")
     model_path = Path(model_path or out_dir / "model.pt")
     in_shape = tuple(data.x_train.shape[1:])
@@ -192,7 +201,9 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     checkpoint = out_dir / CHECKPOINT_NAME
     start_epoch, history = _try_resume(checkpoint, params_hash, method, optimizer, schedule)
 
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    # a streamed training set stays in its files; an in-memory one moves to the device once
+    x_train = data.x_train if isinstance(data.x_train, ImageStream) else data.x_train.to(device)
+    y_train = data.y_train.to(device)
     x_test, y_test = to_input(data.x_test, device), data.y_test.to(device)
     train_probe = torch.arange(min(TRAIN_EVAL_SAMPLES, len(x_train)), device=device)
     autocast = _autocast(device)

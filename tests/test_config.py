@@ -61,7 +61,7 @@ def test_grid_expands_one_run_per_value_and_seed():
     runs = expand_runs(load_params(DEFAULT), "strength_sweep")
     strengths = sorted({r.method["noise"]["strength"] for r in runs})
     assert strengths == [0.0, 0.1, 0.2, 0.3, 0.4]
-    assert len(runs) == 5 * 2
+    assert len(runs) == 5 * 3
     assert "digits-vit-linear_shift-strength0.3-s1" in {r.run_id for r in runs}
     assert all(r.sweep == {"noise.strength": r.method["noise"]["strength"]} for r in runs)
     # the grid point is named in the run id only; the spec keeps the method's own label

@@ -48,9 +48,12 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("params", ["params/default.yaml", "params/paper.yaml"])
 def test_dry_run_of_shipped_params(params, tmp_path):
-    out = snakemake("-n", "--cores", "2", "--configfile", params, "--config", f"results_dir={tmp_path}")
+    out = snakemake("-n", "-p", "--cores", "2", "--configfile", params, "--config", f"results_dir={tmp_path}")
     counts = job_counts(out.stdout + out.stderr)
     assert counts["train"] > 0 and counts["aggregate_set"] > 0 and counts["prepare_data"] > 0
+    if params == "params/paper.yaml":  # ImageNet is planned as streamed: decoded batch by batch, never whole
+        prepare_imagenet = re.search(r"prepare --dataset imagenet --spec-json '([^']*)'", out.stdout).group(1)
+        assert json.loads(prepare_imagenet)["streaming"] is True
 
 
 def test_lint_reports_nothing():
