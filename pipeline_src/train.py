@@ -81,6 +81,14 @@ def to_input(x_uint8, device: torch.device):
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" and x.dim() == 4 else x
 
 
+def _probe_predictions(model, x_train, probe: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Predictions on the fixed training images that measure train accuracy; a stream is decoded a batch at
+    a time, never the whole probe at once."""
+    if isinstance(x_train, ImageStream):
+        return predict(model, x_train.to_device(device), batch_size, order=probe)
+    return predict(model, to_input(x_train[probe], device), batch_size)
+
+
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -217,7 +225,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         schedule.step()
         method.eval()
         with torch.inference_mode(), autocast:
-            train_pred = predict(method.model, to_input(x_train[train_probe], device), cfg.eval_batch_size)
+            train_pred = _probe_predictions(method.model, x_train, train_probe, cfg.eval_batch_size, device)
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_top1": top1(train_pred, y_train[train_probe]),
                         "seconds": time.perf_counter() - started})
