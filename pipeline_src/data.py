@@ -201,9 +201,9 @@ def load_prepared(where: "Path | PreparedFiles", workers: int = 1) -> Prepared:
     with np.load(npz_path, allow_pickle=False) as npz:
         if manifest.get("streaming"):
             arrays = {key: torch.from_numpy(npz[key]) for key in npz.files if key.startswith("y_")}
-            size = manifest["shape"][-1]
+            decode = readers.ImageDecode.of(manifest["spec"])
             for split in ("train", "test"):
-                arrays[f"x_{split}"] = ImageStream(manifest["folders"][split], npz[f"files_{split}"], size, workers)
+                arrays[f"x_{split}"] = ImageStream(manifest["folders"][split], npz[f"files_{split}"], decode, workers)
         else:
             arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
     return Prepared(x_train=arrays["x_train"], y_train=arrays["y_train"],

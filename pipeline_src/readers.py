@@ -19,6 +19,8 @@ import tarfile
 import urllib.request
 import zipfile
 import zlib
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -299,27 +301,41 @@ def read_cifar(source: str, spec: dict, repo_root: Path, pick) -> dict:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"}
 
 
-def decode_image(payload: bytes, name: str, size: int) -> np.ndarray:
-    """RGB, 3 x size x size; the shorter side is scaled to size and the centre cropped, keeping the aspect."""
-    try:
-        with Image.open(io.BytesIO(payload)) as image:
-            image = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"{name}: cannot decode image ({err})") from None
-    if image.size != (size, size):
-        width, height = image.size
-        scale = size / min(width, height)
-        width, height = max(size, round(width * scale)), max(size, round(height * scale))
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = (width - size) // 2, (height - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+@dataclass(frozen=True)
+class ImageDecode:
+    """How an image file becomes 3 x size x size uint8 pixels: timm's evaluation transform
+    (timm.data.create_transform) with the dataset's crop_pct, crop_mode and interpolation, i.e. the resize
+    and crop of a timm data config; its normalisation is the model's (models.add_input_norm). The in-memory
+    and the streaming path both decode through it, so they see the same pixels."""
+    size: int
+    crop_pct: float
+    crop_mode: str
+    interpolation: str
+
+    @classmethod
+    def of(cls, spec: dict) -> "ImageDecode":
+        return cls(spec["image_size"], spec["crop_pct"], spec["crop_mode"], spec["interpolation"])
+
+    @cached_property
+    def transform(self):
+        from timm.data import create_transform  # imported here: only image-file datasets need it
+
+        return create_transform((3, self.size, self.size), is_training=False, crop_pct=self.crop_pct,
+                                crop_mode=self.crop_mode, interpolation=self.interpolation, use_prefetcher=True)
+
+    def __call__(self, payload: bytes, name: str) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(payload)) as image:
+                image = image.convert("RGB")
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{name}: cannot decode image ({err})") from None
+        return self.transform(image).numpy()
 
 
-def _decode_all(items: list[tuple[str, int]], read, display, size: int) -> tuple[np.ndarray, np.ndarray]:
-    x = np.empty((len(items), 3, size, size), np.uint8)
+def _decode_all(items: list[tuple[str, int]], read, display, decode: ImageDecode) -> tuple[np.ndarray, np.ndarray]:
+    x = np.empty((len(items), 3, decode.size, decode.size), np.uint8)
     for i, (rel, _) in enumerate(items):
-        x[i] = decode_image(read(rel), display(rel), size)
+        x[i] = decode(read(rel), display(rel))
     return x, np.array([label for _, label in items], np.int64)
 
 
@@ -373,7 +389,7 @@ def read_tiny_imagenet(spec: dict, repo_root: Path, pick) -> dict:
                 listing = [p.relative_to(location).as_posix() for p in location.rglob("*") if p.is_file()]
                 read = _folder_reader(location, inputs, repo_root)
                 display = lambda rel: str(location / rel)  # noqa: E731
-            return _tiny_arrays(listing, read, display, spec["image_size"], pick) | {
+            return _tiny_arrays(listing, read, display, ImageDecode.of(spec), pick) | {
                 "found_at": str(location), "inputs": inputs}
     except KeyError as err:  # zipfile's answer to a missing member
         raise DataError(f"{location}: missing {err.args[0]}") from None
@@ -381,7 +397,7 @@ def read_tiny_imagenet(spec: dict, repo_root: Path, pick) -> dict:
         raise DataError(f"{location}: unreadable zip archive ({err})") from None
 
 
-def _tiny_arrays(listing: list[str], read, display, size: int, pick) -> dict:
+def _tiny_arrays(listing: list[str], read, display, decode: ImageDecode, pick) -> dict:
     # Class index = position in the sorted wnids, as an image folder of the same data would number them.
     wnids = sorted(read("wnids.txt").decode().split())
     index = {wnid: i for i, wnid in enumerate(wnids)}
@@ -402,7 +418,7 @@ def _tiny_arrays(listing: list[str], read, display, size: int, pick) -> dict:
         test.append((f"val/images/{fields[0]}", index[fields[1]]))
     out = {"class_names": [words.get(w, w).strip() for w in wnids]}
     for split, items in (("train", train), ("test", sorted(test))):
-        out[f"x_{split}"], out[f"y_{split}"] = _decode_all(_picked(items, pick, split), read, display, size)
+        out[f"x_{split}"], out[f"y_{split}"] = _decode_all(_picked(items, pick, split), read, display, decode)
     return out
 
 
@@ -449,7 +465,7 @@ def read_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
     for split, folder in listed["folders"].items():
         read = _folder_reader(folder, inputs, repo_root)
         out[f"x_{split}"], out[f"y_{split}"] = _decode_all(
-            listed[split], read, lambda rel, f=folder: str(f / rel), spec["image_size"])
+            listed[split], read, lambda rel, f=folder: str(f / rel), ImageDecode.of(spec))
     return out
 
 
@@ -468,10 +484,10 @@ def index_imagefolder(spec: dict, repo_root: Path, pick) -> dict:
     return out
 
 
-def decode_file(path: Path, size: int) -> np.ndarray:
-    """One image file as the in-memory path decodes it (decode_image), for streaming."""
+def decode_file(path: Path, decode: ImageDecode) -> np.ndarray:
+    """One image file as the in-memory path decodes it, for streaming."""
     try:
         payload = Path(path).read_bytes()
     except OSError as err:
         raise DataError(f"{path}: unreadable ({err.strerror})") from None
-    return decode_image(payload, str(path), size)
+    return decode(payload, str(path))

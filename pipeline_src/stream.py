@@ -2,7 +2,7 @@
 
 An ImageStream stands where the in-memory path has a uint8 tensor N x 3 x S x S: `len`, `shape`,
 and indexing with a batch of indices (a tensor, list or slice), which decodes that batch with the
-reader's own decode (readers.decode_file), so both paths see the same pixels. Memory holds the
+reader's own decode (readers.ImageDecode), so both paths see the same pixels. Memory holds the
 batches being decoded, never the dataset. `to_device(device)` gives the view the evaluation code
 indexes: float in [0, 1] on the device, as train.to_input makes of a tensor.
 """
@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline_src.readers import decode_file
+from pipeline_src.readers import ImageDecode, decode_file
 
 
 class ImageStream:
-    def __init__(self, folder: str | Path, files: np.ndarray, size: int, workers: int = 1,
+    def __init__(self, folder: str | Path, files: np.ndarray, decode: ImageDecode, workers: int = 1,
                  device: torch.device | None = None):
-        self.folder, self.files, self.size = Path(folder), files, size
+        self.folder, self.files, self.decode = Path(folder), files, decode
+        self.size = decode.size
         self.workers = max(1, workers)
         self.device = device  # None: uint8 on the CPU; else float in [0, 1] on this device
         # threads, not processes: PIL releases the GIL while it decodes and resizes
@@ -43,7 +44,7 @@ class ImageStream:
             picked = range(len(self.files))[index]
         else:
             picked = torch.as_tensor(index).reshape(-1).tolist()
-        decoded = self._pool.map(lambda i: decode_file(self.folder / str(self.files[i]), self.size), picked)
+        decoded = self._pool.map(lambda i: decode_file(self.folder / str(self.files[i]), self.decode), picked)
         batch = torch.from_numpy(np.stack(list(decoded))) if picked else torch.empty(0, 3, self.size, self.size,
                                                                                      dtype=torch.uint8)
         if self.device is None:

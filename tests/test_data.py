@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from fixtures_data import (FASHION_STEMS, cifar_files, decoded, idx_bytes, image_bytes, write_cifar_tarball,
                            write_fashion, write_imagefolder, write_tiny_imagenet_zip)
 from pipeline_src import readers
+from pipeline_src.config import REPO_ROOT, load_params
 from pipeline_src.data import DataError, load_prepared, prepare
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -370,6 +371,52 @@ def test_imagefolder_resizes_and_converts_to_rgb(tmp_path, rng):
     data = load_prepared(tmp_path / "out")
     assert data.x_train.shape == (1, 3, 10, 10) and data.x_test.shape == (1, 3, 10, 10)
     assert torch.equal(data.x_test[0, 0], data.x_test[0, 2])
+
+
+def _banded(width: int, height: int) -> bytes:
+    """Red left quarter, green middle, blue right quarter: what survives a crop shows where it cut."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, : width // 4, 0] = 255
+    image[:, width // 4: width - width // 4, 1] = 255
+    image[:, width - width // 4:, 2] = 255
+    return image_bytes(image, "PNG")
+
+
+@pytest.mark.parametrize("width, crop_pct, crop_mode, red_cols, green_cols", [
+    (80, 1.0, "center", 0, 16),  # 80x40 -> 32x16, columns 8..23 kept: the green middle only
+    (80, 1.0, "squash", 4, 8),   # -> 16x16: every band survives in proportion
+    (40, 1.0, "center", 4, 8),   # square: nothing cropped
+    (40, 0.5, "center", 0, 16),  # -> 32x32, columns 8..23 kept
+])
+def test_image_decode_is_timms_eval_transform(width, crop_pct, crop_mode, red_cols, green_cols):
+    decode = readers.ImageDecode(size=16, crop_pct=crop_pct, crop_mode=crop_mode, interpolation="bicubic")
+    pixels = decode(_banded(width, 40), "banded.png")
+    assert pixels.shape == (3, 16, 16) and pixels.dtype == np.uint8
+    middle_row = pixels[:, 8, :]
+    assert (middle_row[0] > 200).sum() == red_cols and (middle_row[1] > 200).sum() == green_cols
+
+
+def test_paper_pretrained_models_see_their_weights_data_config():
+    """Each pretrained timm model of paper.yaml trains and tests on pixels resized and cropped as its
+    weights' timm data config says (the normalisation follows the same config: input_norm auto)."""
+    import timm
+
+    from pipeline_src.sources import resolve_spec
+
+    params = load_params(REPO_ROOT / "params/paper.yaml")
+    checked = set()
+    for spec in params["experiment_sets"].values():
+        for model in spec["models"]:
+            cfg = params["models"][model]
+            if not (cfg.get("timm_kwargs") or {}).get("pretrained") and not cfg.get("weights_file"):
+                continue
+            weights = timm.models.get_pretrained_cfg(cfg["arch"])
+            for dataset in spec["datasets"]:
+                data = resolve_spec(dataset, params["datasets"][dataset])
+                assert (data["image_size"], data["crop_pct"], data["crop_mode"], data["interpolation"]) == (
+                    weights.input_size[-1], weights.crop_pct, weights.crop_mode, weights.interpolation), (model, dataset)
+                checked.add((model, dataset))
+    assert checked == {("vit_b16", "imagenet"), ("vit_b16_384", "imagenet_384")}
 
 
 def test_imagefolder_needs_the_same_classes(tmp_path, rng):
