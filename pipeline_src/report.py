@@ -164,7 +164,7 @@ def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], r
     }
 
 
-def index_markdown(params_path: Path, prov: dict, report_dir: Path, audit: pd.DataFrame) -> str:
+def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame) -> str:
     """The report's front page: how far each set is, what the numbers rest on, every set table."""
     status = pd.DataFrame(prov["runs"]).T.rename_axis("set").reset_index()
     board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
@@ -173,6 +173,8 @@ def index_markdown(params_path: Path, prov: dict, report_dir: Path, audit: pd.Da
              f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
              "Verdicts, paper tables and the departures that apply to each cell: [audit.md](audit.md).",
              "## Runs done", status.to_markdown(index=False),
+             *(["## Left out, and why", "\n".join(f"- {what}: {why}" for what, why in params["left_out"].items())]
+               if params["left_out"] else []),
              "## Verdicts so far", board.to_markdown(index=False),
              "## What the numbers rest on",
              "\n".join(f"- {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
@@ -221,5 +223,5 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
     prov = provenance(params_path, params, by_set, report_dir)
     write_json(report_dir / "provenance.json", prov)
-    write_atomic(report_dir / "README.md", index_markdown(params_path, prov, report_dir, audit))
+    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, audit))
     return audit

@@ -25,6 +25,11 @@ def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
     for page in ("audit.md", "README.md"):
         assert (tmp_path / page).read_text() == (REPORT / page).read_text()
     assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads((REPORT / "provenance.json").read_text())
+    # what the params leave out is listed with its reason, and those cells stay `not run`
+    left_out = load_params(PARAMS)["left_out"]
+    assert left_out and all(f"- {what}: {why}" in (tmp_path / "README.md").read_text() for what, why in left_out.items())
+    audit = read(tmp_path).set_index("claim_id")
+    assert audit.loc["vpn.improves_resnet18", "verdict"] == "not run"
 
 
 def test_every_committed_run_belongs_to_the_params_and_carries_no_weights():
