@@ -46,6 +46,8 @@ def summarize(long: pd.DataFrame, keys: list[str], extra_first: list[str] = ()) 
     for col in value_cols:
         table[f"{col}_mean"] = grouped[col].mean()
         table[f"{col}_std"] = grouped[col].std(ddof=1).fillna(0.0)
+        if col != "top1":  # a diagnostic may be recorded by only some of a row's runs (added later)
+            table[f"{col}_n"] = grouped[col].count()
     for col in extra_first:
         table[col] = grouped[col].first()
     table["scale"] = grouped["scale"].first()

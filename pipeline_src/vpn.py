@@ -233,28 +233,38 @@ class VPNMethod(Method):
                  for i in range(0, len(x), per_pass)]
         return torch.cat(preds)
 
-    @torch.inference_mode()
     # ------------------------------------------------------------------ what g learned
 
     @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
-        """Mean sigma (true-label conditioning, channel mean) on background and on the object."""
-        if mask is None:
-            return {}
-        if mask.shape != (x.shape[0], *x.shape[2:]):
+        """What g learned on the test set, with true-label conditioning.
+
+        sigma_mean and sigma_zero_fraction (elements where sigma is exactly 0: a generator whose last
+        ReLU died outputs 0 everywhere, and VPN is then plain training); with an object mask, the
+        channel-mean sigma on background and on the object.
+        """
+        if mask is not None and mask.shape != (x.shape[0], *x.shape[2:]):
             raise ValueError(f"VPN diagnostics: mask shape {tuple(mask.shape)} does not match images "
                              f"{tuple(x.shape)}; expected (N, H, W)")
-        sums = torch.zeros(4, dtype=torch.float64)  # background sum, count, object sum, count
+        # sigma sum, zero count, element count; background sum, count; object sum, count
+        sums = torch.zeros(7, dtype=torch.float64)
         with _eval_mode(self):
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-                sigma = self.generator(condition(xb, yb, self.num_classes, self.c)).mean(1).double().cpu()
-                obj = mask[i:i + batch_size].bool().cpu()
-                sums += torch.stack([sigma[~obj].sum(), (~obj).sum().double(), sigma[obj].sum(), obj.sum().double()])
-        background = (sums[0] / sums[1]).item() if sums[1] > 0 else float("nan")
-        obj_mean = (sums[2] / sums[3]).item() if sums[3] > 0 else float("nan")
+                sigma = self.generator(condition(xb, yb, self.num_classes, self.c)).double().cpu()
+                sums[:3] += torch.tensor([sigma.sum(), (sigma == 0).sum(), sigma.numel()], dtype=torch.float64)
+                if mask is not None:
+                    channel_mean = sigma.mean(1)
+                    obj = mask[i:i + batch_size].bool().cpu()
+                    sums[3:] += torch.stack([channel_mean[~obj].sum(), (~obj).sum().double(),
+                                             channel_mean[obj].sum(), obj.sum().double()])
+        out = {"sigma_mean": (sums[0] / sums[2]).item(), "sigma_zero_fraction": (sums[1] / sums[2]).item()}
+        if mask is None:
+            return out
+        background = (sums[3] / sums[4]).item() if sums[4] > 0 else float("nan")
+        obj_mean = (sums[5] / sums[6]).item() if sums[6] > 0 else float("nan")
         ratio = background / obj_mean if obj_mean > 0 else float("nan")
-        return {"sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
+        return {**out, "sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
 
     @torch.inference_mode()
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:

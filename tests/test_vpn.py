@@ -193,7 +193,10 @@ def test_resolved_spec_names_every_setting_and_the_stem():
 def test_diagnostics_sigma_on_background_and_object():
     method = VPNMethod(DNN3(64, C, 16), spec(), info())
     x, y = batch(n=6)
-    assert method.diagnostics(x, y, None, 4) == {}
+    sigma_full = method.generator(condition(x, y, C, 0.01)).detach()
+    no_mask = method.diagnostics(x, y, None, 4)
+    assert no_mask == {"sigma_mean": pytest.approx(sigma_full.mean().item(), rel=1e-4),
+                       "sigma_zero_fraction": pytest.approx((sigma_full == 0).double().mean().item())}
     mask = torch.zeros(6, 8, 8, dtype=torch.bool)
     mask[:, 2:6, 2:6] = True
     out = method.diagnostics(x, y, mask, 4)
@@ -201,6 +204,19 @@ def test_diagnostics_sigma_on_background_and_object():
     assert out["sigma_mean_background"] == pytest.approx(sigma[~mask].mean().item(), rel=1e-4)
     assert out["sigma_mean_object"] == pytest.approx(sigma[mask].mean().item(), rel=1e-4)
     assert out["bg_fg_sigma_ratio"] == pytest.approx(out["sigma_mean_background"] / out["sigma_mean_object"])
+    assert out["sigma_mean"] == no_mask["sigma_mean"]
+
+
+def test_diagnostics_see_a_dead_generator():
+    """A ResNet-18 generator whose last ReLU never fires outputs sigma = 0 on every element."""
+    method = VPNMethod(DNN3(64, C, 16), spec(generator="resnet18", generator_width=4), info())
+    x, y = batch(n=6)
+    alive = method.diagnostics(x, y, None, 4)
+    assert alive["sigma_mean"] > 0 and alive["sigma_zero_fraction"] < 0.5
+    with torch.no_grad():  # a last BN bias far below the shortcut's values: every output ReLU is off
+        method.generator.stages[-1][-1].bn2.bias.fill_(-1e3)
+    dead = method.diagnostics(x, y, None, 4)
+    assert dead == {"sigma_mean": 0.0, "sigma_zero_fraction": 1.0}
 
 
 def test_save_figures_writes_png_without_moving_global_rng(tmp_path):

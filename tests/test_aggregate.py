@@ -1,0 +1,29 @@
+"""Per-set summaries over seeds, from metrics.json files as train writes them."""
+import json
+
+import pytest
+
+from pipeline_src.aggregate import load_runs, summarize
+
+
+def write_run(tmp_path, seed, top1, diagnostics):
+    metrics = {"run_id": f"d-m-vpn-s{seed}", "experiment_set": "s", "set_kind": "vpn_joint", "dataset": "d",
+               "model": "m", "seed": seed, "scale": "paper", "sweep": {},
+               "params": {"method": {"label": "vpn", "name": "vpn"}}, "provenance": {"device": "cpu"},
+               "evaluations": {"class_enumeration": top1, "no_noise": top1 - 1.0}, "diagnostics": diagnostics}
+    path = tmp_path / f"s{seed}.json"
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_a_diagnostic_recorded_by_some_runs_says_how_many(tmp_path):
+    paths = [write_run(tmp_path, 0, 80.0, {"sigma_mean": 0.0, "sigma_zero_fraction": 1.0}),
+             write_run(tmp_path, 1, 82.0, {})]
+    long = load_runs(paths)
+    table = summarize(long, ["dataset", "model", "method", "eval_mode"]).set_index("eval_mode")
+    assert table.loc["class_enumeration", "n_seeds"] == 2
+    assert table.loc["class_enumeration", "top1_mean"] == pytest.approx(81.0)
+    assert table.loc["no_noise", "top1_std"] == pytest.approx(2 ** 0.5)
+    assert table.loc["no_noise", "sigma_zero_fraction_mean"] == 1.0
+    assert table.loc["no_noise", "sigma_zero_fraction_n"] == 1
+    assert "top1_n" not in table.columns
