@@ -182,6 +182,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         # one thread per core slow each other down many times over
         torch.set_num_threads(threads)
 
+    # the commit of the code this process loaded: the worktree may move on while a long run trains
+    head = run_head(cfg, rule)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = join()
@@ -247,7 +249,6 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     method.save_figures(out_dir, x_test, y_test)
     torch_save_atomic({"model": method.model.state_dict()}, model_path)
 
-    head = run_head(cfg, rule)
     metrics = {
         **head,
         # the method as it ran (every default filled), beside the params as given

@@ -59,6 +59,17 @@ def test_outputs_are_complete(digits_dir, tmp_path):
     assert not (tmp_path / CHECKPOINT_NAME).exists(), "the checkpoint is removed once the run is finished"
 
 
+def test_provenance_names_the_commit_the_run_started_with(digits_dir, tmp_path, monkeypatch):
+    """A worktree checked out anew while a long run trains must not relabel that run's code."""
+    import pipeline_src.train as train_module
+
+    state = {"git_commit": "a" * 40, "git_dirty": False}
+    monkeypatch.setattr(train_module, "git_state", lambda: dict(state))
+    metrics = train_run(make_run(epochs=2), digits_dir, tmp_path,
+                        on_epoch=lambda entry: state.update(git_commit="b" * 40))
+    assert metrics["provenance"]["git_commit"] == "a" * 40
+
+
 def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
     method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}, "apply_at": "test",
               "eval_protocols": ["none", "single"]}
