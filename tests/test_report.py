@@ -29,7 +29,8 @@ def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
     left_out = load_params(PARAMS)["left_out"]
     assert left_out and all(f"- {what}: {why}" in (tmp_path / "README.md").read_text() for what, why in left_out.items())
     audit = read(tmp_path).set_index("claim_id")
-    assert audit.loc["vpn.improves_resnet18", "verdict"] == "not run"
+    left_cells = audit[audit.index.str.contains(r"\.fashion-mnist/(?:resnet18|resnet34|vit)$")]
+    assert len(left_cells) >= 20 and (left_cells["verdict"] == "not run").all()
 
 
 def test_every_committed_run_belongs_to_the_params_and_carries_no_weights():
