@@ -54,6 +54,11 @@ class Method(nn.Module):
         """Extra measurements a method can report (VPN: sigma on background vs object)."""
         return {}
 
+    @torch.inference_mode()
+    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
+        """Measurements added to each epoch's history entry, on fixed training images (VPN: sigma)."""
+        return {}
+
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor) -> None:
         """Per-run figures a method can draw from test images."""
 

@@ -27,6 +27,7 @@ from pipeline_src.stream import ImageStream
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
+EPOCH_DIAGNOSTIC_SAMPLES = 256  # and a method's per-epoch diagnostics on the first this many of them
 
 
 def select_device(requested: str, world: World = World()) -> torch.device:
@@ -228,8 +229,10 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         method.eval()
         with torch.inference_mode(), autocast:
             train_pred = _probe_predictions(method.model, x_train, train_probe, cfg.eval_batch_size, device)
+            probe = train_probe[:EPOCH_DIAGNOSTIC_SAMPLES]
+            tracked = method.epoch_diagnostics(to_input(x_train[probe], device), y_train[probe], cfg.eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
-                        "train_top1": top1(train_pred, y_train[train_probe]),
+                        "train_top1": top1(train_pred, y_train[train_probe]), **tracked,
                         "seconds": time.perf_counter() - started})
         if world.is_main:
             print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "

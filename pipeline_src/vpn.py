@@ -267,6 +267,11 @@ class VPNMethod(Method):
         return {**out, "sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
 
     @torch.inference_mode()
+    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
+        """sigma_mean and sigma_zero_fraction per epoch: when, if ever, the generator switched itself off."""
+        return self.diagnostics(x, y, None, batch_size)
+
+    @torch.inference_mode()
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:
         """vpn_sigma.png: per test image the image, its sigma map and one draw of x + eps."""
         x, y = x[:n], y[:n]
