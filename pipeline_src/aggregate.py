@@ -37,6 +37,17 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
     return frame
 
 
+def load_histories(metrics_paths: list[Path]) -> pd.DataFrame:
+    """Long table of every run's per-epoch history: run_id, model, method, seed, epoch and what was logged."""
+    rows = []
+    for path in metrics_paths:
+        metrics = json.loads(Path(path).read_text())
+        head = {"run_id": metrics["run_id"], "dataset": metrics["dataset"], "model": metrics["model"],
+                "method": metrics["method"], "method_name": metrics.get("method_name"), "seed": metrics["seed"]}
+        rows += [{**head, **entry} for entry in metrics["history"]]
+    return pd.DataFrame(rows)
+
+
 def summarize(long: pd.DataFrame, keys: list[str], extra_first: list[str] = ()) -> pd.DataFrame:
     """Mean, sample std and count over seeds for each configuration."""
     value_cols = ["top1"] + [c for c in long.columns if c not in set(keys) | ID_COLUMNS

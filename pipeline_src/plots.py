@@ -129,6 +129,27 @@ def plot_vpn_background(name: str, long: pd.DataFrame, run_dirs: dict, path: Pat
     save_figure(fig, path)
 
 
+def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
+    """Per epoch and per run: the training loss (on noisy inputs for VPN) and the clean train accuracy.
+
+    A generator that writes the label into its noise shows as a training loss far below the baseline's
+    with a clean accuracy that falls; one that switched itself off follows the baseline."""
+    data = history[(history["method"] == "baseline") | (history["method_name"] == "vpn")]
+    models = list(dict.fromkeys(data["model"]))
+    measures = {"train_loss": "training loss\n(inputs + generated noise)", "train_top1": "train top-1 (%)\nclean inputs"}
+    fig, axes = plt.subplots(len(measures), len(models), figsize=(5.5 * len(models), 6.5), squeeze=False,
+                             sharex=True, sharey="row")
+    for col, model in enumerate(models):
+        for row, (measure, label) in enumerate(measures.items()):
+            ax = axes[row][col]
+            sns.lineplot(data=data[data["model"] == model], x="epoch", y=measure, hue="method", units="run_id",
+                         estimator=None, lw=1, alpha=0.8, ax=ax, legend=row == 0 and col == 0)
+            ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
+    fig.suptitle(f"{name}: training per epoch, one line per run")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
     hue = "eval_mode" if long["eval_mode"].nunique() > 1 else None
     grid = sns.catplot(data=long, x="method", y="top1", hue=hue, col="dataset", row="model", kind="bar",

@@ -183,18 +183,18 @@ def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path
         if not table.name.startswith("paper_"):
             text = table.read_text().strip()
             parts.append("#" + text if text.startswith("# ") else text)
-            figure = report_dir / "figures" / f"{table.stem}.png"
-            if figure.exists():
-                parts.append(f"![{table.stem}](figures/{figure.name})")
+            for figure in (report_dir / "figures" / f"{table.stem}{suffix}.png" for suffix in ("", "_training")):
+                if figure.exists():
+                    parts.append(f"![{figure.stem}](figures/{figure.name})")
     return "\n\n".join(parts) + "\n"
 
 
 def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
           claims: Path = CLAIMS, deviations: Path = DEVIATIONS) -> pd.DataFrame:
     """Collect (when results_dir is given), then rebuild every table, figure and the audit."""
-    from pipeline_src.aggregate import SetFiles, aggregate_set, load_runs
+    from pipeline_src.aggregate import SetFiles, aggregate_set, load_histories, load_runs
     from pipeline_src.audit import main_audit
-    from pipeline_src.plots import plot_test_batch_study
+    from pipeline_src.plots import plot_test_batch_study, plot_training_curves
 
     params = load_params(params_path)
     report_dir = Path(report_dir)
@@ -210,6 +210,8 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
         files = SetFiles.in_results(report_dir, name)
         aggregate_set(name, kind, paths, files)
         runs_csvs.append(files.runs)
+        if kind in ("vpn_joint", "vpn_frozen"):
+            plot_training_curves(name, load_histories(paths), report_dir / "figures" / f"{name}_training.png")
         if kind == "eval_protocol":
             long = load_runs(paths)
             if long["test_batch_size"].nunique() > 1:

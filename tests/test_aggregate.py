@@ -3,14 +3,16 @@ import json
 
 import pytest
 
-from pipeline_src.aggregate import load_runs, summarize
+from pipeline_src.aggregate import load_histories, load_runs, summarize
 
 
 def write_run(tmp_path, seed, top1, diagnostics):
     metrics = {"run_id": f"d-m-vpn-s{seed}", "experiment_set": "s", "set_kind": "vpn_joint", "dataset": "d",
                "model": "m", "seed": seed, "scale": "paper", "sweep": {},
                "params": {"method": {"label": "vpn", "name": "vpn"}}, "provenance": {"device": "cpu"},
-               "evaluations": {"class_enumeration": top1, "no_noise": top1 - 1.0}, "diagnostics": diagnostics}
+               "evaluations": {"class_enumeration": top1, "no_noise": top1 - 1.0}, "diagnostics": diagnostics,
+               "method": "vpn", "method_name": "vpn",
+               "history": [{"epoch": e, "train_loss": 1.0 / e, "seconds": 2.0, **diagnostics} for e in (1, 2)]}
     path = tmp_path / f"s{seed}.json"
     path.write_text(json.dumps(metrics))
     return path
@@ -27,3 +29,12 @@ def test_a_diagnostic_recorded_by_some_runs_says_how_many(tmp_path):
     assert table.loc["no_noise", "sigma_zero_fraction_mean"] == 1.0
     assert table.loc["no_noise", "sigma_zero_fraction_n"] == 1
     assert "top1_n" not in table.columns
+
+
+def test_histories_hold_every_epoch_of_every_run(tmp_path):
+    paths = [write_run(tmp_path, 0, 80.0, {"sigma_mean": 0.0}), write_run(tmp_path, 1, 82.0, {})]
+    history = load_histories(paths)
+    assert list(zip(history["seed"], history["epoch"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert history["train_loss"].tolist() == [1.0, 0.5, 1.0, 0.5]
+    assert history["sigma_mean"].isna().tolist() == [False, False, True, True]
+    assert set(history["method_name"]) == {"vpn"}

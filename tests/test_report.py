@@ -28,6 +28,8 @@ def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
     # what the params leave out is listed with its reason, and those cells stay `not run`
     left_out = load_params(PARAMS)["left_out"]
     assert left_out and all(f"- {what}: {why}" in (tmp_path / "README.md").read_text() for what, why in left_out.items())
+    for training_figure in ("vpn_joint_training.png", "vpn_frozen_training.png"):
+        assert (tmp_path / "figures" / training_figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     audit = read(tmp_path).set_index("claim_id")
     left_cells = audit[audit.index.str.contains(r"\.fashion-mnist/(?:resnet18|resnet34|vit)$")]
     assert len(left_cells) >= 20 and (left_cells["verdict"] == "not run").all()
