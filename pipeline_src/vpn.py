@@ -236,8 +236,29 @@ class VPNMethod(Method):
     # ------------------------------------------------------------------ what g learned
 
     @torch.inference_mode()
+    def label_following(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
+        """Does f read the label that g was given? Test images with noise drawn for their true label, and
+        for a random wrong label: top1_true_label_noise is what training sees; wrong_label_followed is the
+        share of predictions that name the wrong label given to g (about (100 - top-1) / (C - 1) when the
+        noise carries no label, near 100 when f reads the label off the noise)."""
+        # private generators: the measurement never moves the training RNG stream
+        rng = torch.Generator(device="cpu").manual_seed(int(self.info.get("seed", 0)))
+        draws = torch.Generator(device=x.device).manual_seed(int(self.info.get("seed", 0)))
+        hits = torch.zeros(2, dtype=torch.float64)  # true label: correct; wrong label: prediction == that label
+        with _eval_mode(self):
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+                wrong = (yb + torch.randint(1, self.num_classes, yb.shape, generator=rng).to(yb.device)) % self.num_classes
+                for slot, given in ((0, yb), (1, wrong)):
+                    sigma = self.generator(condition(xb, given, self.num_classes, self.c))
+                    pred = self.model(xb + sample_noise(sigma, 1, generator=draws)[0]).argmax(1)
+                    hits[slot] += (pred == given).sum().double().cpu()
+        return {"top1_true_label_noise": 100.0 * hits[0].item() / len(x),
+                "wrong_label_followed": 100.0 * hits[1].item() / len(x)}
+
+    @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
-        """What g learned on the test set, with true-label conditioning.
+        """What g learned on the test set, with true-label conditioning, and whether f reads g's label.
 
         sigma_mean and sigma_zero_fraction (elements where sigma is exactly 0: a generator whose last
         ReLU died outputs 0 everywhere, and VPN is then plain training); with an object mask, the
@@ -258,7 +279,8 @@ class VPNMethod(Method):
                     obj = mask[i:i + batch_size].bool().cpu()
                     sums[3:] += torch.stack([channel_mean[~obj].sum(), (~obj).sum().double(),
                                              channel_mean[obj].sum(), obj.sum().double()])
-        out = {"sigma_mean": (sums[0] / sums[2]).item(), "sigma_zero_fraction": (sums[1] / sums[2]).item()}
+        out = {"sigma_mean": (sums[0] / sums[2]).item(), "sigma_zero_fraction": (sums[1] / sums[2]).item(),
+               **self.label_following(x, y, batch_size)}
         if mask is None:
             return out
         background = (sums[3] / sums[4]).item() if sums[4] > 0 else float("nan")
@@ -268,7 +290,7 @@ class VPNMethod(Method):
 
     @torch.inference_mode()
     def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
-        """sigma_mean and sigma_zero_fraction per epoch: when, if ever, the generator switched itself off."""
+        """diagnostics() per epoch: when, if ever, the generator switched itself off or began to carry the label."""
         return self.diagnostics(x, y, None, batch_size)
 
     @torch.inference_mode()

@@ -74,7 +74,8 @@ def test_vpn_history_tracks_its_sigma_each_epoch(digits_dir, tmp_path):
     vpn = {"label": "vpn", "name": "vpn", "generator": "resnet18", "generator_width": 4}
     history = train_run(make_run(vpn, epochs=2), digits_dir, tmp_path / "vpn")["history"]
     assert [sorted(h) for h in history] == [["epoch", "seconds", "sigma_mean", "sigma_zero_fraction",
-                                             "train_loss", "train_top1"]] * 2
+                                             "top1_true_label_noise", "train_loss", "train_top1",
+                                             "wrong_label_followed"]] * 2
     assert history[0]["sigma_mean"] > 0 and 0 <= history[0]["sigma_zero_fraction"] < 1
     baseline = train_run(make_run(epochs=1), digits_dir, tmp_path / "baseline")["history"]
     assert "sigma_mean" not in baseline[0]

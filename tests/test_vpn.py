@@ -195,8 +195,8 @@ def test_diagnostics_sigma_on_background_and_object():
     x, y = batch(n=6)
     sigma_full = method.generator(condition(x, y, C, 0.01)).detach()
     no_mask = method.diagnostics(x, y, None, 4)
-    assert no_mask == {"sigma_mean": pytest.approx(sigma_full.mean().item(), rel=1e-4),
-                       "sigma_zero_fraction": pytest.approx((sigma_full == 0).double().mean().item())}
+    assert no_mask["sigma_mean"] == pytest.approx(sigma_full.mean().item(), rel=1e-4)
+    assert no_mask["sigma_zero_fraction"] == pytest.approx((sigma_full == 0).double().mean().item())
     mask = torch.zeros(6, 8, 8, dtype=torch.bool)
     mask[:, 2:6, 2:6] = True
     out = method.diagnostics(x, y, mask, 4)
@@ -216,7 +216,9 @@ def test_diagnostics_see_a_dead_generator():
     with torch.no_grad():  # a last BN bias far below the shortcut's values: every output ReLU is off
         method.generator.stages[-1][-1].bn2.bias.fill_(-1e3)
     dead = method.diagnostics(x, y, None, 4)
-    assert dead == {"sigma_mean": 0.0, "sigma_zero_fraction": 1.0}
+    assert (dead["sigma_mean"], dead["sigma_zero_fraction"]) == (0.0, 1.0)
+    clean = method.model(x).argmax(1)
+    assert dead["top1_true_label_noise"] == pytest.approx(100.0 * (clean == y).double().mean().item())
 
 
 def test_save_figures_writes_png_without_moving_global_rng(tmp_path):
@@ -257,3 +259,36 @@ def test_checkpoint_that_does_not_fit_is_one_line_error(tmp_path):
     with pytest.raises(ValueError) as err:
         VPNMethod(DNN3(64, C, 16), spec(mode="frozen"), info(base_checkpoint=str(path)))
     assert "does not fit the model" in str(err.value) and "\n" not in str(err.value)
+
+
+class LabelReader(nn.Module):
+    """A classifier that reads the class off the noise scale alone: logits = -|noise level - level of k|."""
+
+    def forward(self, x):
+        level = x.flatten(1).std(1, keepdim=True)  # images are 0, so this is the noise's spread
+        return -(level - LabelWriter.level(torch.arange(C, dtype=x.dtype))).abs() * 1e3
+
+
+class LabelWriter(nn.Module):
+    """A generator that writes the label it is given into sigma, as a constant level per class."""
+
+    @staticmethod
+    def level(k):
+        return 0.1 + 0.1 * k
+
+    def forward(self, conditioned):
+        k = (conditioned.flatten(1)[:, :1] * (C - 1) / 0.01).round()  # the images are zero: x + c*k/(C-1)
+        return self.level(k).view(-1, 1, 1, 1).expand_as(conditioned).clone()
+
+
+def test_label_following_sees_a_classifier_that_reads_the_label_off_the_noise():
+    x, y = torch.zeros(200, 1, 8, 8), torch.arange(200) % C
+    reader = VPNMethod(LabelReader(), spec(), info(), generator=LabelWriter())
+    out = reader.label_following(x, y, 64)
+    assert out["top1_true_label_noise"] > 90 and out["wrong_label_followed"] > 90
+    assert reader.label_following(x, y, 64) == out  # its own seeded draws: the same numbers every time
+    blind = VPNMethod(DNN3(64, C, 16), spec(), info(), generator=LabelWriter())
+    with torch.no_grad():
+        blind.model.head.weight.zero_()  # constant logits: predicts class 0 whatever the noise says
+    out = blind.label_following(x, y, 64)
+    assert out["wrong_label_followed"] < 100.0 / (C - 1) + 5
