@@ -51,12 +51,8 @@ class Method(nn.Module):
 
     @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
-        """Extra measurements a method can report (VPN: sigma on background vs object)."""
-        return {}
-
-    @torch.inference_mode()
-    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
-        """Measurements added to each epoch's history entry, on fixed training images (VPN: sigma)."""
+        """Extra measurements a method can report (VPN: what its generator learned); with mask None they
+        are also logged each epoch on fixed training images."""
         return {}
 
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor) -> None:

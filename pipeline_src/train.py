@@ -230,7 +230,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         with torch.inference_mode(), autocast:
             train_pred = _probe_predictions(method.model, x_train, train_probe, cfg.eval_batch_size, device)
             probe = train_probe[:EPOCH_DIAGNOSTIC_SAMPLES]
-            tracked = method.epoch_diagnostics(to_input(x_train[probe], device), y_train[probe], cfg.eval_batch_size)
+            tracked = method.diagnostics(to_input(x_train[probe], device), y_train[probe], None, cfg.eval_batch_size)
         history.append({"epoch": epoch + 1, "train_loss": train_loss,
                         "train_top1": top1(train_pred, y_train[train_probe]), **tracked,
                         "seconds": time.perf_counter() - started})

@@ -236,62 +236,51 @@ class VPNMethod(Method):
     # ------------------------------------------------------------------ what g learned
 
     @torch.inference_mode()
-    def label_following(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
-        """Does f read the label that g was given? Test images with noise drawn for their true label, and
-        for a random wrong label: top1_true_label_noise is what training sees; wrong_label_followed is the
-        share of predictions that name the wrong label given to g (about (100 - top-1) / (C - 1) when the
-        noise carries no label, near 100 when f reads the label off the noise)."""
-        # private generators: the measurement never moves the training RNG stream
-        rng = torch.Generator(device="cpu").manual_seed(int(self.info.get("seed", 0)))
-        draws = torch.Generator(device=x.device).manual_seed(int(self.info.get("seed", 0)))
-        hits = torch.zeros(2, dtype=torch.float64)  # true label: correct; wrong label: prediction == that label
-        with _eval_mode(self):
-            for i in range(0, len(x), batch_size):
-                xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-                wrong = (yb + torch.randint(1, self.num_classes, yb.shape, generator=rng).to(yb.device)) % self.num_classes
-                for slot, given in ((0, yb), (1, wrong)):
-                    sigma = self.generator(condition(xb, given, self.num_classes, self.c))
-                    pred = self.model(xb + sample_noise(sigma, 1, generator=draws)[0]).argmax(1)
-                    hits[slot] += (pred == given).sum().double().cpu()
-        return {"top1_true_label_noise": 100.0 * hits[0].item() / len(x),
-                "wrong_label_followed": 100.0 * hits[1].item() / len(x)}
-
-    @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:
-        """What g learned on the test set, with true-label conditioning, and whether f reads g's label.
+        """What g learned, with true-label conditioning, and whether f reads the label g was given.
 
         sigma_mean and sigma_zero_fraction (elements where sigma is exactly 0: a generator whose last
-        ReLU died outputs 0 everywhere, and VPN is then plain training); with an object mask, the
+        ReLU died outputs 0 everywhere, and VPN is then plain training). top1_true_label_noise: accuracy
+        with noise drawn for the true label, which is what training sees. wrong_label_followed: the share
+        of predictions that name a random wrong label given to g (about (100 - top-1) / (C - 1) when the
+        noise carries no label, near 100 when f reads the label off the noise). With an object mask, the
         channel-mean sigma on background and on the object.
         """
         if mask is not None and mask.shape != (x.shape[0], *x.shape[2:]):
             raise ValueError(f"VPN diagnostics: mask shape {tuple(mask.shape)} does not match images "
                              f"{tuple(x.shape)}; expected (N, H, W)")
-        # sigma sum, zero count, element count; background sum, count; object sum, count
-        sums = torch.zeros(7, dtype=torch.float64)
+        # private generators: measuring never moves the training RNG stream
+        rng = torch.Generator(device="cpu").manual_seed(int(self.info.get("seed", 0)))
+        draws = torch.Generator(device=x.device).manual_seed(int(self.info.get("seed", 0)))
+        # sigma sum, zero count, element count; true label correct, wrong label followed;
+        # background sum, count; object sum, count
+        sums = torch.zeros(9, dtype=torch.float64)
         with _eval_mode(self):
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-                sigma = self.generator(condition(xb, yb, self.num_classes, self.c)).double().cpu()
-                sums[:3] += torch.tensor([sigma.sum(), (sigma == 0).sum(), sigma.numel()], dtype=torch.float64)
+                wrong = (yb + torch.randint(1, self.num_classes, yb.shape, generator=rng).to(yb.device)) % self.num_classes
+                for slot, given in ((3, yb), (4, wrong)):
+                    sigma = self.generator(condition(xb, given, self.num_classes, self.c))
+                    pred = self.model(xb + sample_noise(sigma, 1, generator=draws)[0]).argmax(1)
+                    sums[slot] += (pred == given).sum().double().cpu()
+                    if slot == 3:
+                        true_sigma = sigma.double().cpu()
+                sums[:3] += torch.tensor([true_sigma.sum(), (true_sigma == 0).sum(), true_sigma.numel()],
+                                         dtype=torch.float64)
                 if mask is not None:
-                    channel_mean = sigma.mean(1)
+                    channel_mean = true_sigma.mean(1)
                     obj = mask[i:i + batch_size].bool().cpu()
-                    sums[3:] += torch.stack([channel_mean[~obj].sum(), (~obj).sum().double(),
+                    sums[5:] += torch.stack([channel_mean[~obj].sum(), (~obj).sum().double(),
                                              channel_mean[obj].sum(), obj.sum().double()])
         out = {"sigma_mean": (sums[0] / sums[2]).item(), "sigma_zero_fraction": (sums[1] / sums[2]).item(),
-               **self.label_following(x, y, batch_size)}
+               "top1_true_label_noise": 100.0 * sums[3].item() / len(x),
+               "wrong_label_followed": 100.0 * sums[4].item() / len(x)}
         if mask is None:
             return out
-        background = (sums[3] / sums[4]).item() if sums[4] > 0 else float("nan")
-        obj_mean = (sums[5] / sums[6]).item() if sums[6] > 0 else float("nan")
+        background = (sums[5] / sums[6]).item() if sums[6] > 0 else float("nan")
+        obj_mean = (sums[7] / sums[8]).item() if sums[8] > 0 else float("nan")
         ratio = background / obj_mean if obj_mean > 0 else float("nan")
         return {**out, "sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
-
-    @torch.inference_mode()
-    def epoch_diagnostics(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
-        """diagnostics() per epoch: when, if ever, the generator switched itself off or began to carry the label."""
-        return self.diagnostics(x, y, None, batch_size)
 
     @torch.inference_mode()
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:

@@ -281,14 +281,14 @@ class LabelWriter(nn.Module):
         return self.level(k).view(-1, 1, 1, 1).expand_as(conditioned).clone()
 
 
-def test_label_following_sees_a_classifier_that_reads_the_label_off_the_noise():
+def test_diagnostics_see_a_classifier_that_reads_the_label_off_the_noise():
     x, y = torch.zeros(200, 1, 8, 8), torch.arange(200) % C
     reader = VPNMethod(LabelReader(), spec(), info(), generator=LabelWriter())
-    out = reader.label_following(x, y, 64)
+    out = reader.diagnostics(x, y, None, 64)
     assert out["top1_true_label_noise"] > 90 and out["wrong_label_followed"] > 90
-    assert reader.label_following(x, y, 64) == out  # its own seeded draws: the same numbers every time
+    assert reader.diagnostics(x, y, None, 64) == out  # its own seeded draws: the same numbers every time
     blind = VPNMethod(DNN3(64, C, 16), spec(), info(), generator=LabelWriter())
     with torch.no_grad():
         blind.model.head.weight.zero_()  # constant logits: predicts class 0 whatever the noise says
-    out = blind.label_following(x, y, 64)
+    out = blind.diagnostics(x, y, None, 64)
     assert out["wrong_label_followed"] < 100.0 / (C - 1) + 5
