@@ -250,7 +250,9 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
         diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
     method.save_figures(out_dir, x_test, y_test)
-    torch_save_atomic({"model": method.model.state_dict()}, model_path)
+    # "model" is what a frozen VPN run loads; "method" adds what the method learned besides
+    # (the VPN generator), so a finished run can be measured again without retraining
+    torch_save_atomic({"model": method.model.state_dict(), "method": method.state_dict()}, model_path)
 
     metrics = {
         **head,
