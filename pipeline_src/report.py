@@ -14,7 +14,8 @@ import hashlib
 import json
 import os
 import platform
-from dataclasses import MISSING, asdict, fields
+import sys
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -73,10 +74,23 @@ def _covers(recorded, current, defaults) -> bool:
     return set(recorded) <= set(current) | {"resolved_method"}
 
 
-def collect(params: dict, results_dir: Path, report_dir: Path) -> list[str]:
-    """Copy each finished run's metrics.json (and its job's wall time) into the report; returns the
-    run keys newly copied. Runs of other params (an epoch count changed since) are not taken."""
-    copied, here = [], machine()
+def measured(metrics: dict) -> dict:
+    """What a run measured, without its wall times and provenance: equal for a bit-exact rerun."""
+    return {"evaluations": metrics.get("evaluations"), "diagnostics": metrics.get("diagnostics"),
+            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in metrics.get("history", [])]}
+
+
+@dataclass
+class Collected:
+    copied: list[str]  # new to the report, or a rerun that measured other numbers (replaced)
+    reproduced: list[str]  # a rerun that measured the same numbers: the report keeps its record
+
+
+def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
+    """Copy each finished run's metrics.json (and its job's wall time) into the report. Runs of other
+    params (an epoch count changed since) are not taken. A rerun of a run the report holds replaces it
+    only when it measured other numbers, so the record the verdicts were first built on stays."""
+    done, here = Collected([], []), machine()
     machines_path = report_dir / "machines.json"
     machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
     for run in expand_runs(params):
@@ -85,16 +99,25 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> list[str]:
         target = report_dir / "runs" / key / "metrics.json"
         if not source.exists():
             continue
-        if not same_run(json.loads(source.read_text())["params"], run):
+        new = json.loads(source.read_text())
+        if not same_run(new["params"], run):
             continue
-        if not target.exists() or target.read_bytes() != source.read_bytes():
-            write_atomic(target, source.read_bytes())
-            copied.append(key)
         bench = results_dir / "benchmarks" / f"{key}.tsv"
         wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
-        machines.setdefault(key, {"machine": here, "job_wall_s": wall})
+        kept = json.loads(target.read_text()) if target.exists() else None
+        if kept is not None and measured(kept) == measured(new):
+            if kept != new:
+                done.reproduced.append(key)
+            machines.setdefault(key, {"machine": here, "job_wall_s": wall})
+            continue
+        if kept is not None:
+            print(f"report: {key}: the run in {results_dir} measured other numbers than the report's; "
+                  "replacing it (git diff shows both)", file=sys.stderr)
+        write_atomic(target, source.read_bytes())
+        machines[key] = {"machine": here, "job_wall_s": wall}
+        done.copied.append(key)
     write_json(machines_path, dict(sorted(machines.items())))
-    return copied
+    return done
 
 
 def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:
@@ -199,8 +222,11 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     params = load_params(params_path)
     report_dir = Path(report_dir)
     if results_dir is not None:
-        copied = collect(params, Path(results_dir), report_dir)
-        print(f"collected {len(copied)} new runs from {results_dir}")
+        done = collect(params, Path(results_dir), report_dir)
+        print(f"collected {len(done.copied)} new runs from {results_dir}")
+        if done.reproduced:
+            print(f"{len(done.reproduced)} reruns there measured exactly the report's numbers; the report keeps "
+                  f"its records: {', '.join(done.reproduced)}")
     by_set = run_metrics(params, report_dir)
     if not by_set:
         raise ValueError(f"no finished runs of {params_path} in {report_dir}/runs; run the DAG first, or pass --results")

@@ -55,10 +55,34 @@ def test_collect_takes_finished_runs_of_these_params_only(tmp_path):
         recorded = {**json.loads(r.to_json()), "epochs": epochs}
         (folder / "metrics.json").write_text(json.dumps({"params": recorded}))
         (folder / "model.pt").write_bytes(b"weights")
-    copied = collect(params, results, tmp_path / "report")
-    assert copied == [f"{run.experiment_set}/{run.run_id}"]
+    assert collect(params, results, tmp_path / "report").copied == [f"{run.experiment_set}/{run.run_id}"]
     assert sorted(p.name for p in (tmp_path / "report" / "runs").rglob("*") if p.is_file()) == ["metrics.json"]
-    assert collect(params, results, tmp_path / "report") == []  # unchanged files are not copied again
+    again = collect(params, results, tmp_path / "report")
+    assert again.copied == [] and again.reproduced == []  # unchanged files are not copied again
+
+
+def test_a_rerun_replaces_a_reported_run_only_when_it_measured_other_numbers(tmp_path):
+    params = load_params(PARAMS)
+    run = expand_runs(params)[0]
+    key = f"{run.experiment_set}/{run.run_id}"
+    source = tmp_path / "results" / "runs" / key / "metrics.json"
+    source.parent.mkdir(parents=True)
+    target = tmp_path / "report" / "runs" / key / "metrics.json"
+
+    def finished(commit, seconds, top1):
+        return json.dumps({"params": json.loads(run.to_json()), "provenance": {"git_commit": commit},
+                           "history": [{"epoch": 1, "train_loss": 0.5, "seconds": seconds}],
+                           "evaluations": {"no_noise": top1}})
+
+    source.write_text(finished("a" * 40, 3.0, 84.3))
+    collect(params, tmp_path / "results", tmp_path / "report")
+    source.write_text(finished("b" * 40, 2.0, 84.3))  # other code version and timing, same numbers
+    rerun = collect(params, tmp_path / "results", tmp_path / "report")
+    assert (rerun.copied, rerun.reproduced) == ([], [key])
+    assert json.loads(target.read_text())["provenance"]["git_commit"] == "a" * 40
+    source.write_text(finished("b" * 40, 2.0, 84.1))
+    assert collect(params, tmp_path / "results", tmp_path / "report").copied == [key]
+    assert json.loads(target.read_text())["evaluations"]["no_noise"] == 84.1
 
 
 def test_batch_size_table_pairs_each_noisy_evaluation_with_the_same_models_clean_one():
