@@ -14,16 +14,20 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from pipeline_src.config import RunConfig
 from pipeline_src.distributed import World, join, leave, mean_over, wrap
-from pipeline_src.methods import build_method, predict, top1
+from pipeline_src.methods import Method, build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
 from pipeline_src.stream import ImageStream
+
+if TYPE_CHECKING:  # the data module loads lazily: start-up time per job
+    from pipeline_src.data import Prepared
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
@@ -168,6 +172,18 @@ def run_head(cfg: RunConfig, rule: str = "train") -> dict:
                            "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}}}
 
 
+def build_run_method(cfg: RunConfig, data: Prepared, base_checkpoint: Path | None = None) -> Method:
+    """The run's model and method, freshly initialised: what training starts from, and what a finished
+    run's model.pt ("method") loads into to be measured again."""
+    in_shape = tuple(data.x_train.shape[1:])
+    num_classes = len(data.class_names)
+    model = build_from_cfg(cfg.model_cfg, in_shape, num_classes)
+    info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing,
+            "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
+    return build_method(model, cfg.method, info)
+
+
 def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
               threads: int | None = None, rule: str = "train", metrics_path: Path | None = None,
               model_path: Path | None = None, on_epoch=None) -> dict:
@@ -194,12 +210,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     data = load_prepared(data, workers=threads or 1)
     metrics_path = Path(metrics_path or out_dir / "metrics.json")
     model_path = Path(model_path or out_dir / "model.pt")
-    in_shape = tuple(data.x_train.shape[1:])
-    num_classes = len(data.class_names)
-    model = build_from_cfg(cfg.model_cfg, in_shape, num_classes)
-    info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing, "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
-    method = build_method(model, cfg.method, info).to(device)
+    method = build_run_method(cfg, data, base_checkpoint).to(device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
     if cfg.compile:

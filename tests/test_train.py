@@ -13,7 +13,7 @@ import pytest
 from pipeline_src.config import REPO_ROOT, RunConfig
 from pipeline_src.data import prepare
 from pipeline_src.method_spec import resolve_method
-from pipeline_src.train import CHECKPOINT_NAME, to_input, train_run
+from pipeline_src.train import CHECKPOINT_NAME, build_run_method, to_input, train_run
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +86,11 @@ def test_model_file_keeps_the_vpn_generator(digits_dir, tmp_path):
     import torch
 
     from pipeline_src.data import load_prepared
-    from pipeline_src.methods import build_method
-    from pipeline_src.models import build_from_cfg
 
     cfg = make_run({"label": "vpn", "name": "vpn", "generator": "resnet18", "generator_width": 4}, epochs=1)
     metrics = train_run(cfg, digits_dir, tmp_path)
     data = load_prepared(digits_dir)
-    info = {"num_classes": len(data.class_names), "in_shape": tuple(data.x_train.shape[1:]), "seed": cfg.seed,
-            "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
-    fresh = build_method(build_from_cfg(cfg.model_cfg, info["in_shape"], info["num_classes"]), cfg.method, info)
+    fresh = build_run_method(cfg, data)
     x_test = to_input(data.x_test, torch.device("cpu"))
     remeasure = lambda: fresh.diagnostics(x_test, data.y_test, None, cfg.eval_batch_size)  # noqa: E731
     assert remeasure()["sigma_mean"] != pytest.approx(metrics["diagnostics"]["sigma_mean"])
