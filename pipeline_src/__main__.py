@@ -10,6 +10,7 @@
                                      --set-info JSON --csv --cells --markdown --figure --tables FILES...
                                      --runs RUNS_CSV...
     python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
+    python -m pipeline_src missing   --params P --report reports/NAME [--limit N]
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
 
 The rules name every file a command writes (--data/--manifest, --metrics/--model, ...); a folder
@@ -148,6 +149,21 @@ def cmd_report(args) -> None:
     print(f"report: {args.out}/audit.md {audit['verdict'].value_counts().to_dict()}")
 
 
+def cmd_missing(args) -> None:
+    from pipeline_src.report import missing_runs
+
+    if args.limit is not None and args.limit < 1:
+        raise ParamsError(f"--limit must be a positive number of runs, not {args.limit}")
+    params = load_params(args.params)
+    todo = missing_runs(params, Path(args.report))
+    for run in todo[:args.limit]:
+        print(f"{params['results_dir']}/runs/{run.experiment_set}/{run.run_id}/metrics.json")
+    shown = len(todo[:args.limit])
+    print(f"missing: {len(todo)} declared runs of {args.params} have no record in {args.report}"
+          + ("" if Path(args.report).is_dir() else " (no such folder yet)")
+          + (f"; listed the first {shown}" if shown < len(todo) else ""), file=sys.stderr)
+
+
 def cmd_track_init(args) -> None:
     from pipeline_src import track
 
@@ -254,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the report folder, e.g. reports/fashion-mnist")
     p.add_argument("--results", help="first copy finished runs from this results folder into --out/runs")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("missing", help="the Snakemake targets of declared runs a report lacks, cells closest "
+                       "to done first")
+    p.add_argument("--params", required=True, help="the params file the report's runs come from")
+    p.add_argument("--report", required=True, help="the report folder, e.g. reports/fashion-mnist")
+    p.add_argument("--limit", type=int, help="list only the first N (a batch that fits one session)")
+    p.set_defaults(func=cmd_missing)
 
     p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")

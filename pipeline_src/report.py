@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sys
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -128,6 +129,22 @@ def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:
         if path.exists():
             by_set.setdefault(run.experiment_set, []).append(path)
     return by_set
+
+
+def missing_runs(params: dict, report_dir: Path) -> list[RunConfig]:
+    """The declared runs the report holds no record of (or a record of other params), cells with the
+    fewest runs to go first: a set filled over several sessions then finishes whole cells early, and a
+    cell gets its verdict as soon as its last seed lands."""
+    def recorded(run: RunConfig) -> bool:
+        path = report_dir / "runs" / run.experiment_set / run.run_id / "metrics.json"
+        return path.exists() and same_run(json.loads(path.read_text())["params"], run)
+
+    def cell(run: RunConfig) -> tuple[str, str]:
+        return run.experiment_set, run.run_id.removesuffix(f"-s{run.seed}")
+
+    todo = [run for run in expand_runs(params) if not recorded(run)]
+    to_go = Counter(cell(run) for run in todo)
+    return sorted(todo, key=lambda run: (to_go[cell(run)], cell(run), run.seed))
 
 
 def batch_size_table(long: pd.DataFrame) -> pd.DataFrame:

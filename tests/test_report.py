@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from pipeline_src.config import REPO_ROOT, expand_runs, load_params
-from pipeline_src.report import build, collect, same_run, batch_size_table
+from pipeline_src.__main__ import main
+from pipeline_src.report import build, collect, missing_runs, same_run, batch_size_table
 
 REPORT = REPO_ROOT / "reports" / "fashion-mnist"
 PARAMS = REPO_ROOT / "params" / "fashion_mnist.yaml"
@@ -83,6 +84,30 @@ def test_a_rerun_replaces_a_reported_run_only_when_it_measured_other_numbers(tmp
     source.write_text(finished("b" * 40, 2.0, 84.1))
     assert collect(params, tmp_path / "results", tmp_path / "report").copied == [key]
     assert json.loads(target.read_text())["evaluations"]["no_noise"] == 84.1
+
+
+def test_missing_lists_the_runs_a_report_lacks_with_the_cells_closest_to_done_first(tmp_path, capsys):
+    params = load_params(PARAMS)
+    declared = expand_runs(params)
+    by_id = {(r.experiment_set, r.run_id): r for r in declared}
+    kept = [by_id["vpn_frozen", f"fmnist-sr-vpn_dnn3-s{seed}"] for seed in range(4)]  # 4 of the cell's 5 seeds
+    kept.append(by_id["vpn_joint", "fmnist-dnn3-baseline-s2"])
+    for run in kept:
+        shutil.copytree(REPORT / "runs" / run.experiment_set / run.run_id, tmp_path / "runs" / run.experiment_set / run.run_id)
+    stale = tmp_path / "runs" / "vpn_frozen" / "fmnist-sr-vpn_dnn3-s3" / "metrics.json"  # a record of other params
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "params": {**json.loads(kept[3].to_json()), "epochs": 3}}))
+
+    todo = missing_runs(params, tmp_path)
+    assert {(r.experiment_set, r.run_id) for r in todo} == set(by_id) - {(r.experiment_set, r.run_id) for r in kept[:3] + kept[4:]}
+    assert [r.run_id for r in todo[:2]] == ["fmnist-sr-vpn_dnn3-s3", "fmnist-sr-vpn_dnn3-s4"]  # the cell with 2 to go
+    assert todo[2].run_id.startswith("fmnist-dnn3-baseline-") and todo[2].seed == 0  # then one with 4 to go
+
+    assert main(["missing", "--params", str(PARAMS), "--report", str(tmp_path), "--limit", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [f"results/fashion_mnist/runs/vpn_frozen/fmnist-sr-vpn_dnn3-s{s}/metrics.json" for s in (3, 4)]
+    assert f"{len(todo)} declared runs" in err and "the first 2" in err
+    assert main(["missing", "--params", str(PARAMS), "--report", str(tmp_path), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_batch_size_table_pairs_each_noisy_evaluation_with_the_same_models_clean_one():
