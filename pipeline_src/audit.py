@@ -258,13 +258,21 @@ def _gain_by_dataset(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
     return _per_cell_seed(frame, ["value"])
 
 
+def _side_kind(test: dict, side: dict) -> str:
+    """The set kind one side of a variance claim reads its runs (a gain: its treatment's runs) from."""
+    return side.get("gain", side).get("treatment", side).get("kind", test["kind"])
+
+
 def _variance_side(test: dict, runs: pd.DataFrame, side: dict) -> pd.DataFrame:
-    """Per-seed values of one side of a variance claim: accuracies, or a `gain` (paired difference)."""
+    """Per-seed values of one side of a variance claim: accuracies, or a `gain` (paired difference).
+    When the two sides read different set kinds (joint against frozen), each label names its kind."""
+    kinds = {_side_kind(test, test[name]) for name in ("treatment", "control")}
+    prefix = f"{_side_kind(test, side)}: " if len(kinds) > 1 else ""
     if "gain" in side:
         return paired_values(runs, {"kind": test["kind"], **side["gain"]}).assign(
-            label=lambda f: f["treatment"].astype(str) + " - " + f["control"].astype(str))
+            label=lambda f: prefix + f["treatment"].astype(str) + " - " + f["control"].astype(str))
     rows, _ = at_best_scale(select_side(runs, test["kind"], side))
-    return rows.assign(value=rows["top1"], label=rows["config"].astype(str) + " [" + rows["eval_mode"].astype(str) + "]")
+    return rows.assign(value=rows["top1"], label=prefix + rows["config"].astype(str) + " [" + rows["eval_mode"].astype(str) + "]")
 
 
 def _seed_variance(test: dict, runs: pd.DataFrame) -> pd.DataFrame:

@@ -186,7 +186,7 @@ VERDICT_COLOURS = {"reproduced": GREEN, "supported": GREEN, "differs (higher)": 
 def plot_audit(audit: pd.DataFrame, path: Path) -> None:
     """Per table: ours (mean, 95% CI) against the paper's value, with the diagonal; then the effects."""
     numbers = audit[(audit["table"] != "effects") & (audit["n"] > 0)]
-    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0) & audit["mean"].notna()]
+    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0) & np.isfinite(audit["mean"])]
     tables = list(dict.fromkeys(numbers["table"]))
     columns = min(3, len(tables) + 1)
     rows = -(-(len(tables) + 1) // columns)

@@ -119,8 +119,10 @@ def variance_test(x, y) -> dict:
     if n < 3:  # the correlation test has n - 2 df
         return out
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.log(x.var(ddof=1) / y.var(ddof=1))
-    out["mean"] = float(ratio) if np.isfinite(ratio) else np.nan
+        # +-inf when one side is constant (a generator that changed no prediction in any seed): that side
+        # is the more stable one, and the sign must say so; NaN (0/0) when both are
+        ratio = float(np.log(x.var(ddof=1) / y.var(ddof=1)))
+    out["mean"] = ratio
     out["p_value"] = float(_quiet(stats.pearsonr, x + y, x - y)[1])
     return out
 

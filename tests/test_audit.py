@@ -189,6 +189,26 @@ def test_frozen_claims_pair_a_frozen_generator_with_its_joint_baseline():
     assert promotes["verdict"] == "supported" and promotes["mean"] == pytest.approx(0.32) and promotes["n"] == 5
     assert stable["verdict"] == "supported" and stable["mean"] > 3  # log(var joint gain / var frozen gain)
     assert cells.set_index("claim_id").loc["vpn.frozen_more_stable", "dataset"] == "f"
+    # the two gains read different sets, and the cell says which is which
+    assert cells.set_index("claim_id").loc["vpn.frozen_more_stable", "cell"] == (
+        "f/sr/vpn_dnn3: var vpn_joint: vpn_dnn3 [class_enumeration] - baseline [no_noise]"
+        " vs var vpn_frozen: vpn_dnn3 [class_enumeration] - baseline [no_noise]")
+
+def test_a_frozen_generator_that_changed_nothing_is_the_more_stable_side():
+    base = [80.0, 81.0, 79.0, 80.5, 79.5]
+    runs = ([run_line("f", "sr", "baseline", "no_noise", s, b, kind="vpn_joint") for s, b in enumerate(base)]
+            + [run_line("f", "sr", "vpn_resnet18", "class_enumeration", s, b + 1 + 2 * (-1) ** s, kind="vpn_joint")
+               for s, b in enumerate(base)]
+            + [run_line("f", "sr", "vpn_resnet18", "class_enumeration", s, b, kind="vpn_frozen")  # sigma 0: the base
+               for s, b in enumerate(base)])
+    registry = {e["id"]: e for e in audit.load_claims(CLAIMS)["effects"]}
+    lines, cells = effects(runs, [registry["vpn.frozen_promotes"], registry["vpn.frozen_more_stable"]])
+    stable = lines.loc["vpn.frozen_more_stable"]
+    assert stable["mean"] == np.inf and stable["verdict"] == "supported"  # var(frozen gain) = 0
+    promotes = lines.loc["vpn.frozen_promotes"]
+    assert (promotes["mean"], promotes["ci_low"], promotes["ci_high"]) == (0, 0, 0)
+    assert promotes["verdict"] == "inconclusive"  # no change at all: nothing promoted
+
 
 # ---- deviations ----
 
