@@ -129,21 +129,33 @@ def plot_vpn_background(name: str, long: pd.DataFrame, run_dirs: dict, path: Pat
     save_figure(fig, path)
 
 
+def _method_colours(methods: pd.Series) -> dict:
+    """One colour per method for every panel of a figure, whichever methods a panel happens to draw."""
+    names = list(dict.fromkeys(methods))
+    return dict(zip(names, sns.color_palette(n_colors=len(names))))
+
+
 def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
-    """Per epoch and per run: the training loss (on noisy inputs for VPN) and the clean train accuracy.
+    """Per epoch and per run: the training loss (on noisy inputs for VPN), the clean train accuracy and,
+    where the runs logged it, the share of pixels on which the generator's sigma is exactly 0.
 
     A generator that writes the label into its noise shows as a training loss far below the baseline's
-    with a clean accuracy that falls; one that switched itself off follows the baseline."""
+    with a clean accuracy that falls; one that switched itself off follows the baseline, and its share
+    of sigma = 0 climbs to 1."""
     data = history[(history["method"] == "baseline") | (history["method_name"] == "vpn")]
     models = list(dict.fromkeys(data["model"]))
     measures = {"train_loss": "training loss\n(inputs + generated noise)", "train_top1": "train top-1 (%)\nclean inputs"}
-    fig, axes = plt.subplots(len(measures), len(models), figsize=(5.5 * len(models), 6.5), squeeze=False,
-                             sharex=True, sharey="row")
+    if "sigma_zero_fraction" in data and data["sigma_zero_fraction"].notna().any():  # runs since 34a4ddd log it
+        measures["sigma_zero_fraction"] = "generator off: share of\ntraining pixels with sigma = 0"
+    fig, axes = plt.subplots(len(measures), len(models), figsize=(5.5 * len(models), 3.25 * len(measures)),
+                             squeeze=False, sharex=True, sharey="row")
     for col, model in enumerate(models):
         for row, (measure, label) in enumerate(measures.items()):
             ax = axes[row][col]
-            sns.lineplot(data=data[data["model"] == model], x="epoch", y=measure, hue="method", units="run_id",
-                         estimator=None, lw=1, alpha=0.8, ax=ax, legend=row == 0 and col == 0)
+            part = data[(data["model"] == model) & data[measure].notna()]
+            sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
+                         alpha=0.8, ax=ax, legend=row == 0 and col == 0,
+                         hue_order=list(dict.fromkeys(data["method"])), palette=_method_colours(data["method"]))
             ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
     fig.suptitle(f"{name}: training per epoch, one line per run")
     fig.tight_layout()
