@@ -150,18 +150,18 @@ def cmd_report(args) -> None:
 
 
 def cmd_missing(args) -> None:
-    from pipeline_src.report import missing_runs
+    from pipeline_src.report import missing_runs, record_path
 
     if args.limit is not None and args.limit < 1:
         raise ParamsError(f"--limit must be a positive number of runs, not {args.limit}")
     params = load_params(args.params)
     todo = missing_runs(params, Path(args.report))
-    for run in todo[:args.limit]:
-        print(f"{params['results_dir']}/runs/{run.experiment_set}/{run.run_id}/metrics.json")
-    shown = len(todo[:args.limit])
+    shown = todo[:args.limit]
+    for run in shown:
+        print(record_path(Path(params["results_dir"]), run))
     print(f"missing: {len(todo)} declared runs of {args.params} have no record in {args.report}"
           + ("" if Path(args.report).is_dir() else " (no such folder yet)")
-          + (f"; listed the first {shown}" if shown < len(todo) else ""), file=sys.stderr)
+          + (f"; listed the first {len(shown)}" if len(shown) < len(todo) else ""), file=sys.stderr)
 
 
 def cmd_track_init(args) -> None:

@@ -260,7 +260,8 @@ def _gain_by_dataset(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
 
 def _side_kind(test: dict, side: dict) -> str:
     """The set kind one side of a variance claim reads its runs (a gain: its treatment's runs) from."""
-    return side.get("gain", side).get("treatment", side).get("kind", test["kind"])
+    reads = side["gain"]["treatment"] if "gain" in side else side
+    return reads.get("kind", test["kind"])
 
 
 def _variance_side(test: dict, runs: pd.DataFrame, side: dict) -> pd.DataFrame:

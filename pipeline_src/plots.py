@@ -147,6 +147,7 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
     measures = {"train_loss": "training loss\n(inputs + generated noise)", "train_top1": "train top-1 (%)\nclean inputs"}
     if "sigma_zero_fraction" in data and data["sigma_zero_fraction"].notna().any():  # runs since 34a4ddd log it
         measures["sigma_zero_fraction"] = "generator off: share of\ntraining pixels with sigma = 0"
+    colours = _method_colours(data["method"])
     fig, axes = plt.subplots(len(measures), len(models), figsize=(5.5 * len(models), 3.25 * len(measures)),
                              squeeze=False, sharex=True, sharey="row")
     for col, model in enumerate(models):
@@ -155,7 +156,7 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
             part = data[(data["model"] == model) & data[measure].notna()]
             sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
                          alpha=0.8, ax=ax, legend=row == 0 and col == 0,
-                         hue_order=list(dict.fromkeys(data["method"])), palette=_method_colours(data["method"]))
+                         hue_order=list(colours), palette=colours)
             ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
     fig.suptitle(f"{name}: training per epoch, one line per run")
     fig.tight_layout()

@@ -87,6 +87,11 @@ class Collected:
     reproduced: list[str]  # a rerun that measured the same numbers: the report keeps its record
 
 
+def record_path(report_dir: Path, run: RunConfig) -> Path:
+    """Where a report folder keeps one run's metrics.json (a results folder uses the same layout)."""
+    return Path(report_dir) / "runs" / run.experiment_set / run.run_id / "metrics.json"
+
+
 def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
     """Copy each finished run's metrics.json (and its job's wall time) into the report. Runs of other
     params (an epoch count changed since) are not taken. A rerun of a run the report holds replaces it
@@ -96,8 +101,7 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
     machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
     for run in expand_runs(params):
         key = f"{run.experiment_set}/{run.run_id}"
-        source = results_dir / "runs" / key / "metrics.json"
-        target = report_dir / "runs" / key / "metrics.json"
+        source, target = record_path(results_dir, run), record_path(report_dir, run)
         if not source.exists():
             continue
         new = json.loads(source.read_text())
@@ -125,7 +129,7 @@ def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:
     """Set -> the report's metrics.json files of that set's declared runs, in run-table order."""
     by_set: dict[str, list[Path]] = {}
     for run in expand_runs(params):
-        path = report_dir / "runs" / run.experiment_set / run.run_id / "metrics.json"
+        path = record_path(report_dir, run)
         if path.exists():
             by_set.setdefault(run.experiment_set, []).append(path)
     return by_set
@@ -136,7 +140,7 @@ def missing_runs(params: dict, report_dir: Path) -> list[RunConfig]:
     fewest runs to go first: a set filled over several sessions then finishes whole cells early, and a
     cell gets its verdict as soon as its last seed lands."""
     def recorded(run: RunConfig) -> bool:
-        path = report_dir / "runs" / run.experiment_set / run.run_id / "metrics.json"
+        path = record_path(report_dir, run)
         return path.exists() and same_run(json.loads(path.read_text())["params"], run)
 
     def cell(run: RunConfig) -> tuple[str, str]:

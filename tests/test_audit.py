@@ -194,6 +194,7 @@ def test_frozen_claims_pair_a_frozen_generator_with_its_joint_baseline():
         "f/sr/vpn_dnn3: var vpn_joint: vpn_dnn3 [class_enumeration] - baseline [no_noise]"
         " vs var vpn_frozen: vpn_dnn3 [class_enumeration] - baseline [no_noise]")
 
+
 def test_a_frozen_generator_that_changed_nothing_is_the_more_stable_side():
     base = [80.0, 81.0, 79.0, 80.5, 79.5]
     runs = ([run_line("f", "sr", "baseline", "no_noise", s, b, kind="vpn_joint") for s, b in enumerate(base)]
