@@ -1,4 +1,4 @@
-"""NoisyNN noise kinds (METHODS.md section 1), as plain functions on a batch.
+"""NoisyNN noise kinds (docs/methods.md section 1.1), as plain functions on a batch.
 
 Every kind works on the first axis as the batch. Token tensors (B, N, D) may carry
 prefix tokens (the class token) that are never touched. Random draws use the torch

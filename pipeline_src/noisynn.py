@@ -3,7 +3,7 @@
 Where noise applies (train, test, both) and how test batches are formed (class-sorted as
 in the authors' loader, shuffled with the run's seed, or one image at a time) are params,
 because with batch-mixing noise a test prediction depends on which other test images share
-its batch (METHODS.md section 1). Every evaluation protocol is reported side by side.
+its batch (docs/methods.md section 1.4). Every evaluation protocol is reported side by side.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A generator g maps the label-conditioned input x + c*y/(C-1) to a per-element noise
 scale sigma >= 0; the classifier f sees x + sigma * z with z ~ N(0, I). The noise mean
-is fixed at zero so g cannot write the label into the image. Definitions follow
-shared/paper/METHODS.md section 2; where the paper text and the authors' code differ
+is fixed at zero so g cannot write the label into the image. Definitions: docs/methods.md
+section 2; where the paper text and the authors' code differ
 both are offered (objective: noisy_ce = code, two_term = text).
 """
 from __future__ import annotations
