@@ -25,7 +25,8 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
                          "dataset": metrics["dataset"], "model": metrics["model"],
                          "method": method["label"], **sweep, "eval_mode": eval_mode,
                          "seed": metrics["seed"], "top1": value, "run_id": metrics["run_id"],
-                         "protocol": metrics.get("protocol", "paper"), "device": metrics["provenance"].get("device"),
+                         "protocol": metrics.get("protocol", "paper"), "reading": metrics.get("reading", ""),
+                         "device": metrics["provenance"].get("device"),
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),
                          "train_noise": method["name"] == "noisynn" and method["apply_at"] != "test",
                          "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
@@ -109,14 +110,15 @@ def write_table(table: pd.DataFrame, files: SetFiles, title: str) -> None:
 
 
 ID_COLUMNS = {"experiment_set", "kind", "dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
-              "mlflow_run_id", "scale", "protocol", "device", "test_batches", "test_batch_size"}
+              "mlflow_run_id", "scale", "protocol", "reading", "device", "test_batches", "test_batch_size"}
 
 
 def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], files: SetFiles) -> pd.DataFrame:
     from pipeline_src.plots import plot_set
 
     long = load_runs(metrics_paths)
-    keys = ["dataset", "model", "method", *long.attrs["sweep"], "eval_mode"]
+    readings = ["reading"] if long["reading"].ne("").any() else []  # a set without readings keeps its columns
+    keys = ["dataset", "model", "method", *long.attrs["sweep"], *readings, "eval_mode"]
     table = summarize(long, keys, extra_first=["train_noise"])
     if kind == "eval_protocol":
         table = eval_protocol_columns(table)

@@ -103,6 +103,10 @@ def validate_params(params: dict) -> dict:
                 if name not in known:
                     raise ParamsError(f"invalid params: experiment_sets.{set_name}.{key}: {name!r} is not defined; "
                                       f"defined {key}: {', '.join(known)}")
+        for reading in spec.get("readings", []):
+            if reading not in params["readings"]:
+                raise ParamsError(f"invalid params: experiment_sets.{set_name}.readings: {reading!r} is not defined; "
+                                  f"defined readings: {', '.join(params['readings']) or 'none'}")
         labels = [m["label"] for m in spec["methods"]]
         if len(set(labels)) != len(labels):
             raise ParamsError(f"invalid params: experiment_sets.{set_name}.methods: duplicate labels in {labels}")
@@ -117,8 +121,11 @@ def dataset_spec(params: dict, name: str) -> dict:
 def audit_set_info(params: dict) -> dict:
     """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
     return {
-        **{name: {"kind": spec["kind"], "scale": params["scale"]}
+        **{name: {"kind": spec["kind"], "scale": params["scale"],
+                  "readings": spec.get("readings") or [params["own_reading"]]}
            for name, spec in params["experiment_sets"].items()},
+        "readings": {params["own_reading"]: "the params' own training block",
+                     **{name: r["source"] for name, r in params["readings"].items()}},
         "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
         "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},
     }
@@ -154,6 +161,7 @@ class RunConfig:
     eval_batch_size: int
     optimizer: dict
     protocol: str = "paper"
+    reading: str = ""  # a named protocol reading (params readings); "" the params' own training
     label_smoothing: float = 0.0
     scale: str = "embedded_default"
     device: str = "auto"
@@ -169,6 +177,16 @@ class RunConfig:
 
     def params_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def format_run_id(dataset: str, model: str, label: str, sweep_suffix: str, reading: str, seed: int) -> str:
+    """`<dataset>-<model>-<label><sweep>[.<reading>]-s<seed>`: the one place run ids are formed."""
+    return f"{dataset}-{model}-{label}{sweep_suffix}{'.' + reading if reading else ''}-s{seed}"
+
+
+def model_identity(model_cfg: dict) -> dict:
+    """What trains a model: its spec less the audit-only paper_name (renaming a column retrains nothing)."""
+    return {k: v for k, v in model_cfg.items() if k != "paper_name"}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -213,18 +231,20 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
     for set_name, spec in params["experiment_sets"].items():
         if experiment_set is not None and set_name != experiment_set:
             continue
-        set_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
+        own_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
         kind = spec["kind"]
-        for dataset, model, (method, sweep, suffix), seed in itertools.product(
-                spec["datasets"], spec["models"], expand_methods(spec["methods"]), spec.get("seeds", params["seeds"])):
-            training, model_cfg = set_training, copy.deepcopy(params["models"][model])
+        for reading, dataset, model, (method, sweep, suffix), seed in itertools.product(
+                spec.get("readings", [""]), spec["datasets"], spec["models"], expand_methods(spec["methods"]),
+                spec.get("seeds", params["seeds"])):
+            set_training = _merge(own_training, params["readings"][reading]["training"]) if reading else own_training
+            training, model_cfg = set_training, model_identity(params["models"][model])
             name = authors_code_family(kind, model_cfg, params["datasets"][dataset])
             if params["protocol"] == "authors_code" and name is not None:
                 family = AUTHORS_CODE[name]
                 training = _merge(set_training, family["training"])
                 method = _fill_method(method, family["method"])
                 model_cfg = {**family["model"], **model_cfg}
-            run_id = f"{dataset}-{model}-{method['label']}{suffix}-s{seed}"
+            run_id = format_run_id(dataset, model, method["label"], suffix, reading, seed)
             try:
                 resolved = resolve_method(method, training["batch_size"], training["eval_batch_size"])
             except ValueError as err:
@@ -243,6 +263,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 eval_batch_size=training["eval_batch_size"],
                 optimizer=training["optimizer"],
                 protocol=params["protocol"],
+                reading=reading,
                 label_smoothing=training["label_smoothing"],
                 scale=params["scale"],
                 device=params["device"],

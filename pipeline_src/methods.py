@@ -45,9 +45,14 @@ class Method(nn.Module):
         return {"no_noise": {"noise": False, "test_batches": "-", "test_batch_size": eval_batch_size}}
 
     @torch.inference_mode()
+    def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+        """eval_mode -> predicted class of every test image, in the test set's order. The first entry is
+        the run's headline evaluation."""
+        return {"no_noise": predict(self.model, x, batch_size)}
+
     def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-        """eval_mode -> top-1 accuracy in percent. The first entry is the run's headline number."""
-        return {"no_noise": top1(predict(self.model, x, batch_size), y)}
+        """eval_mode -> top-1 accuracy in percent, from eval_predictions."""
+        return {mode: top1(pred, y) for mode, pred in self.eval_predictions(x, y, batch_size).items()}
 
     @torch.inference_mode()
     def diagnostics(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, batch_size: int) -> dict:

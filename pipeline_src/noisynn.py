@@ -13,7 +13,7 @@ from torch import nn
 from pipeline_src.hooks import noise_input_of
 from pipeline_src.sites import resolve_site
 from pipeline_src.method_spec import TEST_BATCHES, eval_plan
-from pipeline_src.methods import Method, predict, top1
+from pipeline_src.methods import Method, predict
 
 
 def eval_batch_order(how: str, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -85,8 +85,7 @@ class NoisyNNMethod(Method):
             self.model.train(was_training)
 
     @torch.inference_mode()
-    def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
-        """eval_mode -> top-1 percent; the first key is the headline for the run's own setting."""
-        return {mode: top1(self.predictions(plan["test_batches"] if plan["noise"] else "none", x, y,
-                                            plan["test_batch_size"]), y)
+    def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+        """eval_mode -> predictions in test-set order; the first key is the headline for the run's own setting."""
+        return {mode: self.predictions(plan["test_batches"] if plan["noise"] else "none", x, y, plan["test_batch_size"])
                 for mode, plan in self.eval_plan(batch_size).items()}

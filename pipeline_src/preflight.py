@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from pipeline_src.config import ParamsError, RunConfig, dataset_spec, weights_path
+from pipeline_src.config import ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
 from pipeline_src.provenance import code_version, write_json
 from pipeline_src.readers import DataError
 from pipeline_src.sources import input_shape, resolve_spec
@@ -30,7 +30,7 @@ def base_run_of(run: RunConfig) -> tuple[str, str] | None:
         return None
     if "base_set" not in spec or "base_label" not in spec:
         raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
-    return spec["base_set"], f"{run.dataset}-{run.model}-{spec['base_label']}-s{run.seed}"
+    return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
 
 
 def gpus_for(run: RunConfig, train_gpus: int) -> int:

@@ -5,7 +5,7 @@ everything else rebuilt from them alone (set tables, the audit, the test-batch s
         --out reports/fashion-mnist
 
 `--results` is optional: with it, finished runs there are first copied into `<out>/runs/` (metrics.json
-only, never weights), so a set that takes several sessions grows in the report folder run by run.
+and predictions.npz, never weights), so a set that takes several sessions grows in the report folder run by run.
 Rebuilding from the committed files gives the committed tables and verdicts (tests/test_report.py).
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params
+from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params, model_identity
 from pipeline_src.method_spec import resolve_method
+from pipeline_src.predictions import predictions_path
 from pipeline_src.schema import filled
 from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
 
@@ -60,7 +61,9 @@ def same_run(recorded: dict, run: RunConfig) -> bool:
         method = resolve_method(recorded["method"], recorded["batch_size"], recorded["eval_batch_size"])
     except (KeyError, ValueError):
         return False
-    return _covers({**recorded, "method": method}, asdict(run), defaults)
+    # runs made before the audit-only paper_name left the training identity recorded it
+    upgraded = {**recorded, "method": method, "model_cfg": model_identity(recorded.get("model_cfg", {}))}
+    return _covers(upgraded, asdict(run), defaults)
 
 
 def _covers(recorded, current, defaults) -> bool:
@@ -114,15 +117,24 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
             if kept != new:
                 done.reproduced.append(key)
             machines.setdefault(key, {"machine": here, "job_wall_s": wall})
+            _copy_predictions(source, target)  # a record made before runs stored them gains them
             continue
         if kept is not None:
             print(f"report: {key}: the run in {results_dir} measured other numbers than the report's; "
                   "replacing it (git diff shows both)", file=sys.stderr)
         write_atomic(target, source.read_bytes())
+        _copy_predictions(source, target)
         machines[key] = {"machine": here, "job_wall_s": wall}
         done.copied.append(key)
     write_json(machines_path, dict(sorted(machines.items())))
     return done
+
+
+def _copy_predictions(source_metrics: Path, target_metrics: Path) -> None:
+    """The run's per-image predictions travel with its record, when the run stored them."""
+    source = predictions_path(source_metrics)
+    if source.exists():
+        write_atomic(predictions_path(target_metrics), source.read_bytes())
 
 
 def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:

@@ -23,7 +23,8 @@ from pipeline_src.config import RunConfig
 from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import Method, build_method, predict, top1
 from pipeline_src.models import build_from_cfg
-from pipeline_src.provenance import environment, git_state, torch_save_atomic, write_json
+from pipeline_src.predictions import predictions_path, save_predictions
+from pipeline_src.provenance import code_version, environment, git_state, torch_save_atomic, write_json
 from pipeline_src.stream import ImageStream
 
 if TYPE_CHECKING:  # the data module loads lazily: start-up time per job
@@ -124,30 +125,49 @@ def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
     return mean_over(world, total_loss).item() / seen
 
 
-def _checkpoint_state(method, optimizer, schedule, epoch, history, params_hash) -> dict:
+def _checkpoint_state(method, optimizer, schedule, epoch, history, params_hash, code_versions) -> dict:
     state = {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-             "epoch": epoch, "history": history, "params_hash": params_hash, "rng": torch.get_rng_state()}
+             "epoch": epoch, "history": history, "params_hash": params_hash, "code_versions": code_versions,
+             "rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _try_resume(path: Path, params_hash: str, method, optimizer, schedule):
-    """Returns (start_epoch, history); a checkpoint of other params is ignored, not trusted."""
+def code_identity(provenance: dict) -> dict:
+    """The code a process trains with: its commit, whether the tree was dirty, and the package's own hash
+    (which a dirty tree's commit does not pin)."""
+    return {"git_commit": provenance.get("git_commit"), "git_dirty": provenance.get("git_dirty"),
+            "package_hash": code_version()}
+
+
+def _try_resume(path: Path, params_hash: str, method, optimizer, schedule, code: dict):
+    """Returns (start_epoch, history, code_versions); a checkpoint of other params is ignored, not trusted.
+    A resumed run keeps the code versions it trained under before, and adds this one if it differs, so its
+    record names every version (metrics.json provenance.code_versions, each with the first epoch it trained)."""
+    fresh = (0, [], [{**code, "from_epoch": 1}])
     if not path.exists():
-        return 0, []
+        return fresh
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("params_hash") != params_hash:
         print(f"ignoring {path}: it belongs to other params", file=sys.stderr)
-        return 0, []
+        return fresh
     method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    print(f"resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
-    return state["epoch"], state["history"]
+    # checkpoints from before versions were kept record none: the version then is unknown
+    versions = state.get("code_versions") or [{"git_commit": "unknown", "git_dirty": None, "package_hash": None,
+                                              "from_epoch": 1}]
+    if {k: v for k, v in versions[-1].items() if k != "from_epoch"} != code:
+        versions = [*versions, {**code, "from_epoch": state["epoch"] + 1}]
+        print(f"resuming from {path} after epoch {state['epoch']} under other code than it began with "
+              f"(commit {code['git_commit']}); metrics.json records every version", file=sys.stderr)
+    else:
+        print(f"resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
+    return state["epoch"], state["history"], versions
 
 
 def _file_sha256(path: str | None) -> str | None:
@@ -167,6 +187,7 @@ def run_head(cfg: RunConfig, rule: str = "train") -> dict:
     return {"run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
             "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"],
             "method_name": cfg.method["name"], "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol,
+            "reading": cfg.reading,
             "sweep": cfg.sweep, "params_hash": cfg.params_hash(),
             "provenance": {**git_state(), "snakemake_rule": rule,
                            "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}}}
@@ -221,7 +242,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     schedule = make_schedule(optimizer, cfg.optimizer, cfg.epochs)
     params_hash = cfg.params_hash()
     checkpoint = out_dir / CHECKPOINT_NAME
-    start_epoch, history = _try_resume(checkpoint, params_hash, method, optimizer, schedule)
+    start_epoch, history, code_versions = _try_resume(checkpoint, params_hash, method, optimizer, schedule,
+                                                      code_identity(head["provenance"]))
 
     # a streamed training set stays in its files; an in-memory one moves to the device once
     x_train = data.x_train if isinstance(data.x_train, ImageStream) else data.x_train.to(device)
@@ -248,8 +270,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         if world.is_main:
             print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
                   f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
-            torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash),
-                              checkpoint)
+            torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash,
+                                                code_versions), checkpoint)
             if on_epoch:
                 on_epoch(history[-1])
 
@@ -258,7 +280,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         return {}
     method.eval()
     with torch.inference_mode(), autocast:
-        evaluations = method.evaluations(x_test, y_test, cfg.eval_batch_size)
+        predictions = method.eval_predictions(x_test, y_test, cfg.eval_batch_size)
+        evaluations = {mode: top1(pred, y_test) for mode, pred in predictions.items()}
         diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
     method.save_figures(out_dir, x_test, y_test)
     # "model" is what a frozen VPN run loads; "method" adds what the method learned besides
@@ -280,9 +303,13 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         "provenance": {**head["provenance"], "data_version": data.manifest["data_version"],
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        "weights_sha256": _file_sha256(cfg.model_cfg.get("weights_file")),
+                       "code_versions": code_versions,
                        **environment()},
         "mlflow_run_id": None,
     }
+    # first, so a metrics.json (what Snakemake and the report look for) never lacks its predictions
+    save_predictions(predictions_path(metrics_path), {m: p.cpu().numpy() for m, p in predictions.items()},
+                     data.y_test.numpy())
     write_json(metrics_path, metrics)
     checkpoint.unlink(missing_ok=True)
     leave(world)

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from pipeline_src.method_spec import VPN_SETTINGS
-from pipeline_src.methods import Method, predict, top1
+from pipeline_src.methods import Method, predict
 
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
 # many rows (or one eval batch, whichever is larger) so memory stays bounded for large C.
@@ -191,11 +191,11 @@ class VPNMethod(Method):
     # ------------------------------------------------------------------ evaluation
 
     @torch.inference_mode()
-    def evaluations(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, float]:
+    def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
         with _eval_mode(self):
-            return {"class_enumeration": top1(self.class_enumeration(x, batch_size), y),
-                    "no_noise": top1(predict(self.model, x, batch_size), y),
-                    "class_enumeration_mean_sigma": top1(self.class_enumeration(x, batch_size, label_free=True), y)}
+            return {"class_enumeration": self.class_enumeration(x, batch_size),
+                    "no_noise": predict(self.model, x, batch_size),
+                    "class_enumeration_mean_sigma": self.class_enumeration(x, batch_size, label_free=True)}
 
     @torch.inference_mode()
     def enumeration_scores(self, x: torch.Tensor, z: torch.Tensor | None = None,

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline_src.config import REPO_ROOT, ParamsError, expand_runs, load_params, validate_params
+from pipeline_src.preflight import base_run_of
 
 DEFAULT = REPO_ROOT / "params" / "default.yaml"
 PAPER = REPO_ROOT / "params" / "paper.yaml"
@@ -73,6 +74,39 @@ def test_set_training_override_applies_only_to_that_set():
     by_set = {r.experiment_set: r.epochs for r in expand_runs(params)}
     assert by_set["vpn_background"] == 5
     assert by_set["baseline"] == params["training"]["epochs"]
+
+
+def test_readings_run_every_cell_under_each_with_its_own_training():
+    params = load_params(REPO_ROOT / "params" / "fashion_mnist.yaml")
+    runs = {r.run_id: r for r in expand_runs(params, "vpn_joint_readings")}
+    assert len(runs) == 3 * 2 * 2 * 5  # readings x models x methods x seeds
+    plain, code = runs["fmnist-sr-baseline.sgd_plain-s0"], runs["fmnist-sr-baseline.adam_code-s0"]
+    assert (plain.reading, plain.optimizer["name"], plain.optimizer["momentum"], plain.optimizer["lr"]) == (
+        "sgd_plain", "sgd", 0.0, 0.001)
+    assert (code.optimizer["name"], code.optimizer["lr"], code.optimizer["weight_decay"]) == ("adam", 0.1, 0.0005)
+    assert plain.epochs == code.epochs == 40 and plain.params_hash() != code.params_hash()
+    # the set without readings keeps its ids and the params' own training
+    own = {r.run_id: r for r in expand_runs(params, "vpn_joint")}["fmnist-sr-baseline-s0"]
+    assert own.reading == "" and own.optimizer["name"] == "adam"
+    # a frozen run freezes the base trained under its own reading
+    frozen = next(r for r in expand_runs(params, "vpn_frozen_readings") if r.reading == "sgd_code")
+    assert base_run_of(frozen) == ("vpn_joint_readings", f"fmnist-{frozen.model}-baseline.sgd_code-s{frozen.seed}")
+
+
+def test_an_undefined_reading_is_one_line_naming_the_defined_ones(raw_default):
+    raw = copy.deepcopy(raw_default)
+    raw["readings"] = {"sgd_plain": {"source": "ours", "training": {"optimizer": {"name": "sgd"}}}}
+    raw["experiment_sets"]["baseline"]["readings"] = ["sgd_plan"]
+    with pytest.raises(ParamsError, match=r"baseline.readings: 'sgd_plan' is not defined; defined readings: sgd_plain$"):
+        validate_params(raw)
+
+
+def test_renaming_a_paper_column_leaves_the_training_identity_alone(raw_default):
+    renamed = copy.deepcopy(raw_default)
+    for model in renamed["models"].values():
+        model["paper_name"] = "renamed"
+    before, after = (expand_runs(validate_params(copy.deepcopy(r))) for r in (raw_default, renamed))
+    assert [r.to_json() for r in before] == [r.to_json() for r in after]
 
 
 def test_run_config_round_trips_and_hash_tracks_params():

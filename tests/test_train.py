@@ -8,11 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from pipeline_src.config import REPO_ROOT, RunConfig
 from pipeline_src.data import prepare
 from pipeline_src.method_spec import resolve_method
+from pipeline_src.predictions import load_predictions
 from pipeline_src.train import CHECKPOINT_NAME, build_run_method, to_input, train_run
 
 
@@ -57,6 +60,16 @@ def test_outputs_are_complete(digits_dir, tmp_path):
     assert on_disk["provenance"]["git_commit"]
     assert (tmp_path / "model.pt").exists()
     assert not (tmp_path / CHECKPOINT_NAME).exists(), "the checkpoint is removed once the run is finished"
+
+
+def test_predictions_are_stored_per_eval_mode_and_give_the_recorded_accuracy(digits_dir, tmp_path):
+    vpn = {"label": "vpn_dnn3", "name": "vpn", "generator": "dnn3", "generator_hidden": 16}
+    metrics = train_run(make_run(vpn, epochs=1), digits_dir, tmp_path)
+    preds, target = load_predictions(tmp_path / "predictions.npz")
+    assert set(preds) == set(metrics["evaluations"]) == {"class_enumeration", "no_noise", "class_enumeration_mean_sigma"}
+    assert len(target) == 450 and preds["no_noise"].dtype == np.uint8
+    for mode, pred in preds.items():
+        assert 100.0 * (pred == target).mean() == pytest.approx(metrics["evaluations"][mode], abs=1e-4)  # float32 mean
 
 
 def test_provenance_names_the_commit_the_run_started_with(digits_dir, tmp_path, monkeypatch):
@@ -147,6 +160,21 @@ def test_killed_job_resumes_from_checkpoint_with_same_result(digits_dir, tmp_pat
     assert 1 <= done < SLOW["epochs"]
     assert f"epoch {done}/{SLOW['epochs']}" not in resumed.stderr, "epochs before the checkpoint were redone"
     assert comparable(json.loads((out / "metrics.json").read_text())) == comparable(uninterrupted)
+
+
+def test_a_run_resumed_under_other_code_records_both_versions(digits_dir, tmp_path):
+    cfg, out = make_run(**SLOW), tmp_path / "run"
+    _kill_after_first_checkpoint(cfg, digits_dir, out)
+    state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert state["code_versions"][0]["from_epoch"] == 1 and state["code_versions"][0]["package_hash"]
+    older = {"git_commit": "0" * 40, "git_dirty": False, "package_hash": "0" * 16, "from_epoch": 1}
+    torch.save({**state, "code_versions": [older]}, out / CHECKPOINT_NAME)  # as if the code changed since
+    resumed = _train_cli(cfg, digits_dir, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "under other code than it began with" in resumed.stderr
+    versions = json.loads((out / "metrics.json").read_text())["provenance"]["code_versions"]
+    assert versions[0] == older and versions[1]["from_epoch"] == state["epoch"] + 1
+    assert versions[1]["package_hash"] != older["package_hash"]
 
 
 def test_checkpoint_of_other_params_is_not_resumed(digits_dir, tmp_path):

@@ -4,6 +4,8 @@ rule train:
     output:
         metrics=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/metrics.json",
         model=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/model.pt",
+        # written by train next to metrics.json (pipeline_src/predictions.py)
+        predictions=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/predictions.npz",
     log:
         f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/train.log",
     benchmark:
