@@ -3,11 +3,15 @@ Noise is applied to that module's first positional input (hooks.py). Site names 
 every model timm builds, because stages come from timm's own `feature_info`:
 
 - `stage:<i>`: the input of stage i. A stage is a feature level of timm's `feature_info` (ResNet
-  layer1..4, ConvNeXt stages.*, the groups of MobileNet's and EfficientNet's `blocks`, ViT blocks);
-  a level that sits in a container brings all its siblings, so a group timm does not tap still
-  counts, and a stem level (a lone module at the top, such as ResNet's act1) is not a stage.
+  layer1..4, RegNet s1..s4, ConvNeXt stages.*, the groups of MobileNet's and EfficientNet's `blocks`,
+  ViT blocks). A level that sits in a container brings all its siblings, so a group timm does not tap
+  still counts. A level outside a container is a stage when it holds its blocks in a container (ResNet's
+  layer1, a Sequential), or when it is one of several levels of the same class and holds more than
+  layers (RegNet's four RegStage modules, whose blocks b1, b2, ... are plain children); a lone level
+  of its own class (ResNet's act1, MobileNet's bn1, RegNet's stem, NFNet's final_conv) or a layer
+  (Inception's ConvNormAct levels) is a stem or head, not a stage.
 - `block:<i>`: the input of block i, counting the blocks of every stage in forward order (ResNet
-  BasicBlocks, ConvNeXt blocks, MobileNet/EfficientNet inverted residuals). ViT: the authors' site
+  BasicBlocks, RegNet Bottlenecks, ConvNeXt blocks, MobileNet/EfficientNet inverted residuals). ViT: the authors' site
   in block i, its `attn` (input: norm1's output; the residual path is untouched). DNN3: fc2, head;
   softmax regression: head.
 - `default`: the authors' site, the last block (ViT: the last block's attn; ResNet: the last block of
@@ -19,6 +23,8 @@ every model timm builds, because stages come from timm's own `feature_info`:
 Negative indices count from the end.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from torch import nn
 
@@ -35,18 +41,30 @@ def _join(parent: str, name: str) -> str:
     return f"{parent}.{name}" if parent else name
 
 
+def _in_container(modules: dict[str, nn.Module], path: str) -> bool:
+    parent = path.rpartition(".")[0]
+    return bool(parent) and isinstance(modules.get(parent), _CONTAINERS)
+
+
 def stage_sites(model: nn.Module) -> list[str]:
     """Module paths of the stages, input to output, from timm's feature_info; [] without one."""
     modules = dict(model.named_modules())
+    levels = [level["module"] if isinstance(level, dict) else level
+              for level in getattr(model, "feature_info", None) or []]
+    # levels outside a container, by class: a class that several levels share is a run of stages
+    kinds = Counter(type(modules[path]) for path in levels
+                    if path and path in modules and not _in_container(modules, path))
     stages: list[str] = []
-    for level in getattr(model, "feature_info", None) or []:
-        path = level["module"] if isinstance(level, dict) else level
-        parent = path.rpartition(".")[0]
-        if parent and isinstance(modules.get(parent), _CONTAINERS):
+    for path in levels:
+        module = modules.get(path) if path else None  # "" (the whole model, as TResNet names one) is no stage
+        if module is None:
+            found = []
+        elif _in_container(modules, path):
+            parent = path.rpartition(".")[0]
             found = [_join(parent, name) for name, _ in modules[parent].named_children()]
-        elif isinstance(modules.get(path), _CONTAINERS) or _inner_blocks(modules.get(path)) is not None:
+        elif _inner_blocks(module) is not None or (kinds[type(module)] > 1 and not _is_layer(module)):
             found = [path]
-        else:  # a stem level
+        else:  # a stem or head: a lone level of its own class, or a layer (Inception's ConvNormAct levels)
             found = []
         stages += [p for p in found if p not in stages]
     return stages
@@ -60,6 +78,13 @@ def _inner_blocks(module: nn.Module | None) -> nn.Module | None:
     return inner if isinstance(inner, _CONTAINERS) else None
 
 
+def _is_layer(module: nn.Module) -> bool:
+    """A layer (a conv, norm or activation, or a ConvNormAct of them), not something holding blocks:
+    no child of it has parameters in a child of its own."""
+    return not any(any(True for _ in grandchild.parameters())
+                   for child in module.children() for grandchild in child.children())
+
+
 def _blocks_in(path: str, module: nn.Module) -> list[str]:
     inner = _inner_blocks(module)
     if inner is None:
@@ -68,13 +93,22 @@ def _blocks_in(path: str, module: nn.Module) -> list[str]:
     return [block for name, child in inner.named_children() for block in _blocks_in(_join(inner_path, name), child)]
 
 
+def _stage_blocks(model: nn.Module, path: str) -> list[str]:
+    """A stage's blocks. A stage that is neither a container nor in one (RegNet's RegStage) holds its
+    blocks as plain children; any other stage is walked as a container, or is one block itself."""
+    stage = model.get_submodule(path)
+    if _inner_blocks(stage) is None and not _in_container(dict(model.named_modules()), path):
+        return [block for name, child in stage.named_children() for block in _blocks_in(_join(path, name), child)]
+    return _blocks_in(path, stage)
+
+
 def block_sites(model: nn.Module) -> list[str]:
     """Module paths a layer sweep walks, input to output; [] for a model without known blocks."""
     if _is_vit(model):
         return [f"blocks.{i}.attn" for i in range(len(model.blocks))]
     stages = stage_sites(model)
     if stages:
-        return [block for path in stages for block in _blocks_in(path, model.get_submodule(path))]
+        return [block for path in stages for block in _stage_blocks(model, path)]
     children = dict(model.named_children())
     if {"fc1", "fc2", "head"} <= set(children):  # DNN3: inputs of the two layers after a hidden one
         return ["fc2", "head"]

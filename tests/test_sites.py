@@ -145,3 +145,74 @@ def test_timm_models_nobody_configured_train_with_noise_through_params_alone(tmp
     spec = metrics["params"]["resolved_method"]
     assert (spec["site"], spec["site_module"]) == (site, module)
     assert 0 <= metrics["test_top1"] <= 100
+
+
+REGNET_PARAMS = "tests/params_regnet.yaml"
+
+
+@pytest.fixture(scope="module")
+def regnet():
+    """regnetx_002 at the tiny size of tests/params_regnet.yaml, with real weights (CPU, milliseconds)."""
+    import yaml
+
+    from pipeline_src.config import REPO_ROOT
+
+    cfg = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())["models"]["regnet"]
+    torch.manual_seed(0)
+    return timm.create_model(cfg["arch"], num_classes=5, in_chans=1, **cfg["timm_kwargs"]).eval()
+
+
+def test_regnet_stages_are_its_feature_info_levels_though_no_container(regnet):
+    assert [level["module"] for level in regnet.feature_info] == ["stem", "s1", "s2", "s3", "s4"]
+    assert not isinstance(regnet.s1, torch.nn.Sequential) and not hasattr(regnet.s1, "blocks")
+    assert stage_sites(regnet) == ["s1", "s2", "s3", "s4"]  # the stem (a ConvNormAct) is no stage
+    assert block_sites(regnet) == ["s1.b1", "s2.b1", "s3.b1", "s3.b2", "s4.b1"]
+    assert resolve_site(regnet, "stage:0") == ("s1", 0)
+    assert resolve_site(regnet, "stage:-1") == ("s4", 0)
+    assert resolve_site(regnet, "block:3") == ("s3.b2", 0)
+    assert resolve_site(regnet, "default") == ("s4.b1", 0)  # the last block, as on a ResNet
+    with pytest.raises(ValueError, match=r"^site 'stage:4' is out of range: RegNet has 4 stages \(indices -4 to 3\)$"):
+        resolve_site(regnet, "stage:4")
+
+
+@pytest.mark.parametrize("site", ["stage:0", "default"])
+def test_noise_at_a_regnet_site_changes_its_logits(regnet, site):
+    from pipeline_src.hooks import attach_noise
+
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        clean = regnet(x)
+        handle = attach_noise(regnet, site, {"kind": "circular_shift", "strength": 0.3}, lambda: True)
+        noisy = regnet(x)
+        handle.remove()
+        restored = regnet(x)
+    assert not torch.allclose(clean, noisy)
+    assert torch.equal(clean, restored)
+
+
+def test_regnet_trains_with_noise_at_a_stage_through_params_alone(tmp_path):
+    """tests/params_regnet.yaml as a user would run it: check (every site of the grid on the built
+    model), prepare digits, and train the stage:1 run for its one epoch from the command line."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline_src.config import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())
+    params["results_dir"] = str(tmp_path / "results")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cli = [sys.executable, "-m", "pipeline_src"]
+    for args in (["check", "--params", str(path)],
+                 ["prepare", "--params", str(path), "--dataset", "digits", "--out", str(tmp_path / "data")],
+                 ["train", "--params", str(path), "--set", "regnet_sites", "--run-id", "digits-regnet-q-sitestage1-s0",
+                  "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--threads", "1"]):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    spec = metrics["params"]["resolved_method"]
+    assert (spec["site"], spec["site_module"]) == ("stage:1", "s2")
+    assert len(metrics["history"]) == 1 and 0 <= metrics["test_top1"] <= 100
