@@ -12,6 +12,7 @@
     python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
     python -m pipeline_src missing   --params P --report reports/NAME [--limit N]
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
+    python -m pipeline_src track-audit --results results --tables AUDIT.csv CELLS.csv --files AUDIT.md ... --out J
 
 The rules name every file a command writes (--data/--manifest, --metrics/--model, ...); a folder
 (--out) is the shorthand for running a step by hand.
@@ -190,10 +191,20 @@ def cmd_track_set(args) -> None:
             metrics["mlflow_run_id"] = run_id
             write_json(path, metrics)
         ids[metrics["run_id"]] = run_id
+    track.end_set(Path(args.results), args.set)  # every run of the set is in: its parent run ends
     write_json(args.out, {"experiment_set": args.set, "mlflow_run_ids": ids})
     missing = [r for r, i in ids.items() if i is None]
     print(f"{args.set}: {len(ids) - len(missing)} runs in MLflow" +
           (f"; NOT logged (run track-resync later): {' '.join(missing)}" if missing else ""))
+
+
+def cmd_track_audit(args) -> None:
+    from pipeline_src import track
+    from pipeline_src.provenance import write_json
+
+    run_id = track.log_audit(Path(args.results), args.tables, args.files)
+    write_json(args.out, {"mlflow_run_id": run_id})
+    print(f"audit: MLflow run {run_id}" if run_id else f"audit: NOT logged to MLflow; delete {args.out} and rerun")
 
 
 def cmd_track_resync(args) -> None:
@@ -292,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON of run id -> MLflow run id")
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_track_set)
+
+    p = sub.add_parser("track-audit", help="log the audit's tables and verdict counts on the experiment's audit run")
+    p.add_argument("--results", default="results")
+    p.add_argument("--tables", nargs="+", required=True, help="csv tables: audit.csv, effects_cells.csv")
+    p.add_argument("--files", nargs="*", default=[], help="other audit files logged as they are (audit.md, figure)")
+    p.add_argument("--out", required=True, help="JSON with the audit run's MLflow id")
+    p.set_defaults(func=cmd_track_audit)
 
     p = sub.add_parser("track-resync", help="log runs that never reached MLflow, without duplicates")
     p.add_argument("--results", default="results")

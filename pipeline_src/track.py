@@ -9,7 +9,12 @@ Open the UI: mlflow ui --backend-store-uri <tracking_uri(results_dir)> --host 12
 Layout. One experiment, "beneficial-noise" ($MLFLOW_EXPERIMENT_NAME overrides, e.g. to keep two
 studies apart on a shared server): the study compares sets (baseline vs noise methods), and one
 experiment puts all their runs in one table. Each set has a parent run (tags pipeline_role=parent,
-experiment_set=<set>); its runs carry `mlflow.parentRunId`. The default store is
+experiment_set=<set>); its runs carry `mlflow.parentRunId`. A parent is RUNNING from its creation
+until its set has ended (end_set, called once the set's runs are logged), and a live job of a set
+that trains again reopens it, so children never run under a finished parent. Each child lists its
+dataset as an MLflow dataset input (digest: the prepared data's version; source: data.dvc's hash).
+The audit's verdicts are on one more run, tag pipeline_role=audit (log_audit): its tables as MLflow
+tables, the verdict counts as metrics. The default store is
 `results_dir/mlflow.db` with artifacts under `results_dir/mlartifacts`, both absolute paths, so a
 job's working directory (a Snakemake shadow or temp copy) cannot scatter them.
 
@@ -44,18 +49,24 @@ from pathlib import Path
 
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pipeline_src.provenance import write_atomic, write_json
+from pipeline_src.provenance import git_state, write_atomic, write_json
 from pipeline_src.tracking_switch import is_server
 
 EXPERIMENT_NAME = "beneficial-noise"
 PENDING_MARKER = "mlflow_pending"
 LIVE_MARKER = "mlflow_live_run"  # the id of a job's live run, so a job resumed after a kill reopens it
 TRACKING_INFO = "tracking.json"
+AUDIT_RUN_NAME = "audit"
+# MLflow's dataset table keeps digests of at most 36 characters (String(36) in its SQL schema); the
+# data version is a 64-character sha256, whole in the dataset's profile. 36 hex digits still tell
+# any two data versions apart.
+DATASET_DIGEST_CHARS = 36
 
 # Retry budget for transient errors: at most ~30 s of waiting, on top of sqlite's own 20 s busy
 # timeout per statement. PIPELINE_MLFLOW_ATTEMPTS / PIPELINE_MLFLOW_BACKOFF_S or the keyword
@@ -153,13 +164,71 @@ def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None 
     return synced, skipped
 
 
+def end_set(results_dir, experiment_set: str, *, attempts: int | None = None,
+            backoff_s: float | None = None) -> bool:
+    """Mark the set's parent run FINISHED: its set has ended (every run trained and logged).
+
+    False, with a warning, when the store stays unreachable or the set has no parent; never raises.
+    A set that trains again later reopens its parent (LiveRun), and ends it again here.
+    """
+    results_dir = Path(results_dir).resolve()
+    attempts, backoff_s = _budget(attempts, backoff_s)
+
+    def once() -> bool:
+        client = _open_client(tracking_uri(results_dir), results_dir)
+        _, parent_id = _find_parent(client, experiment_set)
+        if parent_id is not None:
+            client.set_terminated(parent_id, "FINISHED")
+        return parent_id is not None
+
+    try:
+        with _http_defaults():
+            ended = _retrying(once, attempts, backoff_s)
+    except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
+        _warn(f"MLflow: could not end the parent run of set {experiment_set}: {_reason(exc)}",
+              "Its runs are logged; the parent stays RUNNING until the set is tracked again.")
+        return False
+    if not ended:
+        print(f"MLflow: set {experiment_set} has no parent run in {tracking_uri(results_dir)}; nothing to end",
+              file=sys.stderr)
+    return ended
+
+
+def log_audit(results_dir, tables: list, files: list = (), *, attempts: int | None = None,
+              backoff_s: float | None = None) -> str | None:
+    """Log an audit on the experiment's audit run and return its MLflow id, or None (warned, never raises).
+
+    tables: csv files (audit.csv, effects_cells.csv), each logged with MlflowClient.log_table as
+    <stem>.json, which the UI shows as a table, and as the csv itself; a table with a `verdict` column
+    also gives one metric per verdict (verdicts.<verdict> = how many claims have it), so the verdict
+    counts show in the experiment's runs table. files (audit.md, the figure) are logged as they are.
+    An audit run with the same content is reused; a changed audit gets a new run and the old one is
+    soft-deleted (tag pipeline_superseded_by), as for training runs.
+    """
+    results_dir = Path(results_dir).resolve()
+    tables, files = [Path(t) for t in tables], [Path(f) for f in files]
+    missing = [str(p) for p in tables + files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"audit files to track do not exist: {', '.join(missing)}")
+    attempts, backoff_s = _budget(attempts, backoff_s)
+    try:
+        with _http_defaults():
+            return _retrying(lambda: _audit_once(results_dir, tables, files), attempts, backoff_s)
+    except Exception as exc:  # noqa: BLE001 - tracking must never cost a result
+        _warn(f"MLflow logging of the audit FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
+              f"The audit itself is in {tables[0].parent}; rerun the tracking step to log it.")
+        return None
+
+
 class LiveRun:
     """A training job's own MLflow run, logged while it trains (params tracking.live, a server store).
 
     start() creates it under the set's parent with status RUNNING (a job resumed after a kill reopens
-    the run named in run_dir/mlflow_live_run); epoch() logs each epoch's values at step=epoch;
-    finish() completes it (params, final values, metrics.json, FINISHED) and returns its id; fail()
-    marks it FAILED. Each call is a single try, so a slow or dead server cannot stall training: the
+    the run named in run_dir/mlflow_live_run), sets the parent RUNNING if its set had ended, and starts
+    MLflow's system metrics monitor (CPU, memory, disk, network every 10 s; GPUs with pynvml installed)
+    on the run; epoch() logs each epoch's values at step=epoch; finish() stops the monitor and
+    completes the run (params, final values, dataset input, metrics.json, FINISHED) and returns its id;
+    fail() marks it FAILED. Each call is a single try, so a slow or dead server cannot stall training: the
     first error ends live logging for the job with a warning, and finish() then hands the run to
     log_run (retries, then the pending marker for resync). log_run supersedes the partial live run,
     so the store never holds two live runs of one run.
@@ -169,10 +238,15 @@ class LiveRun:
         """head: the run's identity as metrics.json will give it (run_id, experiment_set, params_hash, ...)."""
         self.results_dir, self.run_dir, self.head = Path(results_dir).resolve(), Path(run_dir), head
         self.run_key = f"{head['experiment_set']}/{head['run_id']}"
-        self.client = self.run_id = self.parent_id = None
+        self.client = self.run_id = self.parent_id = self.monitor = None
         self.broken = False
+        # MLflow's own HTTP retries stay off for the job's whole live run, not only inside our calls:
+        # the system metrics monitor talks to the server from its own thread, and with MLflow's
+        # retries (minutes per call) a dead server would stall the end of training on its join.
+        self._http = contextlib.ExitStack()
 
     def start(self) -> None:
+        self._http.enter_context(_http_defaults())
         self._try("start", self._start)
 
     def epoch(self, entry: dict) -> None:
@@ -181,15 +255,37 @@ class LiveRun:
                 self.run_id, metrics=_epoch_points(entry, int(time.time() * 1000))))
 
     def finish(self, metrics: dict) -> str | None:
+        self._stop_monitor()
         run_id = self._try("finish", lambda: self._finish(metrics)) if self.run_id else None
+        self._http.close()
         if run_id is None:
             run_id = log_run(metrics, self.run_dir, self.results_dir)
         (self.run_dir / LIVE_MARKER).unlink(missing_ok=True)
         return run_id
 
     def fail(self) -> None:
+        self._stop_monitor()
         if self.run_id:
             self._try("fail", lambda: self.client.set_terminated(self.run_id, "FAILED"))
+        self._http.close()
+
+    def _start_monitor(self, resumed: bool) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as err:  # psutil missing: the run is logged, without system metrics
+            print(f"MLflow: no system metrics for {self.run_key} ({err})", file=sys.stderr)
+            return
+        # resume_logging continues the step count of a run reopened after a kill
+        self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=resumed,
+                                            tracking_uri=tracking_uri(self.results_dir))
+        self.monitor.start()
+
+    def _stop_monitor(self) -> None:
+        """Stop the monitor before the run's status changes (it logs its last samples on the way out)."""
+        if self.monitor is not None:
+            monitor, self.monitor = self.monitor, None
+            with contextlib.suppress(Exception):  # its own errors are logged by MLflow; training is done
+                monitor.finish()
 
     def _try(self, what: str, action):
         if self.broken:
@@ -209,6 +305,8 @@ class LiveRun:
         if self.parent_id is None:
             info = _init_once(self.results_dir, [self.head["experiment_set"]], None)
             experiment_id, self.parent_id = info["experiment_id"], info["parents"][self.head["experiment_set"]]
+        if self.client.get_run(self.parent_id).info.status != "RUNNING":  # the set trains again
+            self.client.update_run(self.parent_id, status="RUNNING")
         marker = self.run_dir / LIVE_MARKER
         if marker.is_file():
             with contextlib.suppress(MlflowException):
@@ -216,11 +314,13 @@ class LiveRun:
                 if earlier.info.lifecycle_stage == "active":
                     self.client.update_run(earlier.info.run_id, status="RUNNING")
                     self.run_id = earlier.info.run_id
+                    self._start_monitor(resumed=True)
                     return
         self.run_id = self.client.create_run(experiment_id, run_name=self.head["run_id"],
                                              tags=_run_tags(self.head, self.run_key, self.parent_id, None)).info.run_id
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(marker, self.run_id + "\n")
+        self._start_monitor(resumed=False)
 
     def _finish(self, metrics: dict) -> str:
         client, now_ms = self.client, int(time.time() * 1000)
@@ -230,6 +330,7 @@ class LiveRun:
         tags = _run_tags(metrics, self.run_key, self.parent_id, _content_hash(metrics))
         client.log_batch(self.run_id, params=_params(metrics), metrics=missed + _final_points(metrics, now_ms),
                          tags=[RunTag(key, value) for key, value in tags.items()])
+        _log_dataset(client, self.run_id, metrics)
         _log_files(client, self.run_id, metrics, self.run_dir)
         found = client.search_runs([client.get_run(self.run_id).info.experiment_id],
                                    _filter(run_key=self.run_key, params_hash=metrics["params_hash"]))
@@ -288,9 +389,74 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
     _supersede(client, found, run_id)
     # log_batch splits into requests within MLflow's per-request limits itself
     client.log_batch(run_id, params=_params(metrics), metrics=_metric_points(metrics, start_ms, now_ms))
+    _log_dataset(client, run_id, metrics)
     _log_files(client, run_id, metrics, run_dir)
     client.set_terminated(run_id, "FINISHED", end_time=now_ms)
     return run_id
+
+
+def _audit_once(results_dir: Path, tables: list[Path], files: list[Path]) -> str:
+    import pandas as pd  # only the audit's tracking reads tables
+
+    uri = tracking_uri(results_dir)
+    client = _open_client(uri, results_dir)
+    with _store_lock(uri, results_dir):
+        experiment_id = _ensure_experiment(client, results_dir, uri)
+    digest = hashlib.sha256()
+    for path in tables + files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest = digest.hexdigest()
+    found = client.search_runs([experiment_id], _filter(pipeline_role="audit"))
+    for run in found:
+        if run.data.tags.get("audit_sha256") == digest and run.info.status == "FINISHED":
+            return run.info.run_id
+    commit = git_state()["git_commit"]
+    run_id = client.create_run(experiment_id, run_name=AUDIT_RUN_NAME, tags={
+        "pipeline_role": "audit", "audit_sha256": digest, "mlflow.source.type": "JOB",
+        "mlflow.source.name": "snakemake:track_audit", "mlflow.source.git.commit": commit}).info.run_id
+    _supersede(client, found, run_id)
+    points, now_ms = [], int(time.time() * 1000)
+    for path in tables:
+        frame = pd.read_csv(path)
+        # NaN (no p-value, an untested claim) as null: the UI reads the table as strict JSON
+        client.log_table(run_id, frame.astype(object).where(frame.notna(), None), f"{path.stem}.json")
+        client.log_artifact(run_id, str(path))
+        if "verdict" in frame.columns:
+            counts = frame["verdict"].fillna("none").value_counts()
+            points += [Metric(f"verdicts.{_verdict_key(v)}", float(n), now_ms, 0) for v, n in counts.items()]
+    for path in files:
+        client.log_artifact(run_id, str(path))
+    client.log_batch(run_id, metrics=points)
+    client.set_terminated(run_id, "FINISHED", end_time=now_ms)
+    return run_id
+
+
+def _verdict_key(verdict: str) -> str:
+    """'differ (higher)' -> 'differ_higher': a metric name that reads like the verdict."""
+    return re.sub(r"\W+", "_", str(verdict)).strip("_") or "none"
+
+
+def _dataset_input(metrics: dict) -> DatasetInput | None:
+    """The run's dataset as an MLflow dataset input: named as in the params, digest the prepared data's
+    version (the sha256 of the arrays the run trained and was tested on), source data.dvc's hash for a
+    dataset read from files. data.dvc hashes all of data/, so two datasets read from it (or two
+    subsamples of one) share it: as the digest it would merge them into one MLflow dataset."""
+    prov = metrics.get("provenance") or {}
+    version, dvc = prov.get("data_version"), prov.get("dvc_hash")
+    if not version or not metrics.get("dataset"):
+        return None
+    source = {"dvc_file": "data.dvc", "dvc_hash": dvc} if dvc else {"generated_by": "pipeline_src/generated.py"}
+    dataset = Dataset(name=str(metrics["dataset"]), digest=str(version)[:DATASET_DIGEST_CHARS],
+                      source_type="dvc" if dvc else "generated", source=json.dumps(source),
+                      profile=json.dumps({"data_version": version, "dvc_hash": dvc}))
+    # one input per run: MLflow keeps a dataset once per run, and the test split comes from the same data
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train+test")])
+
+
+def _log_dataset(client: MlflowClient, run_id: str, metrics: dict) -> None:
+    dataset = _dataset_input(metrics)
+    if dataset is not None:
+        client.log_inputs(run_id, datasets=[dataset])
 
 
 def _params(metrics: dict) -> list[Param]:
@@ -405,9 +571,8 @@ def _ensure_parent(client: MlflowClient, experiment_id: str, experiment_set: str
             "mlflow.source.name": "snakemake:init_tracking"}
     if params_hash:
         tags["params_hash"] = params_hash
-    run_id = client.create_run(experiment_id, tags=tags, run_name=experiment_set).info.run_id
-    client.set_terminated(run_id, "FINISHED")  # a container: children nest through their tag
-    return run_id
+    # RUNNING until its set ends (end_set): a finished parent with running children would misreport the set
+    return client.create_run(experiment_id, tags=tags, run_name=experiment_set).info.run_id
 
 
 def _filter(**tags: str) -> str:

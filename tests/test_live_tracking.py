@@ -1,5 +1,6 @@
 """Live tracking (params tracking.live) against a real `mlflow server` on 127.0.0.1: a training job's
-epochs appear while it trains, and a server killed mid-run loses nothing once resync has run."""
+epochs and system metrics appear while it trains under a RUNNING parent, a server killed mid-run loses
+nothing once resync has run, and the server's REST API lists a set's dataset inputs and the audit table."""
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ def _run() -> RunConfig:
 
 
 def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: str) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "PIPELINE_MLFLOW_ATTEMPTS": "1"}
+    # system metrics every 0.2 s instead of 10 s: the job trains for a few seconds only
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "PIPELINE_MLFLOW_ATTEMPTS": "1",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
     return subprocess.Popen([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
                              "--data", str(data), "--out", str(run_dir)], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -121,6 +124,7 @@ def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp
         seen = _first_epoch_while_running(job, client)
         assert seen.info.status == "RUNNING"
         assert seen.data.tags["mlflow.parentRunId"] and seen.data.tags["params_hash"] == _run().params_hash()
+        assert client.get_run(seen.data.tags["mlflow.parentRunId"]).info.status == "RUNNING"
         assert job.wait(timeout=300) == 0, job.stdout.read()
 
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -130,6 +134,8 @@ def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
         assert run.data.tags["metrics_sha256"] == track._content_hash(metrics)
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+        assert "system/system_memory_usage_megabytes" in run.data.metrics
         assert not (run_dir / track.LIVE_MARKER).exists()
         # the set's batched logging afterwards finds the run instead of logging it twice
         with pytest.MonkeyPatch.context() as patch:
@@ -163,3 +169,67 @@ def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
         assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run.info.run_id
+
+
+def _rest(uri: str, path: str, body: dict | None = None) -> dict:
+    """One call of the tracking server's REST API (GET, or POST with a JSON body)."""
+    request = urllib.request.Request(f"{uri}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def test_rest_api_lists_a_sets_dataset_inputs_and_the_audit_table(tmp_path):
+    """The pipeline's own commands (track-init, track-set, track-audit) against a server; then only
+    what the UI would read: the server's REST API."""
+    from test_track import make_metrics, write_audit, write_run
+
+    port, results = _free_port(), tmp_path / "results"
+    uri = f"http://127.0.0.1:{port}"
+    paths = []
+    for seed in (0, 1):
+        metrics = make_metrics(seed=seed)
+        metrics["provenance"] = {**metrics["provenance"], "data_version": "5e" * 32, "dvc_hash": "dd" * 16 + ".dir"}
+        paths.append(write_run(results, metrics) / "metrics.json")
+    audit, cells, markdown = write_audit(results, ["supported", "not run"])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PIPELINE_MLFLOW_ATTEMPTS": "1"}
+
+    def command(*args: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "pipeline_src", *args, "--results", str(results)], cwd=REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "WARNING" not in done.stderr, done.stdout + done.stderr
+
+    with mlflow_server(tmp_path / "server", port):
+        command("track-init", "--sets", "baseline")
+        command("track-set", "--set", "baseline", "--out", str(results / "tracking" / "baseline.json"),
+                *map(str, paths))
+        command("track-audit", "--tables", str(audit), str(cells), "--files", str(markdown),
+                "--out", str(results / "tracking_audit.json"))
+
+        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={track.EXPERIMENT_NAME}")["experiment"]
+
+        def search(query: str) -> list[dict]:
+            return _rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": query})["runs"]
+
+        [parent] = search("tags.pipeline_role = 'parent' and tags.experiment_set = 'baseline'")
+        assert parent["info"]["status"] == "FINISHED"  # ended by track-set, once the set's runs were in
+        children = search("tags.pipeline_role = 'child' and tags.experiment_set = 'baseline'")
+        assert len(children) == 2
+        for child in children:
+            [dataset_input] = child["inputs"]["dataset_inputs"]
+            dataset = dataset_input["dataset"]
+            assert (dataset["name"], dataset["digest"], dataset["source_type"]) == ("digits", ("5e" * 32)[:36], "dvc")
+            assert json.loads(dataset["source"])["dvc_hash"] == "dd" * 16 + ".dir"
+
+        [audit_run] = search("tags.pipeline_role = 'audit'")
+        run_id = audit_run["info"]["run_id"]
+        listed = {f["path"] for f in _rest(uri, f"artifacts/list?run_id={run_id}")["files"]}
+        assert {"audit.json", "effects_cells.json", "audit.csv", "audit.md"} <= listed
+        logged = json.loads({t["key"]: t["value"] for t in audit_run["data"]["tags"]}["mlflow.loggedArtifacts"])
+        assert {"path": "audit.json", "type": "table"} in logged  # what makes the UI show it as a table
+        with urllib.request.urlopen(f"{uri}/get-artifact?path=audit.json&run_uuid={run_id}", timeout=30) as reply:
+            table = json.loads(reply.read())
+        assert [row[1] for row in table["data"]] == ["supported", "not run"]
+        assert {m["key"]: m["value"] for m in audit_run["data"]["metrics"]} == {"verdicts.supported": 1.0,
+                                                                               "verdicts.not_run": 1.0}

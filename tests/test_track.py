@@ -231,3 +231,65 @@ def test_rerun_reuses_or_replaces_never_duplicates(tmp_path):
 
     changed = track.log_run({**metrics, "params_hash": "cd34"}, run_dir, results)  # new config: new run
     assert {r.info.run_id for r in children(results)} == {second, changed}
+
+
+def test_a_parent_runs_until_its_set_ends(tmp_path):
+    results = tmp_path / "results"
+    info = track.init_store(results, ["baseline"], "study1")
+    client = MlflowClient(info["tracking_uri"])
+    parent = info["parents"]["baseline"]
+    assert client.get_run(parent).info.status == "RUNNING"  # not FINISHED at creation
+    metrics = make_metrics()
+    track.log_run(metrics, write_run(results, metrics), results)
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert track.end_set(results, "baseline") is True
+    ended = client.get_run(parent).info
+    assert ended.status == "FINISHED" and ended.end_time >= ended.start_time
+    assert track.end_set(results, "no_such_set") is False
+
+
+def test_the_dataset_is_an_input_with_the_data_version_as_digest(tmp_path):
+    results = tmp_path / "results"
+    client = MlflowClient(track.tracking_uri(results))
+    from_files = make_metrics()
+    from_files["provenance"] = {**from_files["provenance"], "data_version": "a" * 64, "dvc_hash": "f" * 32 + ".dir"}
+    generated = make_metrics(seed=1)  # data_version "d" * 64 and no dvc_hash: a generated dataset
+    ids = [track.log_run(m, write_run(results, m), results) for m in (from_files, generated)]
+    [[first], [second]] = [client.get_run(i).inputs.dataset_inputs for i in ids]
+    assert (first.dataset.name, first.dataset.digest) == ("digits", "a" * 36)
+    assert first.dataset.source_type == "dvc" and json.loads(first.dataset.source)["dvc_hash"] == "f" * 32 + ".dir"
+    assert json.loads(first.dataset.profile)["data_version"] == "a" * 64  # whole, beyond the 36-character digest
+    assert {t.key: t.value for t in first.tags} == {"mlflow.data.context": "train+test"}
+    assert (second.dataset.digest, second.dataset.source_type) == ("d" * 36, "generated")
+
+
+def write_audit(folder: Path, verdicts: list[str]) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    audit, cells, markdown = folder / "audit.csv", folder / "effects_cells.csv", folder / "audit.md"
+    rows = "".join(f"vpn.claim{i},{v},{'' if i else 'nan'}\n" for i, v in enumerate(verdicts))
+    audit.write_text("claim_id,verdict,p_holm\n" + rows)
+    cells.write_text("claim_id,cell,mean\nvpn.claim1,fmnist/sr,0.5\n")
+    markdown.write_text("# Audit\n")
+    return [audit, cells, markdown]
+
+
+def test_the_audit_run_holds_the_tables_and_verdict_counts(tmp_path):
+    results = tmp_path / "results"
+    audit, cells, markdown = write_audit(tmp_path / "audit", ["supported", "differ (higher)", "differ (higher)"])
+    client = MlflowClient(track.tracking_uri(results))
+    run_id = track.log_audit(results, [audit, cells], [markdown])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline_role"] == "audit"
+    assert run.data.metrics == {"verdicts.supported": 1.0, "verdicts.differ_higher": 2.0}
+    assert {a.path for a in client.list_artifacts(run_id)} == {
+        "audit.json", "effects_cells.json", "audit.csv", "effects_cells.csv", "audit.md"}
+    table = json.loads(Path(client.download_artifacts(run_id, "audit.json", str(tmp_path / "dl"))).read_text())
+    assert table["columns"] == ["claim_id", "verdict", "p_holm"]
+    assert table["data"][0] == ["vpn.claim0", "supported", None]  # NaN logged as null: strict JSON for the UI
+    assert track.log_audit(results, [audit, cells], [markdown]) == run_id  # same audit: reused
+
+    write_audit(tmp_path / "audit", ["inconclusive"])
+    newer = track.log_audit(results, [audit, cells], [markdown])
+    assert newer != run_id and client.get_run(run_id).info.lifecycle_stage == "deleted"
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        track.log_audit(results, [tmp_path / "none.csv"])

@@ -31,3 +31,27 @@ rule track_set:
     shell:
         "python -m pipeline_src track-set --results {params.store} --set {wildcards.experiment_set} "
         "--out {output.ids} {input.metrics} > {log} 2>&1"
+
+
+rule track_audit:
+    # after the audit: its tables and verdict counts on an "audit" run of the experiment, so the MLflow
+    # UI shows the verdicts beside the runs. Paths are literal because this file is included before
+    # audit.smk (rules.audit does not exist yet when this rule is read); they are the audit's outputs.
+    localrule: True
+    input:
+        audit=f"{RESULTS}/audit.csv",
+        cells=f"{RESULTS}/effects_cells.csv",
+        markdown=f"{RESULTS}/audit.md",
+        figure=f"{RESULTS}/figures/audit.png",
+        info=rules.init_tracking.output.info,
+    output:
+        ids=f"{RESULTS}/tracking_audit.json",
+    log:
+        f"{RESULTS}/logs/track_audit.log",
+    params:
+        store=lambda wildcards, input: Path(input.info).parent,
+    conda:
+        "../envs/pipeline.yaml"
+    shell:
+        "python -m pipeline_src track-audit --results {params.store} --tables {input.audit} {input.cells} "
+        "--files {input.markdown} {input.figure} --out {output.ids} > {log} 2>&1"
