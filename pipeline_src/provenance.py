@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -42,8 +43,13 @@ def code_version(modules: list[str] | None = None, package_dir: Path = PACKAGE_D
     return digest.hexdigest()[:16]
 
 
-def environment() -> dict:
-    """Library versions from package metadata (importing timm just to ask costs seconds)."""
+def environment(device=None) -> dict:
+    """Library versions from package metadata (importing timm just to ask costs seconds), and the
+    hardware of `device` (the torch device a run uses; None: no hardware fields are asked for).
+
+    Torch is imported only for the hardware, i.e. in the training process, which has it loaded: the DAG
+    build imports this module and stays torch-free.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python_version": platform.python_version()}
@@ -52,7 +58,68 @@ def environment() -> dict:
             versions[f"{package}_version"] = version(package)
         except PackageNotFoundError:
             versions[f"{package}_version"] = None
-    return versions
+    return versions if device is None else {**versions, **hardware(device)}
+
+
+HARDWARE_KEYS = ("cuda_version", "cudnn_version", "gpu_driver_version", "gpu_model", "gpu_count")
+
+
+def hardware(device) -> dict:
+    """CUDA, cuDNN and driver versions, the GPU model and how many GPUs the process sees, for a CUDA
+    device; every value None on any other device. A GPU rerun's numbers depend on all of them."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return dict.fromkeys(HARDWARE_KEYS)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version(),
+            "gpu_driver_version": nvidia_driver_version(), "gpu_model": torch.cuda.get_device_name(index),
+            "gpu_count": torch.cuda.device_count()}
+
+
+def nvidia_driver_version(proc_file: Path = Path("/proc/driver/nvidia/version")) -> str | None:
+    """The NVIDIA kernel driver's version: torch does not report it. From /proc (Linux), else nvidia-smi."""
+    try:
+        found = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][\w.]*)", Path(proc_file).read_text())
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = out.stdout.strip().splitlines()[:1] if out.returncode == 0 else []
+    return first[0].strip() if first else None
+
+
+# cuBLAS's deterministic mode needs a fixed workspace (CUDA >= 10.2); PyTorch's docs give ":4096:8".
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def apply_determinism() -> dict:
+    """Switch on the determinism PyTorch offers, before the first CUDA operation; return what is set.
+
+    torch.use_deterministic_algorithms(True, warn_only=True): deterministic kernels where PyTorch has
+    them, a warning (not an error) for an op that has none, so a run never stops over it. cuDNN: no
+    benchmark-time choice of algorithm (it can pick differently from run to run) and its deterministic
+    algorithms. CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts, so it must be set before; a value
+    the user set is kept. On a CPU these change nothing we use (our CPU kernels are deterministic at a
+    fixed thread count); they are set anyway, so every run records the same switches.
+    """
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_deterministic": torch.backends.cudnn.deterministic,
+            "cublas_workspace_config": os.environ["CUBLAS_WORKSPACE_CONFIG"]}
 
 
 @contextmanager

@@ -1,9 +1,13 @@
-"""Provenance: code hashes follow the code, writes are atomic."""
+"""Provenance: code hashes follow the code, writes are atomic, hardware and determinism are recorded."""
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from pipeline_src.provenance import PACKAGE_DIR, code_version, git_state, write_atomic
+from pipeline_src.provenance import (HARDWARE_KEYS, PACKAGE_DIR, REPO_ROOT, apply_determinism, code_version,
+                                     environment, git_state, hardware, nvidia_driver_version, write_atomic)
 
 
 def test_code_version_follows_the_named_modules_only(tmp_path):
@@ -36,3 +40,68 @@ def test_write_atomic_leaves_no_partial_file(tmp_path):
         write_atomic(target, Boom("new"))
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_environment_names_the_hardware_of_the_device_and_none_on_cpu():
+    assert not set(HARDWARE_KEYS) & set(environment())  # without a device: versions only
+    on_cpu = environment("cpu")
+    assert on_cpu["torch_version"] and {key: on_cpu[key] for key in HARDWARE_KEYS} == dict.fromkeys(HARDWARE_KEYS)
+
+
+def test_the_provenance_module_loads_without_torch():
+    # the DAG build imports provenance (code_version); torch must come only with environment(device)
+    code = "import sys, pipeline_src.provenance as p; p.code_version(); p.environment(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("text, version", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024\n", "550.54.15"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16-I3-B03-4-3)\n",
+     "570.86.15"),
+])
+def test_the_driver_version_is_read_from_proc(tmp_path, text, version):
+    (tmp_path / "version").write_text(text)
+    assert nvidia_driver_version(tmp_path / "version") == version
+
+
+def test_no_driver_gives_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi either
+    assert nvidia_driver_version(tmp_path / "absent") is None
+
+
+@pytest.fixture
+def torch_determinism_restored(monkeypatch):
+    """apply_determinism changes process-wide switches: put them back for the other tests."""
+    import torch
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    yield torch
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2:]
+
+
+def test_apply_determinism_sets_and_reports_the_switches(torch_determinism_restored, monkeypatch):
+    torch = torch_determinism_restored
+    torch.backends.cudnn.benchmark = True
+    applied = apply_determinism()
+    assert applied == {"deterministic_algorithms": True, "deterministic_warn_only": True, "cudnn_benchmark": False,
+                       "cudnn_deterministic": True, "cublas_workspace_config": ":4096:8"}
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting is kept
+    assert apply_determinism()["cublas_workspace_config"] == ":16:8"
+
+
+@pytest.mark.cuda
+def test_hardware_on_a_gpu_names_cuda_cudnn_driver_and_model():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    found = hardware("cuda")
+    assert found["cuda_version"] == torch.version.cuda and found["cudnn_version"] == torch.backends.cudnn.version()
+    assert found["gpu_model"] == torch.cuda.get_device_name(0) and found["gpu_count"] >= 1
+    assert found["gpu_driver_version"] and found["gpu_driver_version"][0].isdigit()
