@@ -122,3 +122,54 @@ def test_batch_size_table_pairs_each_noisy_evaluation_with_the_same_models_clean
     assert table.loc["class_sorted", "delta_vs_clean_mean"] == pytest.approx(1.5)
     assert table.loc["class_sorted", "delta_vs_clean_std"] == pytest.approx(0.5 ** 0.5)
     assert table.loc["class_sorted", "n"] == 2
+
+
+def _record(device: str, top1: float = 84.30, loss: float = 0.5, sigma: float = 0.02) -> dict:
+    return {"provenance": {"device": device, "git_commit": "a" * 40},
+            "history": [{"epoch": 1, "train_loss": loss, "train_top1": 80.0, "sigma_mean": sigma, "seconds": 3.0}],
+            "evaluations": {"class_enumeration": top1, "no_noise": top1},
+            "diagnostics": {"sigma_zero_fraction": 0.0, "wrong_label_followed": 9.0, "bg_fg_sigma_ratio": float("nan")}}
+
+
+def test_a_gpu_rerun_reproduces_within_the_stated_tolerances_and_a_cpu_rerun_only_exactly():
+    from pipeline_src.report import GPU_RELATIVE, GPU_TOP1_POINTS, measured
+
+    committed = measured(_record("cpu"))
+    exact = _record("cpu")
+    exact["diagnostics"]["bg_fg_sigma_ratio"] = None
+    assert measured(exact) == measured({**exact, "provenance": {"device": "cpu", "git_commit": "b" * 40}})
+    assert measured({**exact, "evaluations": {"class_enumeration": 84.30 + 1e-9, "no_noise": 84.30}}) != measured(exact)
+
+    close = 0.9 * GPU_TOP1_POINTS
+    assert measured(_record("cuda", top1=84.30 + close, loss=0.5 * (1 + 0.9 * GPU_RELATIVE))) == committed
+    assert measured(_record("cuda:0", top1=84.30 - close, sigma=0.02 * (1 - 0.9 * GPU_RELATIVE))) == committed
+    assert committed == measured(_record("cuda", top1=84.30 + close))  # the rule is symmetric
+    assert measured(_record("cuda", top1=84.30 + 1.1 * GPU_TOP1_POINTS)) != committed
+    assert measured(_record("cuda", loss=0.5 * (1 + 1.1 * GPU_RELATIVE))) != committed
+    assert measured(_record("cuda", sigma=0.02 * (1 + 1.1 * GPU_RELATIVE))) != committed
+    longer = _record("cuda")
+    longer["history"].append({**longer["history"][0], "epoch": 2})
+    assert measured(longer) != committed  # another number of epochs, or another eval mode, never reproduces
+    assert measured({**_record("cuda"), "evaluations": {"no_noise": 84.30}}) != committed
+
+
+def test_collect_keeps_the_committed_record_for_a_gpu_rerun_within_tolerance(tmp_path):
+    params = load_params(PARAMS)
+    run = expand_runs(params)[0]
+    key = f"{run.experiment_set}/{run.run_id}"
+    source = tmp_path / "results" / "runs" / key / "metrics.json"
+    source.parent.mkdir(parents=True)
+    target = tmp_path / "report" / "runs" / key / "metrics.json"
+
+    def finished(device, top1):
+        return json.dumps({"params": json.loads(run.to_json()), **_record(device, top1=top1)}, allow_nan=True)
+
+    source.write_text(finished("cpu", 84.30))
+    collect(params, tmp_path / "results", tmp_path / "report")
+    source.write_text(finished("cuda", 84.40))  # a GPU rerun 0.1 points off: reproduced, record kept
+    rerun = collect(params, tmp_path / "results", tmp_path / "report")
+    assert (rerun.copied, rerun.reproduced) == ([], [key])
+    assert json.loads(target.read_text())["provenance"]["device"] == "cpu"
+    source.write_text(finished("cuda", 84.60))  # 0.3 points off: other numbers, the record is replaced
+    assert collect(params, tmp_path / "results", tmp_path / "report").copied == [key]
+    assert json.loads(target.read_text())["provenance"]["device"] == "cuda"
