@@ -11,6 +11,7 @@
                                      --runs RUNS_CSV...
     python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
     python -m pipeline_src missing   --params P --report reports/NAME [--limit N]
+    python -m pipeline_src status    --params P [--report reports/NAME] [--jobs N]
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
     python -m pipeline_src track-audit --results results --tables AUDIT.csv CELLS.csv --files AUDIT.md ... --out J
 
@@ -165,6 +166,13 @@ def cmd_missing(args) -> None:
           + (f"; listed the first {len(shown)}" if len(shown) < len(todo) else ""), file=sys.stderr)
 
 
+def cmd_status(args) -> None:
+    from pipeline_src.progress import progress, status_table
+
+    params = load_params(args.params)
+    print(status_table(progress(params, Path(args.report) if args.report else None, args.jobs), args.jobs))
+
+
 def cmd_track_init(args) -> None:
     from pipeline_src import track
 
@@ -288,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", required=True, help="the report folder, e.g. reports/fashion-mnist")
     p.add_argument("--limit", type=int, help="list only the first N (a batch that fits one session)")
     p.set_defaults(func=cmd_missing)
+
+    p = sub.add_parser("status", help="per experiment set: runs declared, done, running, and an ETA")
+    p.add_argument("--params", required=True)
+    p.add_argument("--report", help="a report folder whose records count as done too, e.g. reports/fashion-mnist")
+    p.add_argument("--jobs", type=int, default=1, help="training jobs running side by side (divides the ETA)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")
