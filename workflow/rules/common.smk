@@ -8,7 +8,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
-from pipeline_src.locks import clear_stale_locks
+from pipeline_src.locks import clear_stale_locks, record_owner
 from pipeline_src.preflight import base_run_of, check_runs, gpus_for
 from pipeline_src.provenance import code_version
 from pipeline_src.tracking_switch import LIVE_ENV, switch_on
@@ -20,10 +20,18 @@ try:
 except ParamsError as err:
     sys.exit(f"error: {err}")
 
-# After a hard kill the next run would stop at Snakemake's LockException: locks no live Snakemake
-# holds are removed here (only in the main process: a cluster job step cannot see the submit host's).
-if workflow.is_main_process and (note := clear_stale_locks(Path.cwd())):
-    print(note, file=sys.stderr)
+# After a hard kill the next run would stop at Snakemake's LockException: locks whose owner is
+# provably gone are removed here, others named with how to unlock (pipeline_src/locks.py). Only in the
+# main process: a cluster job step cannot see the submit host's processes.
+if workflow.is_main_process:
+    for note in clear_stale_locks(Path.cwd()):
+        print(note, file=sys.stderr)
+
+
+onstart:
+    # Snakemake holds its locks now (never in a dry run): record whose they are. Its lock files say
+    # only what they lock; `_lockfile` (Snakemake's own record of the files it wrote) names them.
+    record_owner(Path.cwd(), getattr(workflow.persistence, "_lockfile", {}).values())
 
 # Rules call `python`: make it the interpreter running this workflow, so `.venv/bin/snakemake` works
 # without an activated venv (and a cluster job step runs the same one). Under --sdm conda the rule's
