@@ -40,10 +40,21 @@ def cell_text(line: pd.Series, pm: str = "±", delta: str = "Δ") -> str:
 
 
 def paper_table(audit: pd.DataFrame, table: str, spec: dict, **marks) -> pd.DataFrame:
-    """The paper's own layout: its rows and columns, each cell the cell_text of its claim."""
-    lines = audit[audit["table"] == table].set_index(["row", "column"])
-    return pd.DataFrame([[cell_text(lines.loc[(row, col)], **marks) for col in spec["columns"]] for row in spec["rows"]],
-                        index=pd.Index(list(spec["rows"]), name="row"), columns=spec["columns"])
+    """The paper's own layout: its rows and columns, each cell the cell_text of its claim. With several
+    protocol readings, each row repeats once per reading that has runs ("baseline [sgd_plain]")."""
+    lines = audit[audit["table"] == table]
+    readings = [r for r in dict.fromkeys(lines["reading"].fillna("")) if r]
+    by_key = {(row, col, r): line for row, col, r, line in
+              zip(lines["row"], lines["column"], lines["reading"].fillna(""), (l for _, l in lines.iterrows()))}
+    not_run = {(row, col): line for (row, col, r), line in by_key.items() if line["verdict"] == "not run"}
+    index, body = [], []
+    for row in spec["rows"]:
+        for reading in (readings if len(readings) > 1 else [readings[0] if readings else ""]):
+            index.append(f"{row} [{reading}]" if len(readings) > 1 else row)
+            body.append([cell_text(by_key.get((row, col, reading), not_run.get((row, col))), **marks)
+                         if (row, col, reading) in by_key or (row, col) in not_run else "no runs under this reading"
+                         for col in spec["columns"]])
+    return pd.DataFrame(body, index=pd.Index(index, name="row"), columns=spec["columns"])
 
 
 def table_title(audit: pd.DataFrame, table: str, spec: dict) -> str:
@@ -71,7 +82,7 @@ def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, paths: dict[s
     write_atomic(paths["tex"], tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
 
 
-def rules_text(claims: dict, n_tested: int) -> str:
+def rules_text(claims: dict, family_size: int) -> str:
     """The settings and rules the verdicts follow, stated once at the top of audit.md."""
     settings, alpha = claims["settings"], claims["settings"]["alpha"]
     seeds = ", ".join(f"{scale} scale {n}" if scale != "default" else f"other scales {n}"
@@ -80,43 +91,77 @@ def rules_text(claims: dict, n_tested: int) -> str:
                       f"{spec.get('tolerance_reason', 'the default')})" for name, spec in claims["tables"].items())
     level = f"{100 * (1 - alpha):g}%"
     return "\n".join([
-        f"- **Seeds needed (min_seeds):** {seeds}; fewer gives `too few seeds` (numbers kept).",
-        f"- **Number claims:** the {level} t-interval of our mean over seeds against the band paper ± tolerance: "
+        f"- **Seeds needed (min_seeds):** {seeds}; variance claims {settings['variance_min_seeds']} "
+        f"({settings.get('variance_min_seeds_reason', '')}); fewer gives `too few seeds` (numbers kept).",
+        "- **Intervals cover the seeds and the test set.** Every seed is scored on the same test images, so "
+        "the spread over seeds misses the test set's own sampling error. Where the runs stored per-image "
+        "predictions, a mean's squared standard error is s_seeds² / n + s_images² / N (s_images²: the variance "
+        "over the N test images of each image's seed-averaged correctness, or paired difference); t with n - 1 "
+        "df. This counts the seed × image interaction twice, so it errs wide. Runs without predictions (made "
+        "before runs stored them): seeds only; the `uncertainty` column says which.",
+        f"- **Number claims:** the {level} interval of our mean against the band paper ± tolerance: "
         "inside → `reproduced`; wholly above / below → `differs (higher)` / `differs (lower)`; overlapping an "
         "edge → `inconclusive`. Runs not at paper scale: `scale differs`, never `reproduced`.",
         f"- **Tolerances (points):** {bands}; default ±{settings['tolerance']:g}, also the equivalence band of "
         "claims without their own `band`.",
-        "- **Effect claims:** runs paired per cell (dataset, model, configuration and eval mode of each side, "
-        "same seed); each cell gets a paired t-test (table below). A cell counts with >= min_seeds seeds. Claim "
-        "test: each seed's values averaged over the counting cells (seeds all of them have), then a two-sided "
-        "one-sample t-test of those seed means (n_seeds - 1 df); seeds are the independent replicates, so cells "
-        "sharing a run do not count twice. Variance claims: Pitman-Morgan test (corr(x + y, x - y) = 0) on the "
-        f"same seed means. Equivalence claims: the {level} CI of the effect inside the band → `supported`, "
-        "wholly outside → `contradicted`. Runs not at paper scale: `smoke scale`.",
-        f"- **Multiple testing:** Holm-Bonferroni across the {n_tested} effect claims of this audit with a p-value "
-        "(smoke-scale ones included, so the family does not depend on which runs reached paper scale; `p_holm`); "
-        f"`supported` / `contradicted` need p_holm < alpha = {alpha:g}. Per-cell p-values are not adjusted and "
-        "decide nothing."])
+        "- **Protocol readings.** Where a paper leaves a protocol choice open (the VPN text names no optimizer), "
+        "the params declare readings; every number and claim is judged per reading, never across them.",
+        "- **Cells.** A cell is dataset × model × configuration of each side × reading; its seeds are paired "
+        "only within it. Each cell gets its own test: paired claims a two-sided t-test against 0 (and, where the "
+        "paper's tables imply an effect, against that effect); equivalence claims two one-sided tests (TOST) at "
+        "the band; variance claims a paired Brown-Forsythe test (absolute deviations from each side's median, "
+        "differenced per seed, t-tested); a side constant over seeds makes the cell `not applicable`. A cell's "
+        "verdict uses its p Holm-adjusted over its claim's counting cells (`p_adj`).",
+        "- **A claim's verdict comes from its cells, by the rule it declares (`rule`).** `all cells` "
+        "(intersection-union): the claim's p is its largest cell p. `at least q of cells`: (m - u + 1) times "
+        "the u-th smallest cell p, u = ceil(q m) (partial conjunction). Cells whose estimates disagree in sign, "
+        "one of them significant, give `mixed`, naming the cells; cells are never pooled into a verdict. The "
+        "claim-level `mean` is the cell's own with one cell; with several, an inverse-variance pooled mean shown "
+        "for description only, beside its heterogeneity I² (`pooled_i2`).",
+        f"- **Multiple testing, fixed in advance:** Bonferroni over a family of {family_size} (claim, reading) "
+        "pairs: every effect claim of the registry whose sides the params file declares runs for, under each "
+        "reading it declares, whether or not the runs exist yet (missing runs count as p = 1). "
+        f"`supported` / `contradicted` need p_family = {family_size} × p < alpha = {alpha:g}. Bonferroni rather "
+        "than Holm: Holm's step-down lets one claim's p move another claim's threshold, so runs arriving for "
+        "one claim could change another's verdict; here they cannot.",
+        "- **Directions.** A hypothesis worded \"differently\" (expected `±`) is two-sided, and its verdict "
+        "names the direction the data shows: `supported (higher)` / `supported (lower)`. A directional claim "
+        "significant the other way is `contradicted`. Where the paper's own tables imply an effect (a row "
+        "difference) and our interval excludes it on the near side in every counting cell (p_family < alpha), "
+        "the claim is `contradicted (paper's effect excluded)`, distinct from `inconclusive`.",
+        "- **Split seeds** (descriptive, decides nothing): a cell whose sorted seed values leave a gap of at "
+        "least 5 points and 3 pooled within-group sds is flagged, and its verdict's note names the split "
+        "(benchmarks/sim_verdict_rules.py measures the rule's errors).",
+        "- **Sensitivity:** `sensitivity` lists, per claim, the cells whose removal alone changes its verdict.",
+        "- Runs not at paper scale: `smoke scale`, numbers kept, nothing decided."])
 
 
 def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table_md: list[str],
-                   deviations: list[dict]) -> str:
+                   deviations: list[dict], family_size: int) -> str:
     numbers, effects = audit[audit["table"] != "effects"], audit[audit["table"] == "effects"]
     board = pd.concat([numbers["verdict"].value_counts().rename("number claims"),
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
     texts = {e["id"]: e["claim"] for e in claims["effects"]}
     shown = effects.assign(claim=effects["claim_id"].map(texts))[
-        ["claim_id", "claim", "expected", "mean", "ci_low", "ci_high", "n", "cells", "p_value", "p_holm", "verdict",
-         "scale", "deviations", "note"]]
-    cell_cols = ["claim_id", "cell", "n", "mean", "ci_low", "ci_high", "p_value", "counts", "scale"]
+        ["claim_id", "reading", "claim", "expected", "rule", "mean", "ci_low", "ci_high", "n", "cells", "p_value",
+         "p_family", "verdict", "scale", "uncertainty", "deviations", "sensitivity", "note"]]
+    cell_cols = ["claim_id", "reading", "cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "p_value",
+                 "p_adj", "paper_effect", "verdict", "split", "scale"]
     return "\n\n".join([
         "# Audit of the published numbers and claims",
-        rules_text(claims, int(effects["p_value"].notna().sum())),
+        rules_text(claims, family_size),
         "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv.",
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
-        "## Effect claims", shown.to_markdown(index=False, floatfmt=".3g"),
-        "## Effect claims per cell", "mean: treatment - control over seeds (variance claims: log var ratio); "
-        "p_value: the cell's own test, unadjusted; counts: the cell has min_seeds seeds and enters the claim test.",
-        cells[cell_cols].to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
+        "## Effect claims", _clean(shown).to_markdown(index=False, floatfmt=".3g"),
+        "## Effect claims per cell", "seeds: the per-seed values (variance claims: treatment vs control); mean: "
+        "treatment - control over seeds (variance claims: log var ratio); p_value: the cell's own test; p_adj: "
+        "Holm-adjusted over its claim's counting cells; paper_effect: the effect the paper's table implies.",
+        _clean(cells[cell_cols]).to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
         "## Paper tables", *table_md,
         "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
+
+
+def _clean(frame: pd.DataFrame) -> pd.DataFrame:
+    """Markdown table cells: no pipes or newlines in text, blank for NaN text."""
+    return frame.apply(lambda col: col.map(lambda v: str(v).replace("|", "\\|").replace("\n", " "))
+                       if col.dtype == object else col)

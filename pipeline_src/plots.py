@@ -196,22 +196,40 @@ VERDICT_COLOURS = {"reproduced": GREEN, "supported": GREEN, "differs (higher)": 
                    "too few seeds": LIGHT, "not run": LIGHT}
 
 
-def plot_audit(audit: pd.DataFrame, path: Path) -> None:
-    """Per table: ours (mean, 95% CI) against the paper's value, with the diagonal; then the effects."""
+def verdict_colour(verdict: str) -> str:
+    """Colours by what a verdict says: `supported (higher)` as `supported`, any `contradicted (...)` as red."""
+    for key, colour in VERDICT_COLOURS.items():
+        if str(verdict) == key:
+            return colour
+    word = str(verdict).split(" (")[0]
+    return VERDICT_COLOURS.get(word, GREY if word in ("mixed", "not applicable") else "black")
+
+
+def plot_audit(audit: pd.DataFrame, cells: pd.DataFrame, path: Path) -> None:
+    """Per table: ours (mean, 95% CI) against the paper's value, with the diagonal; then the effect claims'
+    cells on two axes of their own: differences in accuracy points, and log variance ratios."""
     numbers = audit[(audit["table"] != "effects") & (audit["n"] > 0)]
-    effects = audit[(audit["table"] == "effects") & (audit["n"] > 0) & np.isfinite(audit["mean"])]
+    shown = cells[(cells["n"] > 0) & np.isfinite(cells["mean"].astype(float))] if len(cells) else cells
+    kinds = shown["test_type"].isin(["seed_variance", "one_sample"]) if len(shown) else pd.Series(dtype=bool)
+    effect_axes = [("accuracy points", shown[~kinds]), ("log ratios", shown[kinds])] if len(shown) else []
+    effect_axes = [(unit, part) for unit, part in effect_axes if len(part)]
     tables = list(dict.fromkeys(numbers["table"]))
-    columns = min(3, len(tables) + 1)
-    rows = -(-(len(tables) + 1) // columns)
+    # paper tables three to a row; each effect panel a whole row, as tall as its cells need
+    table_rows = -(-len(tables) // 3)
     key_lines = max([len(numbers[numbers["table"] == t]) for t in tables if len(numbers[numbers["table"] == t]) <= 12]
                     + [0])
-    fig, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, (4.6 + 0.16 * key_lines) * rows), squeeze=False,
-                             gridspec_kw={"hspace": 0.35 + 0.04 * key_lines, "wspace": 0.3})
-    for ax, table in zip(axes.flat, tables):
+    heights = [4.6 + 0.16 * key_lines] * table_rows + [max(2.5, 0.22 * len(part) + 1.2) for _, part in effect_axes]
+    heights = heights or [3.0]
+    fig = plt.figure(figsize=(17, sum(heights) + 0.8 * len(heights)))
+    grid = fig.add_gridspec(len(heights), 3, height_ratios=heights, hspace=0.35 + 0.04 * key_lines, wspace=0.3)
+    table_axes = [fig.add_subplot(grid[i // 3, i % 3]) for i in range(len(tables))]
+    panel_axes = [fig.add_subplot(grid[table_rows + i, :2]) for i in range(len(effect_axes))]
+    for ax, table in zip(table_axes, tables):
         part = numbers[numbers["table"] == table]
         half = (part["ci_high"] - part["mean"]).fillna(0.0)
         ax.errorbar(part["paper"], part["mean"], yerr=half, fmt="none", ecolor="grey", capsize=3, zorder=1)
-        sns.scatterplot(data=part, x="paper", y="mean", hue="verdict", palette=VERDICT_COLOURS, ax=ax, s=60, zorder=2)
+        sns.scatterplot(data=part, x="paper", y="mean", hue="verdict",
+                        palette={v: verdict_colour(v) for v in part["verdict"]}, ax=ax, s=60, zorder=2)
         values = pd.concat([part["paper"], part["mean"] - half, part["mean"] + half])
         low, high = values.min() - 3, values.max() + 3
         ax.plot([low, high], [low, high], ls="--", color="black", lw=1, label="ours = paper")
@@ -224,28 +242,38 @@ def plot_audit(audit: pd.DataFrame, path: Path) -> None:
                             textcoords="offset points")
             key = "\n".join(f"{i}: {r} {c}" for i, (r, c) in enumerate(zip(part["row"], part["column"]), 1))
             ax.text(0.0, -0.16, key, transform=ax.transAxes, va="top", fontsize=7.5, family="monospace")
-    ax = axes.flat[len(tables)]
-    if len(effects):
-        y = np.arange(len(effects))[::-1]
-        errors = [effects["mean"] - effects["ci_low"].fillna(effects["mean"]),
-                  effects["ci_high"].fillna(effects["mean"]) - effects["mean"]]
-        ax.errorbar(effects["mean"], y, xerr=errors, fmt="none", ecolor="grey", capsize=3)
-        ax.scatter(effects["mean"], y, c=[VERDICT_COLOURS.get(v, "black") for v in effects["verdict"]], zorder=2)
-        ax.set_yticks(y, [f"{c}\nexpected {e}, {v}" for c, e, v in
-                          zip(effects["claim_id"], effects["expected"], effects["verdict"])], fontsize=8)
-        ax.yaxis.tick_right()  # the long labels go where no panel is
-        ax.axvline(0, color="black", lw=1)
-        span = 1.5 * effects["mean"].abs().max() + 5  # very wide CIs (few seeds) run off the edge
-        ax.set(xlim=(-span, span), xlabel="effect, 95% CI (top-1 points; log ratio for sigma\nand variance "
-               "ratios; wide CIs clipped)", title="effect claims (colour = verdict)")
-    else:
+    for ax, (unit, part) in zip(panel_axes, effect_axes):
+        _effect_cells_panel(ax, part, unit)
+    if not effect_axes:
+        ax = fig.add_subplot(grid[-1, :])
         ax.text(0.5, 0.5, "no effect claim has runs", ha="center", va="center")
-        ax.set_axis_off()
-    for ax in axes.flat[len(tables) + 1:]:
         ax.set_axis_off()
     fig.suptitle("Audit: our runs against the papers' published numbers"
                  + ("" if tables else " (no paper-table cell has runs)"), y=1 + 0.35 / fig.get_figheight())
     save_figure(fig, path)
+
+
+def _effect_cells_panel(ax, part: pd.DataFrame, unit: str) -> None:
+    """One row per cell (claim and reading named), its mean and 95% CI where it has one, the paper's implied
+    effect as a cross; colour: the cell's verdict."""
+    part = part.reset_index(drop=True)
+    y = np.arange(len(part))[::-1]
+    mean = part["mean"].astype(float)
+    low, high = part["ci_low"].astype(float).fillna(mean), part["ci_high"].astype(float).fillna(mean)
+    ax.errorbar(mean, y, xerr=[mean - low, high - mean], fmt="none", ecolor="grey", capsize=3)
+    ax.scatter(mean, y, c=[verdict_colour(v) for v in part["verdict"]], zorder=2)
+    paper = part["paper_effect"].astype(float) if "paper_effect" in part else pd.Series(np.nan, index=part.index)
+    if paper.notna().any():
+        ax.scatter(paper, y, marker="x", color="black", zorder=3, label="paper's implied effect")
+        ax.legend(fontsize=7, loc="lower left")
+    labels = [f"{c} [{r}] {cell}: {v}" for c, r, cell, v in
+              zip(part["claim_id"], part["reading"], part["cell"], part["verdict"])]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.yaxis.tick_right()  # the long labels go where no panel is
+    ax.axvline(0, color="black", lw=1)
+    span = 1.2 * np.nanmax(np.abs(np.concatenate([low, high, paper.fillna(0)]))) + 0.5
+    ax.set(xlim=(-span, span), xlabel=f"effect per cell, 95% CI ({unit})",
+           title=f"effect claims, cell by cell: {unit} (colour = cell verdict)")
 
 
 def _as_image(t):

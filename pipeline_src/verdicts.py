@@ -5,27 +5,30 @@ Number claims: the (1 - alpha) t-interval of our mean over seeds against the ban
 `differs (lower)`; touching or crossing an edge -> `inconclusive`. A wide interval (few or noisy seeds)
 can therefore only make a verdict less definite, never `reproduced`.
 
-Effect claims: a long frame of per-seed values, one `cell` per (dataset, model, configuration of each
-side); for paired claims the value is treatment - control of one seed. Each cell gets its own paired
-t-test. A cell counts for the claim only with >= min_seeds seeds. The claim-level test is a t-test over
-seeds: each seed's values are first averaged over the counting cells (only seeds every counting cell has),
-and the seed means are tested against 0 with n_seeds - 1 df. Seeds are the independent replicates; cells
-of one seed may share runs (one baseline against two noise methods, one trained model under two eval
-modes), and averaging within the seed keeps them from counting twice. With one cell this is the ordinary
-paired t-test. The inference is about the average effect over the cells we ran, not about models or
-datasets we did not run; the per-cell table shows how the cells differ.
+Effect claims are decided cell by cell. A cell is one dataset x model x configuration of each side x
+protocol reading; its seeds are paired only within it. Each cell gets its own estimate, interval and test:
 
-Variance claims ("more stable"): per cell and at claim level, the Pitman-Morgan test: var(x) = var(y)
-exactly when corr(x + y, x - y) = 0, tested with n - 2 df. It is exact for bivariate normal pairs, so
-the two sides may share runs (two gains over the same baseline seed). The reported effect is
-log(var treatment / var control).
+- Its standard error covers the seeds and, when the runs stored per-image predictions, the test set too:
+  every seed is scored on the same test images, so the seed-to-seed spread misses the test set's own
+  sampling error. se^2 = s_seeds^2 / n + s_images^2 / N, with s_images^2 the variance over the N test
+  images of each image's seed-averaged difference (in points). This counts the seed x image interaction
+  twice, so it errs wide. t with n - 1 df. Runs without predictions: seeds only, and the cell says so.
+- Directional claims: a two-sided t-test against 0; where the paper's own tables imply an effect, also a
+  test against that effect. Equivalence claims: two one-sided tests (TOST) at the band. Variance claims
+  ("more stable"): a paired Brown-Forsythe test (each side's absolute deviations from its median,
+  differenced per seed, t-tested), which holds its level far better than Pitman-Morgan on heavy-tailed
+  data; a side constant over seeds has no variance to compare: `not applicable`.
 
-The p-values of all effect claims of one audit that have one (enough seeds; smoke scale included, so the
-family does not depend on which runs reached paper scale; equivalence claims are decided by their CI and
-have none) are Holm-adjusted together; the verdicts use the adjusted p.
+A cell's own verdict is Holm-adjusted over the claim's counting cells. The claim's verdict follows from its
+cells by the rule it declares (`holds_in`): `all` (intersection-union: the claim's p is the largest cell p)
+or a share of the cells (partial conjunction, Bonferroni form: (m - u + 1) times the u-th smallest p).
+Cells whose estimates disagree in sign while one of them is significant give `mixed`, never a pooled
+number. The claim's p is then Bonferroni-corrected over a family fixed in advance (audit.py), so runs
+arriving for one claim cannot move another claim's verdict, which Holm's step-down would allow.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -33,8 +36,15 @@ import pandas as pd
 from scipy import stats
 
 PAPER_SCALE = "paper"
-SIGNS = {"+": 1, "-": -1}
-CELL_STATS = ["n", "mean", "std", "ci_low", "ci_high", "p_value"]
+SIGNS = {"+": 1, "-": -1, "±": 0}  # ±: a two-sided hypothesis ("differently"); the verdict names the direction
+DIRECTION = {1: "higher", -1: "lower"}
+# The split-seeds flag (descriptive: it names a split, it decides nothing): the largest gap between sorted
+# seed values is at least SPLIT_MIN_GAP points and SPLIT_RATIO times the pooled sd within the two groups it
+# leaves. The floor carries the rule at 5 seeds, where no scale-free gap statistic separates one population
+# from two: converged Fashion-MNIST cells have seed sds of 0.1 to 0.5 points, so 5 points is ten of them.
+# benchmarks/sim_verdict_rules.py measures both errors.
+SPLIT_RATIO = 3.0
+SPLIT_MIN_GAP = 5.0
 
 
 def _quiet(test, *args, **kwargs):
@@ -44,8 +54,9 @@ def _quiet(test, *args, **kwargs):
         return test(*args, **kwargs)
 
 
-def t_interval(values, alpha: float = 0.05) -> tuple[float, float, int, float, float]:
-    """Mean, sample std, n and the (1 - alpha) t-interval of the mean; std and CI are NaN when n < 2."""
+def t_interval(values, alpha: float = 0.05, extra_var: float = 0.0) -> tuple[float, float, int, float, float]:
+    """Mean, sample std and n of the values, and the (1 - alpha) t-interval of the mean whose squared standard
+    error is std^2 / n + extra_var (the test set's share, when known); std and CI are NaN when n < 2."""
     values = np.asarray(values, dtype=float)
     n = len(values)
     if n == 0:
@@ -54,7 +65,7 @@ def t_interval(values, alpha: float = 0.05) -> tuple[float, float, int, float, f
     if n < 2:
         return mean, np.nan, 1, np.nan, np.nan
     std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * std / np.sqrt(n)
+    half = float(stats.t.ppf(1 - alpha / 2, n - 1)) * math.sqrt(std ** 2 / n + extra_var)
     return mean, std, n, mean - half, mean + half
 
 
@@ -75,19 +86,25 @@ NUMBER_VERDICTS = {"inside": "reproduced", "above": "differs (higher)", "below":
 
 
 def number_verdict(paper: float, values, scale: str = PAPER_SCALE, tolerance: float = 1.0,
-                   alpha: float = 0.05, min_seeds: int = 3) -> dict:
+                   alpha: float = 0.05, min_seeds: int = 3, image_var: float | None = None) -> dict:
     """One published number against our runs' values, at the runs' scale. In order: `not run` (no values),
-    `too few seeds` (n < min_seeds), `scale differs` (not paper scale), then the band rule."""
-    mean, std, n, low, high = t_interval(values, alpha)
-    out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "delta": mean - paper, "note": ""}
+    `too few seeds` (n < min_seeds), `scale differs` (not paper scale), then the band rule. image_var: the
+    test set's share of the mean's variance (points^2), None when the runs stored no predictions."""
+    mean, std, n, low, high = t_interval(values, alpha, image_var or 0.0)
+    out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "delta": mean - paper, "note": "",
+           "uncertainty": uncertainty_label(image_var), "split": seed_split(values) or ""}
     if n == 0:
-        return {**out, "verdict": "not run"}
+        return {**out, "verdict": "not run", "uncertainty": ""}
     if n < min_seeds:
         return {**out, "verdict": "too few seeds", "note": f"n = {n} < {min_seeds} seeds needed at {scale} scale"}
     if scale != PAPER_SCALE:
         return {**out, "verdict": "scale differs", "note": f"runs at {scale} scale only: not a reproduction"}
     position = band_position(low, high, paper - tolerance, paper + tolerance)
     return {**out, "verdict": NUMBER_VERDICTS[position]}
+
+
+def uncertainty_label(image_var: float | None) -> str:
+    return "seeds only" if image_var is None else "seeds + test images"
 
 
 def holm(p_values) -> np.ndarray:
@@ -103,89 +120,259 @@ def holm(p_values) -> np.ndarray:
     return adjusted
 
 
-def mean_test(values, alpha: float = 0.05) -> dict:
-    """Mean, CI and two-sided one-sample t-test against 0 (= the paired t-test when values are differences)."""
-    values = np.asarray(values, dtype=float)
-    mean, std, n, low, high = t_interval(values, alpha)
-    p_value = float(_quiet(stats.ttest_1samp, values, 0.0).pvalue) if n >= 2 else np.nan
-    return {"n": n, "mean": mean, "std": std, "ci_low": low, "ci_high": high, "p_value": p_value}
-
-
-def variance_test(x, y) -> dict:
-    """Pitman-Morgan test of var(x) = var(y) for paired samples; mean = log(var x / var y)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(x)
-    out = {"n": n, "mean": np.nan, "std": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan}
-    if n < 3:  # the correlation test has n - 2 df
-        return out
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # +-inf when one side is constant (a generator that changed no prediction in any seed): that side
-        # is the more stable one, and the sign must say so; NaN (0/0) when both are
-        ratio = float(np.log(x.var(ddof=1) / y.var(ddof=1)))
-    out["mean"] = ratio
-    out["p_value"] = float(_quiet(stats.pearsonr, x + y, x - y)[1])
-    return out
-
-
-def seed_means(values: pd.DataFrame, cells: list[str], columns: list[str]) -> pd.DataFrame:
-    """Per seed, `columns` averaged over `cells`; only seeds every one of those cells has."""
-    part = values[values["cell"].isin(cells)]
-    per_seed = part.groupby("seed")
-    complete = per_seed["cell"].nunique() == len(cells)
-    return per_seed[columns].mean()[complete]
-
-
-def summarize_cells(values: pd.DataFrame, min_seeds: dict, alpha: float = 0.05,
-                    variance: bool = False) -> tuple[pd.DataFrame, dict]:
-    """values: one line per (cell, seed) with `value` (or `t` and `c` for variance claims) and `scale`.
-    Returns the per-cell table and the claim-level result over the cells with enough seeds
-    (min_seeds: scale -> seeds needed). Without such cells, the claim-level numbers are computed over all
-    cells for display only (p-value NaN) and `counting` is 0."""
-    rows = []
-    for cell, part in values.groupby("cell", sort=False):
-        scale = join_scales(part["scale"])
-        result = variance_test(part["t"], part["c"]) if variance else mean_test(part["value"], alpha)
-        rows.append({"cell": cell, **result, "needed": min_seeds.get(scale, min_seeds["default"]), "scale": scale})
-    table = pd.DataFrame(rows, columns=["cell", *CELL_STATS, "needed", "scale"])
-    table["counts"] = table["n"] >= table["needed"]
-    counting = list(table.loc[table["counts"], "cell"])
-    used = counting or list(table["cell"])
-    per_seed = seed_means(values, used, ["t", "c"] if variance else ["value"])
-    result = (variance_test(per_seed["t"], per_seed["c"]) if variance
-              else mean_test(per_seed["value"], alpha))
-    scale = join_scales(table.loc[table["cell"].isin(used), "scale"])
-    result.update(cells=len(counting), cells_all=len(table), scale=scale,
-                  needed=min_seeds.get(scale, min_seeds["default"]))
-    if not counting or result["n"] < result["needed"]:
-        result["p_value"] = np.nan  # numbers for display; no test is counted
-    return table.drop(columns="needed"), result
-
-
 def join_scales(scales) -> str:
     return "+".join(sorted(set(map(str, scales)))) or ""
 
 
-def effect_gate(result: dict) -> str | None:
-    """The verdict that holds before any test, or None when the test decides."""
-    if result["cells_all"] == 0:
-        return "not run"
-    if result["cells"] == 0 or result["n"] < result["needed"]:
+# ---- one cell -----------------------------------------------------------------------------------
+
+def _t_sf(stat: float, df: int) -> float:
+    """Upper tail of t; a zero standard error makes any nonzero difference certain."""
+    if np.isnan(stat):
+        return np.nan
+    return float(stats.t.sf(stat, df))
+
+
+def _ratio(diff: float, se: float) -> float:
+    if se > 0:
+        return diff / se
+    return math.copysign(math.inf, diff) if diff else 0.0
+
+
+def two_sided_p(diff: float, se: float, df: int) -> float:
+    if se == 0 and diff == 0:
+        return 1.0
+    return min(1.0, 2 * _t_sf(abs(_ratio(diff, se)), df))
+
+
+def paired_variance_p(x, y) -> float:
+    """Paired Brown-Forsythe: |x - median x| - |y - median y| per seed, t-tested against 0 (two-sided)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    d = np.abs(x - np.median(x)) - np.abs(y - np.median(y))
+    if len(d) < 2:
+        return np.nan
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(_quiet(stats.ttest_1samp, d, 0.0).pvalue)
+
+
+def seed_split(values) -> str | None:
+    """'3 seeds near 26.9, 2 near 84.0' when the seeds fall into two groups: the largest gap between sorted
+    values is at least SPLIT_RATIO times the pooled sd within the two groups it leaves (and SPLIT_MIN_GAP);
+    None otherwise. Needs 4 seeds (the pooled sd has n - 2 df)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    if len(v) < 4:
+        return None
+    gaps = np.diff(v)
+    cut = int(np.argmax(gaps)) + 1
+    low, high = v[:cut], v[cut:]
+    pooled = math.sqrt((((low - low.mean()) ** 2).sum() + ((high - high.mean()) ** 2).sum()) / (len(v) - 2))
+    gap = float(gaps[cut - 1])
+    if gap < SPLIT_MIN_GAP or gap < SPLIT_RATIO * pooled:
+        return None
+    return f"{len(low)} seed{'s' if len(low) > 1 else ''} near {low.mean():.1f}, {len(high)} near {high.mean():.1f}"
+
+
+def cell_stats(values, image_var: float | None = None, alpha: float = 0.05, test: dict | None = None,
+               paper_effect: float | None = None) -> dict:
+    """One cell of an effect claim: values are its per-seed effects (points, or a diagnostic); image_var the
+    test set's share of the mean's variance (None: seeds only). test: the claim's test (type, band)."""
+    test = test or {"type": "paired"}
+    mean, std, n, low, high = t_interval(values, alpha, image_var or 0.0)
+    se = math.sqrt(std ** 2 / n + (image_var or 0.0)) if n >= 2 else np.nan
+    out = {"n": n, "mean": mean, "std": std, "se": se, "ci_low": low, "ci_high": high, "p_value": np.nan,
+           "p_paper": np.nan, "p_outside": np.nan, "paper_effect": np.nan if paper_effect is None else paper_effect,
+           "direction": int(np.sign(mean)) if n else 0, "uncertainty": uncertainty_label(image_var),
+           "split": seed_split(values) or "", "seeds": _seed_text(values), "applicable": True}
+    if n < 2:
+        return out
+    df = n - 1
+    if test["type"] == "equivalence":
+        lo, hi = test["band"]
+        out["p_value"] = max(_t_sf(_ratio(mean - lo, se), df), _t_sf(_ratio(hi - mean, se), df))  # TOST
+        if mean > hi or mean < lo:
+            edge = hi if mean > hi else lo
+            out["p_outside"] = two_sided_p(mean - edge, se, df)
+            out["direction"] = 1 if mean > hi else -1
+        else:
+            out["p_outside"], out["direction"] = 1.0, 0
+        return out
+    out["p_value"] = two_sided_p(mean, se, df)
+    if paper_effect is not None:
+        out["p_paper"] = two_sided_p(mean - paper_effect, se, df)
+    return out
+
+
+def variance_cell_stats(t, c) -> dict:
+    """One cell of a variance claim: per-seed values of each side (paired by seed). The effect shown is
+    log(var t / var c); the test is paired Brown-Forsythe; a constant side is not applicable."""
+    t, c = np.asarray(t, dtype=float), np.asarray(c, dtype=float)
+    n = len(t)
+    out = {"n": n, "mean": np.nan, "std": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan,
+           "p_value": np.nan, "p_paper": np.nan, "p_outside": np.nan, "paper_effect": np.nan, "direction": 0,
+           "uncertainty": "seeds only", "split": "", "seeds": _seed_text(t) + " vs " + _seed_text(c),
+           "applicable": True}
+    if n < 2:
+        return out
+    var_t, var_c = t.var(ddof=1), c.var(ddof=1)
+    if var_t == 0 or var_c == 0:
+        side = "both sides are" if var_t == var_c == 0 else ("the treatment" if var_t == 0 else "the control") + " is"
+        return {**out, "applicable": False, "note": f"{side} constant over seeds: no variance to compare"}
+    out["mean"] = float(np.log(var_t / var_c))
+    out["direction"] = int(np.sign(out["mean"]))
+    out["p_value"] = paired_variance_p(t, c)
+    return out
+
+
+def _seed_text(values) -> str:
+    return ", ".join(f"{v:.2f}" for v in np.asarray(values, dtype=float))
+
+
+# ---- a cell's verdict, and a claim's from its cells ----------------------------------------------
+
+def cell_verdict(cell: dict, test_type: str, sign: str, alpha: float) -> str:
+    """From the cell's within-claim adjusted p-values (p_adj, p_paper_adj, p_outside_adj)."""
+    if not cell["applicable"]:
+        return "not applicable"
+    if not cell["counts"]:
         return "too few seeds"
-    if result["scale"] != PAPER_SCALE:
+    if test_type == "equivalence":
+        if cell["p_adj"] < alpha:
+            return "supported"
+        if cell["p_outside_adj"] < alpha:
+            return f"contradicted ({DIRECTION[cell['direction']]})"
+        return "inconclusive"
+    if cell["p_adj"] < alpha:
+        return _signed(cell["direction"], sign)
+    if cell["p_paper_adj"] < alpha and _short_of_paper(cell, sign):
+        return "contradicted (paper's effect excluded)"
+    return "inconclusive"
+
+
+def _signed(direction: int, sign: str) -> str:
+    if SIGNS[sign] == 0:
+        return f"supported ({DIRECTION[direction]})"
+    return "supported" if direction == SIGNS[sign] else "contradicted"
+
+
+def _short_of_paper(cell: dict, sign: str) -> bool:
+    """Our effect lies on the near side of the paper's: smaller in the direction the paper claims."""
+    towards = SIGNS[sign] or np.sign(cell["paper_effect"])
+    return towards * (cell["mean"] - cell["paper_effect"]) < 0
+
+
+def decide_cells(cells: pd.DataFrame, test_type: str, sign: str, alpha: float) -> pd.DataFrame:
+    """Within-claim Holm over the counting cells, then each cell's own verdict."""
+    cells = cells.copy()
+    counting = cells["counts"] & cells["applicable"]
+    for column in ("p_value", "p_paper", "p_outside"):
+        adjusted = np.full(len(cells), np.nan)
+        adjusted[counting.to_numpy()] = holm(cells.loc[counting, column])
+        cells[column.replace("_value", "") + "_adj"] = np.nan_to_num(adjusted, nan=1.0)
+    cells["verdict"] = [cell_verdict(row, test_type, sign, alpha) for row in cells.to_dict("records")]
+    return cells
+
+
+def combined_p(p_values, rule) -> float:
+    """The claim's p from its cells' p-values under its rule: `all` -> the largest (intersection-union);
+    {share: q} -> (m - u + 1) p_(u), u = ceil(q m) (partial conjunction, valid under any dependence)."""
+    p = np.sort(np.asarray(p_values, dtype=float))
+    if not len(p):
+        return np.nan
+    if rule == "all":
+        return float(p[-1])
+    u = max(1, math.ceil(rule["share"] * len(p) - 1e-9))
+    return float(min(1.0, (len(p) - u + 1) * p[u - 1]))
+
+
+def rule_text(rule) -> str:
+    return "all cells" if rule == "all" else f"at least {rule['share']:.0%} of cells"
+
+
+def decide_claim(cells: pd.DataFrame, test_type: str, sign: str, rule, alpha: float, family_size: int) -> dict:
+    """The claim's verdict from its decided cells (decide_cells) for one reading. Returns p (combined, before
+    the family correction), p_family (Bonferroni over family_size), verdict and a note. Gates first."""
+    counting = cells[cells["counts"] & cells["applicable"]]
+    out = {"p_value": np.nan, "p_family": 1.0, "verdict": None, "note": ""}
+    if cells.empty:
+        return {**out, "verdict": "not run"}
+    if counting.empty:
+        if not cells["applicable"].any():
+            return {**out, "verdict": "not applicable", "note": "every cell has a side constant over seeds"}
+        return {**out, "verdict": "too few seeds"}
+    name = lambda frame: "; ".join(frame["cell"])  # noqa: E731
+    significant = counting["p_adj"] < alpha
+    directions = set(counting.loc[counting["direction"] != 0, "direction"])
+    if test_type == "equivalence":
+        outside = counting[counting["verdict"].str.startswith("contradicted (")]
+        if {1, -1} <= set(outside["direction"]):
+            return {**out, "verdict": "mixed", "note": _mixed_note(outside)}
+    elif len(directions) > 1 and significant.any():
+        return {**out, "verdict": "mixed", "note": _mixed_note(counting)}
+    out["p_value"] = combined_p(counting["p_value"], rule)
+    out["p_family"] = min(1.0, family_size * out["p_value"])
+    if test_type == "equivalence":
+        if out["p_family"] < alpha:
+            return {**out, "verdict": "supported"}
+        p_out = min(1.0, family_size * combined_p(counting["p_outside"], rule))
+        if p_out < alpha and len(directions) == 1:
+            return {**out, "verdict": f"contradicted ({DIRECTION[directions.pop()]})",
+                    "note": f"outside the band in {rule_text(rule)} (p_family {p_out:.2g})"}
+        return {**out, "verdict": "inconclusive"}
+    if out["p_family"] < alpha and len(directions) == 1:
+        return {**out, "verdict": _signed(directions.pop(), sign)}
+    if counting["p_paper"].notna().all() and all(_short_of_paper(c, sign) for c in counting.to_dict("records")):
+        p_paper = min(1.0, family_size * combined_p(counting["p_paper"], rule))
+        if p_paper < alpha:
+            return {**out, "verdict": "contradicted (paper's effect excluded)",
+                    "note": f"the paper's effect lies outside our interval in {rule_text(rule)} "
+                            f"(p_family {p_paper:.2g}): {name(counting)}"}
+    return {**out, "verdict": "inconclusive"}
+
+
+def _mixed_note(cells: pd.DataFrame) -> str:
+    parts = []
+    for direction, word in ((1, "above"), (-1, "below")):
+        part = cells[cells["direction"] == direction]
+        if len(part):
+            parts.append(f"{word}: " + "; ".join(f"{c} ({m:+.2f}, {v})" for c, m, v in
+                                                 zip(part["cell"], part["mean"], part["verdict"])))
+    return "cells disagree in sign. " + " | ".join(parts)
+
+
+def leave_one_out(cells: pd.DataFrame, test_type: str, sign: str, rule, alpha: float, family_size: int) -> str:
+    """The counting cells whose removal changes the claim's verdict ('' when none does, or < 2 cells)."""
+    counting = cells[cells["counts"] & cells["applicable"]]
+    if len(counting) < 2:
+        return ""
+    base = decide_claim(decide_cells(cells, test_type, sign, alpha), test_type, sign, rule, alpha, family_size)
+    changes = []
+    for cell in counting["cell"]:
+        rest = decide_cells(cells[cells["cell"] != cell], test_type, sign, alpha)
+        verdict = decide_claim(rest, test_type, sign, rule, alpha, family_size)["verdict"]
+        if verdict != base["verdict"]:
+            changes.append(f"without {cell}: {verdict}")
+    return "; ".join(changes)
+
+
+def effect_gate(cells_all: int, scale: str) -> str | None:
+    """The verdict that holds before any test (smoke scale: the numbers are kept, nothing is decided)."""
+    if cells_all == 0:
+        return "not run"
+    if scale != PAPER_SCALE:
         return "smoke scale"
     return None
 
 
-def significance_verdict(mean: float, p_adjusted: float, expected_sign: str, alpha: float) -> str:
-    """`supported` / `contradicted` when the adjusted p < alpha (by the sign of the effect), else `inconclusive`."""
-    if not p_adjusted < alpha:  # also NaN: identical values, nothing to test
-        return "inconclusive"
-    return "supported" if np.sign(mean) == SIGNS[expected_sign] else "contradicted"
-
-
-def interval_verdict(low: float, high: float, band: tuple[float, float]) -> str:
-    """Equivalence: the CI of the effect inside the band -> supported, wholly outside -> contradicted."""
-    if np.isnan(low) or np.isnan(high):
-        return "inconclusive"
-    position = band_position(low, high, *band)
-    return {"inside": "supported", "overlaps": "inconclusive"}.get(position, "contradicted")
+def pooled_description(cells: pd.DataFrame) -> dict:
+    """A descriptive pooled mean over the counting cells (inverse-variance weights) with Cochran's Q and
+    I^2; it decides nothing."""
+    part = cells[cells["counts"] & cells["applicable"] & (cells["se"] > 0)]
+    if len(part) < 2:
+        return {"pooled": np.nan, "i2": np.nan}
+    w = 1 / part["se"] ** 2
+    pooled = float((w * part["mean"]).sum() / w.sum())
+    q = float((w * (part["mean"] - pooled) ** 2).sum())
+    i2 = max(0.0, (q - (len(part) - 1)) / q) if q > 0 else 0.0
+    return {"pooled": pooled, "i2": i2}
