@@ -36,7 +36,9 @@ data: setup
 	fi
 	@dvc commit data.dvc || echo "WARNING: data/ differs from data.dvc: 'dvc add data' records it as a new version (commit data.dvc), 'dvc checkout data' restores the committed one"
 
+# check first: a YAML error then names its file and line (Snakemake's own parse says neither)
 reproduce: data
+	$(PY) -m pipeline_src check --params $(PARAMS)
 	snakemake --cores $(CORES) --configfile $(PARAMS)
 
 test: setup

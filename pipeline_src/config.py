@@ -122,7 +122,8 @@ def audit_set_info(params: dict) -> dict:
     """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
     return {
         **{name: {"kind": spec["kind"], "scale": params["scale"],
-                  "readings": spec.get("readings") or [params["own_reading"]]}
+                  "readings": spec.get("readings") or [params["own_reading"]],
+                  "methods": [m["label"] for m in spec["methods"]]}
            for name, spec in params["experiment_sets"].items()},
         "readings": {params["own_reading"]: "the params' own training block",
                      **{name: r["source"] for name, r in params["readings"].items()}},
@@ -138,7 +139,10 @@ def load_params(path: str | Path) -> dict:
     except FileNotFoundError:
         raise ParamsError(f"params file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"params file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"params file {path} must hold a mapping of keys, not {type(raw).__name__}")
     return validate_params(raw)
@@ -182,6 +186,12 @@ class RunConfig:
 def format_run_id(dataset: str, model: str, label: str, sweep_suffix: str, reading: str, seed: int) -> str:
     """`<dataset>-<model>-<label><sweep>[.<reading>]-s<seed>`: the one place run ids are formed."""
     return f"{dataset}-{model}-{label}{sweep_suffix}{'.' + reading if reading else ''}-s{seed}"
+
+
+def run_configuration(run_id: str, dataset: str, model: str, reading: str, seed) -> str:
+    """The middle of a run id (format_run_id): label and sweep values, the same for every seed and reading."""
+    middle = str(run_id).removeprefix(f"{dataset}-{model}-").removesuffix(f"-s{seed}")
+    return middle.removesuffix(f".{reading}") if reading else middle
 
 
 def model_identity(model_cfg: dict) -> dict:

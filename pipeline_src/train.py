@@ -24,7 +24,8 @@ from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import Method, build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.predictions import predictions_path, save_predictions
-from pipeline_src.provenance import code_version, environment, git_state, torch_save_atomic, write_json
+from pipeline_src.provenance import (apply_determinism, code_version, environment, git_state, torch_save_atomic,
+                                     write_json)
 from pipeline_src.stream import ImageStream
 
 if TYPE_CHECKING:  # the data module loads lazily: start-up time per job
@@ -224,6 +225,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     head = run_head(cfg, rule)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    determinism = apply_determinism()  # before any CUDA op: cuBLAS reads its workspace setting when it starts
     world = join()
     device = select_device(cfg.device, world)
     torch.manual_seed(cfg.seed)  # the same on every process: the same initial weights and epoch orders
@@ -304,7 +306,7 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        "weights_sha256": _file_sha256(cfg.model_cfg.get("weights_file")),
                        "code_versions": code_versions,
-                       **environment()},
+                       **environment(device), "determinism": determinism},
         "mlflow_run_id": None,
     }
     # first, so a metrics.json (what Snakemake and the report look for) never lacks its predictions

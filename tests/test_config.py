@@ -76,6 +76,13 @@ def test_set_training_override_applies_only_to_that_set():
     assert by_set["baseline"] == params["training"]["epochs"]
 
 
+def test_a_yaml_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [0, 1\nmodels: {a: 1}\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml is not valid YAML at line 2, column 7: expected ',' or ']'"):
+        load_params(bad)
+
+
 def test_readings_run_every_cell_under_each_with_its_own_training():
     params = load_params(REPO_ROOT / "params" / "fashion_mnist.yaml")
     runs = {r.run_id: r for r in expand_runs(params, "vpn_joint_readings")}
