@@ -554,3 +554,60 @@ def test_one_seed_cell_shows_no_spread():
     line = pd.Series({"paper": 74.97, "mean": 74.0, "std": np.nan, "n": 1, "delta": -0.97, "verdict": "too few seeds",
                       "scale": "paper", "deviations": ""})
     assert audit_pages.cell_text(line) == "74.97 vs 74.00 (n=1), Δ -0.97"
+
+
+# ---- the test set's own uncertainty ----
+
+def _with_predictions(lines, folder, rng, accuracy_of):
+    """Store, for each run line, predictions on 2,000 images that score its top-1 (the first image the same in
+    every seed, as one shared test set), and point the line at them."""
+    from pipeline_src.predictions import save_predictions
+
+    target = np.arange(2000) % 10
+    out = []
+    for line in lines:
+        path = folder / f"{line['run_id']}.npz"
+        right = rng.random(2000) < accuracy_of(line) / 100
+        save_predictions(path, {line["eval_mode"]: np.where(right, target, (target + 1) % 10)}, target)
+        measured = 100.0 * right.mean()
+        out.append({**line, "top1": measured, "predictions": str(path)})
+    return out
+
+
+def test_intervals_cover_the_test_set_where_runs_stored_predictions(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = _with_predictions(two_sides([1.0, 1.2, 0.8, 1.1, 0.9], base=[80.0] * 5), tmp_path, rng,
+                              lambda line: line["top1"])
+    seeds_only = [{k: v for k, v in line.items() if k != "predictions"} for line in lines]
+    with_images, cells = effects(lines, [paired_claim()])
+    without, cells_seeds = effects(seeds_only, [paired_claim()])
+    assert cells.loc[0, "uncertainty"] == "seeds + test images" and cells_seeds.loc[0, "uncertainty"] == "seeds only"
+    # by hand: per image, the seed-averaged paired difference; its variance over images / N, in points^2
+    from pipeline_src.predictions import correct
+    per_seed = [correct(tmp_path / f"d-m-noisy-s{s}.npz")["noise"].astype(float)
+                - correct(tmp_path / f"d-m-clean-s{s}.npz")["none"].astype(float) for s in range(5)]
+    image_var = (np.mean(per_seed, axis=0) * 100).var(ddof=1) / 2000
+    values = cells.loc[0, "mean"], np.array([100 * d.mean() for d in per_seed])
+    half = (cells.loc[0, "ci_high"] - cells.loc[0, "ci_low"]) / 2
+    expected = 2.776445 * np.sqrt(values[1].var(ddof=1) / 5 + image_var)  # t(0.975, 4)
+    assert half == pytest.approx(expected, rel=1e-5)
+    assert half > (cells_seeds.loc[0, "ci_high"] - cells_seeds.loc[0, "ci_low"]) / 2
+    assert with_images.loc["c", "uncertainty"] == "seeds + test images"
+    # a seed without predictions: the whole cell falls back to seeds only, and says so
+    mixed = lines[:-1] + seeds_only[-1:]
+    assert effects(mixed, [paired_claim()])[1].loc[0, "uncertainty"] == "seeds only"
+
+
+def test_number_claims_add_the_test_sets_binomial_spread(tmp_path):
+    from pipeline_src.predictions import correct
+
+    rng = np.random.default_rng(1)
+    lines = _with_predictions([run_line("d", "m", "baseline", "no_noise", s, 80.0 + 0.1 * s) for s in SEEDS],
+                              tmp_path, rng, lambda line: line["top1"])
+    right = np.mean([correct(tmp_path / f"d-m-baseline-s{s}.npz")["no_noise"] for s in SEEDS], axis=0) * 100
+    result = verdicts.number_verdict(80.0, [line["top1"] for line in lines], image_var=right.var(ddof=1) / 2000)
+    plain = verdicts.number_verdict(80.0, [line["top1"] for line in lines])
+    assert result["uncertainty"] == "seeds + test images" and plain["uncertainty"] == "seeds only"
+    assert result["ci_high"] - result["ci_low"] > plain["ci_high"] - plain["ci_low"]
+    assert audit.image_variance([correct(tmp_path / f"d-m-baseline-s{s}.npz")["no_noise"] for s in SEEDS]) == (
+        pytest.approx(right.var(ddof=1) / 2000))
