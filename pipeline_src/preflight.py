@@ -15,12 +15,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from pipeline_src.code_hash import command_code
 from pipeline_src.config import ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
-from pipeline_src.provenance import code_version, write_json
+from pipeline_src.provenance import write_json
 from pipeline_src.readers import DataError
 from pipeline_src.sources import input_shape, resolve_spec
-
-MODEL_CHECK_CODE = ("models", "sites", "model_check")
 
 
 def base_run_of(run: RunConfig) -> tuple[str, str] | None:
@@ -100,7 +99,7 @@ def checked_models(requests: list[dict], cache_dir: Path) -> list[str]:
     """model_check's errors for these requests: from the cache when the same requests passed with the
     same code and library versions, else from a subprocess on this interpreter."""
     payload = json.dumps({"requests": requests, "versions": _versions(),
-                          "code": code_version(list(MODEL_CHECK_CODE))}, sort_keys=True)
+                          "code": command_code("check-models")}, sort_keys=True)
     cached = cache_dir / f"models-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
     if cached.is_file():
         return json.loads(cached.read_text())["errors"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+from pipeline_src.code_hash import command_code
 from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
 from pipeline_src.locks import clear_stale_locks, record_owner
@@ -48,11 +49,11 @@ if workflow.is_main_process and (note := switch_on(PARAMS["tracking"]["live"], R
 if os.environ.get(LIVE_ENV):  # a cluster job gets the switch and the server exported with its command
     workflow.register_envvars(LIVE_ENV, "MLFLOW_TRACKING_URI")
 SETS = list(PARAMS["experiment_sets"])
-# Hashes of the modules that compute each rule's numbers: editing one reruns the rules that use it.
-PREPARE_CODE = code_version(["data", "readers", "sources", "generated"])
-TRAIN_CODE = code_version(["config", "schema", "models", "methods", "train", "data", "readers", "sources", "noise", "hooks",
-                           "sites", "method_spec", "noisynn", "vpn", "augment"])
-AGGREGATE_CODE = code_version(["aggregate", "plots"])
+# Hashes of the code each rule's command runs, found from the package's imports (pipeline_src/code_hash.py):
+# editing a module a rule may import reruns that rule, editing any other module does not.
+PREPARE_CODE = command_code("prepare")
+TRAIN_CODE = command_code("train")
+AGGREGATE_CODE = command_code("aggregate")
 
 
 wildcard_constraints:
