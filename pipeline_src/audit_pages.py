@@ -157,8 +157,59 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         "treatment - control over seeds (variance claims: log var ratio); p_value: the cell's own test; p_adj: "
         "Holm-adjusted over its claim's counting cells; paper_effect: the effect the paper's table implies.",
         _clean(cells[cell_cols]).to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
+        "## Claims one by one", claim_sections(effects, cells, claims),
         "## Paper tables", *table_md,
         "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
+
+
+def claim_heading(claim_id: str, reading: str) -> str:
+    return f"{claim_id} [{reading}]" if reading else claim_id
+
+
+def anchor(heading: str) -> str:
+    """The anchor GitHub gives a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
+
+
+def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> str:
+    """One section per effect claim and reading with runs: the claim, its verdict and why, and its cells."""
+    texts = {e["id"]: e["claim"] for e in claims["effects"]}
+    parts = []
+    for _, line in effects[effects["verdict"] != "not run"].iterrows():
+        mine = cells[(cells["claim_id"] == line["claim_id"]) & (cells["reading"] == line["reading"])]
+        shown = mine[["cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "p_adj", "paper_effect", "verdict"]]
+        facts = [f"**{line['verdict']}** (rule: {line['rule']}; {line['cells']} cells count; p_family "
+                 f"{line['p_family']:.3g})", *(f"{key}: {line[key]}" for key in ("note", "sensitivity", "deviations")
+                                              if isinstance(line[key], str) and line[key])]
+        parts += [f"### {claim_heading(line['claim_id'], line['reading'])}", texts.get(line["claim_id"], ""),
+                  "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g")]
+    return "\n\n".join(parts) if parts else "No effect claim has runs."
+
+
+def _ours(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f} (n={n})" if n >= 2 else f"{mean:.2f} (n={n})"
+
+
+def glance_table(audit: pd.DataFrame, cells: pd.DataFrame, audit_link: str = "audit.md") -> str:
+    """Verdicts at a glance: every claim and reading with runs; the paper's number (an effect claim: the
+    effects its tables imply, per cell), ours, the verdict, and a link to it in audit.md."""
+    rows = []
+    for _, line in audit[audit["verdict"] != "not run"].iterrows():
+        if line["table"] != "effects":
+            rows.append({"claim": f"{line['table']}: {line['row']}, {line['column']}", "reading": line["reading"],
+                         "paper": f"{line['paper']:.2f}", "ours": _ours(line["mean"], line["std"], int(line["n"])),
+                         "verdict": line["verdict"], "where": f"[paper tables]({audit_link}#paper-tables)"})
+            continue
+        mine = cells[(cells["claim_id"] == line["claim_id"]) & (cells["reading"] == line["reading"])]
+        names = [f"{m} {str(t).split(' [')[0]}" for m, t in zip(mine["model"], mine["treatment"])]
+        paper = "; ".join(f"{c} {e:+.2f}" for c, e in zip(names, mine["paper_effect"]) if pd.notna(e))
+        ours = "; ".join(f"{c} {m:+.2f}" for c, m in zip(names, mine["mean"]) if pd.notna(m))
+        heading = claim_heading(line["claim_id"], line["reading"])
+        rows.append({"claim": line["claim_id"], "reading": line["reading"], "paper": paper or "-", "ours": ours,
+                     "verdict": line["verdict"], "where": f"[{heading}]({audit_link}#{anchor(heading)})"})
+    if not rows:
+        return "No claim has runs yet."
+    return _clean(pd.DataFrame(rows)).to_markdown(index=False)
 
 
 def _clean(frame: pd.DataFrame) -> pd.DataFrame:

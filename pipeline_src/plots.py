@@ -253,6 +253,22 @@ def plot_audit(audit: pd.DataFrame, cells: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_specification_curve(cells: pd.DataFrame, path: Path) -> None:
+    """Each paired effect claim, per protocol reading and cell: our effect with its 95% CI beside the effect
+    the paper's tables imply; grouped by claim, then cell, then reading, so a reading that moves an effect
+    shows as a shift within its group."""
+    part = cells[cells["test_type"].isin(["paired", "equivalence"]) & (cells["n"] > 0)] if len(cells) else cells
+    fig, ax = plt.subplots(figsize=(14, max(3.0, 0.24 * len(part) + 1.5)))
+    if len(part):
+        part = part.sort_values(["claim_id", "cell", "reading"], kind="stable")
+        _effect_cells_panel(ax, part, "accuracy points")
+        ax.set_title("specification curve: each effect per claim, cell and protocol reading (colour = cell verdict)")
+    else:
+        ax.text(0.5, 0.5, "no effect claim has runs", ha="center", va="center")
+        ax.set_axis_off()
+    save_figure(fig, path)
+
+
 def _effect_cells_panel(ax, part: pd.DataFrame, unit: str) -> None:
     """One row per cell (claim and reading named), its mean and 95% CI where it has one, the paper's implied
     effect as a cross; colour: the cell's verdict."""

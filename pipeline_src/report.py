@@ -274,14 +274,44 @@ def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], r
     }
 
 
-def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame) -> str:
-    """The report's front page: how far each set is, what the numbers rest on, every set table."""
+def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
+    """Per paper-table cell that has runs under more than one protocol reading: the paper's value and ours
+    under each reading (mean ± sd, n, verdict), then each reading's source. None without readings."""
+    if not params["readings"]:
+        return None
+    sources = {**{params["own_reading"]: "the params' own training block"},
+               **{name: r["source"] for name, r in params["readings"].items()}}
+    key = "Readings declared:\n\n" + "\n".join(f"- `{name}`: {source}" for name, source in sources.items())
+    numbers = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
+    counts = numbers.groupby(["table", "row", "column"])["reading"].nunique()
+    several = counts[counts > 1].index
+    if not len(several):
+        return "No paper-table cell has runs under a second reading yet.\n\n" + key
+    keyed = numbers.set_index(["table", "row", "column"]).loc[several].reset_index()
+    keyed["ours"] = [f"{m:.2f} ± {sd:.2f} (n={n}) {v}" if n >= 2 else f"{m:.2f} (n={n}) {v}"
+                     for m, sd, n, v in zip(keyed["mean"], keyed["std"], keyed["n"], keyed["verdict"])]
+    table = keyed.pivot_table(index=["table", "row", "column", "paper"], columns="reading", values="ours",
+                              aggfunc="first").reset_index()
+    return table.fillna("no runs").to_markdown(index=False) + "\n\n" + key
+
+
+def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame,
+                   cells: pd.DataFrame) -> str:
+    """The report's front page: the readings, the verdicts at a glance, how far each set is, what the numbers
+    rest on, every set table."""
+    from pipeline_src.audit_pages import glance_table
+
     status = pd.DataFrame(prov["runs"]).T.rename_axis("set").reset_index()
     board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
+    readings = readings_table(params, audit)
+    spec_curve = report_dir / "figures" / "specification_curve.png"
     parts = [f"# Reproduction report: {_relative(params_path)}",
              "Rebuilt from the `metrics.json` files under `runs/` by "
              f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
              "Verdicts, paper tables and the departures that apply to each cell: [audit.md](audit.md).",
+             *(["## The paper's numbers under each protocol reading", readings] if readings else []),
+             *(["![specification curve](figures/specification_curve.png)"] if spec_curve.exists() else []),
+             "## Verdicts at a glance", glance_table(audit, cells),
              "## Runs done", status.to_markdown(index=False),
              *(["## Left out, and why", "\n".join(f"- {what}: {why}" for what, why in params["left_out"].items())]
                if params["left_out"] else []),
@@ -336,7 +366,31 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                                  lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
+    cells = pd.read_csv(report_dir / "effects_cells.csv", keep_default_na=False, na_values=[""])
+    from pipeline_src.plots import plot_specification_curve
+
+    plot_specification_curve(cells, report_dir / "figures" / "specification_curve.png")
     prov = provenance(params_path, params, by_set, report_dir)
     write_json(report_dir / "provenance.json", prov)
-    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, audit))
+    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, audit, cells))
+    update_readme_glance(report_dir, audit, cells)
     return audit
+
+
+GLANCE_BEGIN, GLANCE_END = "<!-- verdicts at a glance: {report} (written by the report command) -->", "<!-- /verdicts -->"
+
+
+def update_readme_glance(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame,
+                         readme: Path = REPO_ROOT / "README.md") -> bool:
+    """Rewrite the README's verdicts-at-a-glance block of this report, if the README has one."""
+    from pipeline_src.audit_pages import glance_table
+
+    begin = GLANCE_BEGIN.format(report=_relative(report_dir))
+    text = readme.read_text() if readme.exists() else ""
+    if begin not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(GLANCE_END, 1)
+    link = f"{_relative(report_dir)}/audit.md"
+    write_atomic(readme, f"{head}{begin}\n{glance_table(audit, cells, link)}\n{GLANCE_END}{tail}")
+    return True
