@@ -261,7 +261,8 @@ def plot_specification_curve(cells: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(14, max(3.0, 0.24 * len(part) + 1.5)))
     if len(part):
         part = part.sort_values(["claim_id", "cell", "reading"], kind="stable")
-        _effect_cells_panel(ax, part, "accuracy points")
+        _effect_cells_panel(ax, part, "accuracy points, symmetric log scale beyond ±1")
+        ax.set_xscale("symlog", linthresh=1.0)  # effects of 0.1 and of 60 points on one axis
         ax.set_title("specification curve: each effect per claim, cell and protocol reading (colour = cell verdict)")
     else:
         ax.text(0.5, 0.5, "no effect claim has runs", ha="center", va="center")
