@@ -270,8 +270,10 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
                         "train_top1": top1(train_pred, y_train[train_probe]), **tracked,
                         "seconds": time.perf_counter() - started})
         if world.is_main:
+            per_epoch = sum(h["seconds"] for h in history[start_epoch:]) / (epoch + 1 - start_epoch)
+            eta = round(per_epoch * (cfg.epochs - epoch - 1))
             print(f"epoch {epoch + 1}/{cfg.epochs} loss {history[-1]['train_loss']:.4f} "
-                  f"train_top1 {history[-1]['train_top1']:.2f}", file=sys.stderr)
+                  f"train_top1 {history[-1]['train_top1']:.2f} eta {eta // 60}m{eta % 60:02d}s", file=sys.stderr)
             torch_save_atomic(_checkpoint_state(method, optimizer, schedule, epoch + 1, history, params_hash,
                                                 code_versions), checkpoint)
             if on_epoch:
