@@ -21,8 +21,8 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 setup: $(VENV)/.installed
 
 # Fashion-MNIST into data/raw/fashion-mnist/: byte-identical copies of Debian's package (installed when
-# root and missing), so data/ matches the committed data.dvc; then `dvc commit` fills the DVC cache
-# from it. It leaves data.dvc alone; where data/ differs from data.dvc it refuses, and we warn.
+# root and missing), so the folder matches the committed data-versions/fashion-mnist.dvc; then `dvc commit`
+# fills the DVC cache from it. It leaves that file alone; where the folder differs from it, it refuses, and we warn.
 data: setup
 	@for f in $(FMNIST_FILES); do [ -f $(FMNIST_LOCAL)/$$f ] || missing=1; done; \
 	if [ -z "$$missing" ]; then echo "Fashion-MNIST: found in $(FMNIST_LOCAL)/"; \
@@ -34,7 +34,7 @@ data: setup
 	    echo "Fashion-MNIST: copied from $(FMNIST_DEBIAN)/ to $(FMNIST_LOCAL)/"; \
 	  else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or put the four IDX .gz files into $(FMNIST_LOCAL)/"; exit 1; fi; \
 	fi
-	@dvc commit data.dvc || echo "WARNING: data/ differs from data.dvc: 'dvc add data' records it as a new version (commit data.dvc), 'dvc checkout data' restores the committed one"
+	@dvc commit data-versions/fashion-mnist.dvc || echo "WARNING: $(FMNIST_LOCAL)/ differs from data-versions/fashion-mnist.dvc: 'dvc add $(FMNIST_LOCAL)' records it as a new version (commit the .dvc file), 'dvc checkout data-versions/fashion-mnist.dvc' restores the committed one"
 
 # check first: a YAML error then names its file and line (Snakemake's own parse says neither)
 reproduce: data

@@ -1,6 +1,8 @@
-"""DVC versions data/, Snakemake owns the DAG. In a copy of the repository: `make data` leaves the committed
-data.dvc clean; a changed raw file shows in `dvc status` and reruns prepare_data and what follows from it,
-nothing else; data.dvc's hash alone reruns it too (a checkout need not leave newer file times)."""
+"""DVC versions each dataset's raw files (data-versions/<name>.dvc), Snakemake owns the DAG. In a copy of the
+repository: `make data` leaves the committed data-versions/fashion-mnist.dvc clean; a changed raw file shows in
+`dvc status` and reruns that dataset's prepare_data and what follows from it, nothing else; its DVC file's hash
+alone reruns it too (a checkout need not leave newer file times); adding a second dataset reruns nothing of the
+first."""
 import gzip
 import json
 import os
@@ -15,12 +17,13 @@ import pytest
 import yaml
 
 from pipeline_src.config import REPO_ROOT
-from pipeline_src.dvcdata import dvc_hash
+from pipeline_src.dvcdata import dataset_dvc_hash, read_dvc_file
 from pipeline_src.readers import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
 
 BIN = Path(os.sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 UP_TO_DATE = "Data and pipelines are up to date."
+FMNIST_DVC = "data-versions/fashion-mnist.dvc"
 
 # Fashion-MNIST (a tiny stand-in, subsampled) next to a generated dataset that no raw file can change.
 TINY = {
@@ -89,13 +92,14 @@ def dry_run(repo: Path, params: Path, *args: str) -> dict[tuple[str, str], str]:
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_make_data_on_a_fresh_clone_matches_the_committed_data_dvc(tmp_path):
     repo = repo_copy(tmp_path)
-    committed = (repo / "data.dvc").read_bytes()
+    committed = (repo / FMNIST_DVC).read_bytes()
     assert "not in cache" in run("dvc", "status", cwd=repo)
 
     # -o: the venv this test runs in stands in for the one `setup` would build
     run("make", "-o", ".venv/.installed", "data", cwd=repo)
     assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
-    assert (repo / "data.dvc").read_bytes() == committed
+    assert (repo / FMNIST_DVC).read_bytes() == committed
+    assert read_dvc_file(repo / FMNIST_DVC)[0] == (repo / "data/raw/fashion-mnist").resolve()
     for name in FASHION_MNIST_FILES:
         assert (repo / "data/raw/fashion-mnist" / f"{name}.gz").read_bytes() == \
             (DEBIAN_FASHION_MNIST / f"{name}.gz").read_bytes()
@@ -105,7 +109,7 @@ def test_a_changed_raw_file_reruns_prepare_and_its_runs_only(tmp_path):
     repo = repo_copy(tmp_path)
     raw = repo / "data/raw/fashion-mnist"
     write_tiny_fashion_mnist(raw)
-    run("dvc", "add", "-q", "data", cwd=repo)
+    run("dvc", "add", "-q", "data/raw/fashion-mnist", cwd=repo)  # updates data-versions/fashion-mnist.dvc
     assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
     params = tmp_path / "tiny.yaml"
     params.write_text(yaml.safe_dump({**TINY, "results_dir": str(tmp_path / "results")}, sort_keys=False))
@@ -123,14 +127,48 @@ def test_a_changed_raw_file_reruns_prepare_and_its_runs_only(tmp_path):
     stamp = labels.stat()
     write_idx_gz(labels, np.roll(np.repeat(np.arange(10), 3), 1))
     status = run("dvc", "status", cwd=repo)
-    assert "data.dvc" in status and "modified:" in status and "data" in status.split("modified:")[1]
+    assert FMNIST_DVC in status and "data/raw/fashion-mnist" in status.split("modified:")[1]
     assert sorted(dry_run(repo, params)) == downstream
 
-    # `dvc add` records the new version; with the file's old time back, data.dvc's hash alone reruns it.
-    before = dvc_hash(repo)
-    run("dvc", "add", "-q", "data", cwd=repo)
-    assert dvc_hash(repo) != before and run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
+    # `dvc add` records the new version; with the file's old time back, the DVC file's hash alone reruns it.
+    before = dataset_dvc_hash(TINY["datasets"]["fmnist"], repo)
+    run("dvc", "add", "-q", "data/raw/fashion-mnist", cwd=repo)
+    assert dataset_dvc_hash(TINY["datasets"]["fmnist"], repo) != before
+    assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
     os.utime(labels, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     jobs = dry_run(repo, params)
     assert sorted(jobs) == downstream
     assert jobs[("prepare_data", "dataset=fmnist")].startswith("Params have changed")
+
+
+def test_adding_a_dataset_reruns_nothing_of_another(tmp_path):
+    """CIFAR-10 joins a set next to Fashion-MNIST, with its own DVC file: the dry run schedules CIFAR-10's
+    preparation and training and the set's tables, and no job of Fashion-MNIST (one data.dvc over all of
+    data/ changed every file dataset's version, which reran Fashion-MNIST's whole chain)."""
+    from fixtures_data import cifar_files, write_cifar_tarball
+
+    repo = repo_copy(tmp_path)
+    write_tiny_fashion_mnist(repo / "data/raw/fashion-mnist")
+    run("dvc", "add", "-q", "data/raw/fashion-mnist", cwd=repo)
+    params = tmp_path / "tiny.yaml"
+    before = {**TINY, "results_dir": str(tmp_path / "results")}
+    params.write_text(yaml.safe_dump(before, sort_keys=False))
+    run(str(BIN / "snakemake"), "--cores", "2", "--configfile", str(params), cwd=repo)
+    fmnist_version = dataset_dvc_hash(TINY["datasets"]["fmnist"], repo)
+
+    (repo / "data/raw/cifar10").mkdir(parents=True)
+    files, _ = cifar_files("cifar10", np.random.default_rng(0), per_batch=4)
+    write_cifar_tarball(repo / "data/raw/cifar10/cifar-10-python.tar.gz", "cifar10", files)
+    (repo / "data-versions/cifar10.dvc").write_text("outs:\n- path: ../data/raw/cifar10\n")  # as docs/data.md says
+    run("dvc", "add", "-q", "data/raw/cifar10", cwd=repo)
+    assert run("dvc", "status", cwd=repo).strip() == UP_TO_DATE
+    assert dataset_dvc_hash(TINY["datasets"]["fmnist"], repo) == fmnist_version
+    after = yaml.safe_load(yaml.safe_dump(before))
+    after["datasets"]["cifar"] = {"source": "cifar10"}
+    after["experiment_sets"]["baseline"]["datasets"].append("cifar")
+    params.write_text(yaml.safe_dump(after, sort_keys=False))
+
+    jobs = dry_run(repo, params)
+    assert ("prepare_data", "dataset=cifar") in jobs
+    assert ("train", "experiment_set=baseline, run_id=cifar-sr-baseline-s0") in jobs
+    assert [job for job in jobs if "fmnist" in job[1] or "digits" in job[1]] == []

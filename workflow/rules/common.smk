@@ -82,7 +82,8 @@ def get_raw_inputs(wildcards):
 
 
 def get_dvc_hash(wildcards):
-    """data.dvc's hash of data/ ('' for generated datasets), read as YAML: never dvc itself, which locks the repo."""
+    """The hash of the DVC file versioning this dataset's raw files, data-versions/<name>.dvc ('' for generated
+    datasets), read as YAML: never dvc itself, which locks the repo."""
     return dataset_dvc_hash(dataset_spec(PARAMS, wildcards.dataset), workflow.basedir)
 
 
