@@ -8,16 +8,16 @@ from typing import NamedTuple
 import pandas as pd
 
 from pipeline_src.provenance import write_atomic
+from pipeline_src.run_record import load_record, method_as_run
 
 def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
     """Long table: one line per run and eval mode, with sweep values and diagnostics as columns."""
     rows, sweep_keys = [], set()
     for path in metrics_paths:
-        metrics = json.loads(Path(path).read_text())
+        metrics = load_record(path)
         sweep = {key.split(".")[-1]: value for key, value in metrics["sweep"].items()}
         sweep_keys.update(sweep)
-        # the run's resolved spec (runs recorded before specs were resolved in the run table: resolved_method)
-        method = metrics["params"].get("resolved_method") or metrics["params"]["method"]
+        method = method_as_run(metrics)
         plan = metrics.get("eval_plan", {})
         for eval_mode, value in metrics["evaluations"].items():
             how = plan.get(eval_mode, {})
@@ -42,7 +42,7 @@ def load_histories(metrics_paths: list[Path]) -> pd.DataFrame:
     """Long table of every run's per-epoch history: run_id, model, method, seed, epoch and what was logged."""
     rows = []
     for path in metrics_paths:
-        metrics = json.loads(Path(path).read_text())
+        metrics = load_record(path)
         head = {"run_id": metrics["run_id"], "dataset": metrics["dataset"], "model": metrics["model"],
                 "method": metrics["method"], "method_name": metrics.get("method_name"), "seed": metrics["seed"]}
         rows += [{**head, **entry} for entry in metrics["history"]]

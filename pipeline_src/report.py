@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params, model_identity
+from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params, model_identity, run_configuration
 from pipeline_src.method_spec import resolve_method
 from pipeline_src.predictions import predictions_path
+from pipeline_src.run_record import load_record, upgrade
 from pipeline_src.schema import filled
 from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
 
@@ -63,6 +64,7 @@ def same_run(recorded: dict, run: RunConfig) -> bool:
         return False
     # runs made before the audit-only paper_name left the training identity recorded it
     upgraded = {**recorded, "method": method, "model_cfg": model_identity(recorded.get("model_cfg", {}))}
+    upgraded.pop("resolved_method", None)  # a format-1 record's second copy of the method (run_record.py)
     return _covers(upgraded, asdict(run), defaults)
 
 
@@ -75,7 +77,7 @@ def _covers(recorded, current, defaults) -> bool:
                 return False
         elif defaults.get(key, MISSING) != value:
             return False
-    return set(recorded) <= set(current) | {"resolved_method"}
+    return set(recorded) <= set(current)
 
 
 def measured(metrics: dict) -> "Measured":
@@ -162,7 +164,7 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
         if not source.exists():
             continue
         new = json.loads(source.read_text())
-        if not same_run(new["params"], run):
+        if not same_run(upgrade(new)["params"], run):
             continue
         bench = results_dir / "benchmarks" / f"{key}.tsv"
         wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
@@ -207,10 +209,11 @@ def missing_runs(params: dict, report_dir: Path) -> list[RunConfig]:
     cell gets its verdict as soon as its last seed lands."""
     def recorded(run: RunConfig) -> bool:
         path = record_path(report_dir, run)
-        return path.exists() and same_run(json.loads(path.read_text())["params"], run)
+        return path.exists() and same_run(load_record(path)["params"], run)
 
-    def cell(run: RunConfig) -> tuple[str, str]:
-        return run.experiment_set, run.run_id.removesuffix(f"-s{run.seed}")
+    def cell(run: RunConfig) -> tuple:
+        return (run.experiment_set, run.dataset, run.model, run.reading,
+                run_configuration(run.run_id, run.dataset, run.model, run.reading, run.seed))
 
     todo = [run for run in expand_runs(params) if not recorded(run)]
     to_go = Counter(cell(run) for run in todo)
@@ -244,7 +247,7 @@ def _relative(path: Path) -> str:
 def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], report_dir: Path) -> dict:
     """What the report's numbers rest on: code, data and params versions, wall time, machines, and how
     much of each set is done."""
-    metrics = [json.loads(p.read_text()) for paths in by_set.values() for p in paths]
+    metrics = [load_record(p) for paths in by_set.values() for p in paths]
     declared = pd.Series([run.experiment_set for run in expand_runs(params)]).value_counts()
     machines_path = report_dir / "machines.json"
     machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}

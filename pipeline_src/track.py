@@ -460,7 +460,9 @@ def _log_dataset(client: MlflowClient, run_id: str, metrics: dict) -> None:
 
 
 def _params(metrics: dict) -> list[Param]:
-    return [Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in _flatten(metrics.get("params") or {})]
+    # the run config, and what the built method resolved beyond it (format 2; format 1 kept it in params)
+    logged = {**(metrics.get("params") or {}), **{k: metrics[k] for k in ("method_runtime",) if k in metrics}}
+    return [Param(_name(k), _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in _flatten(logged)]
 
 
 def _supersede(client: MlflowClient, found, run_id: str) -> None:

@@ -24,6 +24,7 @@ from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import Method, build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.predictions import predictions_path, save_predictions
+from pipeline_src.run_record import FORMAT as RECORD_FORMAT, method_runtime
 from pipeline_src.provenance import (apply_determinism, code_version, environment, git_state, torch_save_atomic,
                                      write_json)
 from pipeline_src.stream import ImageStream
@@ -293,9 +294,11 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     torch_save_atomic({"model": method.model.state_dict(), "method": method.state_dict()}, model_path)
 
     metrics = {
+        "format": RECORD_FORMAT,
         **head,
-        # the method as it ran (every default filled), beside the params as given
-        "params": {**cfg.__dict__, "resolved_method": method.resolved_spec()},
+        # the run table's RunConfig, and what the built method resolved beyond it (run_record.py)
+        "params": dict(cfg.__dict__),
+        "method_runtime": method_runtime(cfg.method, method.resolved_spec()),
         "history": history,
         "startup_cpu_seconds": startup_cpu_seconds,
         # batch_size (params) is per process; one process unless launched by torchrun

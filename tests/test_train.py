@@ -121,7 +121,8 @@ def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
     assert (spec["site"], spec["test_batches"], spec["test_batch_size"]) == ("default", "shuffled", 128)
     assert spec == resolve_method(method, 64, 128) and spec["eval_protocols"] == ["none", "single"]
     # and what only the built model knows: the module the site resolved to
-    assert metrics["params"]["resolved_method"] == {**spec, "site_module": "head"}
+    assert metrics["format"] == 2 and "resolved_method" not in metrics["params"]
+    assert metrics["method_runtime"] == {"site_module": "head"}
     assert metrics["eval_plan"]["noise_single"]["test_batch_size"] == 1
     assert list(metrics["eval_plan"]) == list(metrics["evaluations"])
 

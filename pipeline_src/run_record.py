@@ -1,0 +1,53 @@
+"""A run's record (metrics.json): one shape, with a format version, and one upgrade path for older ones.
+
+Format 2 (written by training since this module exists):
+    format: 2
+    run_id, experiment_set, set_kind, dataset, model, method, method_name, seed, scale, protocol, reading,
+    sweep, params_hash
+    params:          the RunConfig exactly as the run table built it (config.RunConfig fields)
+    method_runtime:  what the method resolved only once built (the module a site named, the test batch size)
+    history, evaluations, eval_plan, test_top1, diagnostics, distributed, startup_cpu_seconds
+    provenance:      commits (code_versions), data version, device, library versions, determinism
+    mlflow_run_id
+
+Format 1 (no `format` key, the committed reports' older runs) kept the method twice: params.method as
+written or resolved, and params.resolved_method as it ran. Reading upgrades it; files are never rewritten.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+FORMAT = 2
+
+
+def method_runtime(run_method: dict, resolved: dict) -> dict:
+    """The keys a built method resolved beyond (or differently from) its run-table spec."""
+    return {key: value for key, value in resolved.items() if run_method.get(key, object()) != value}
+
+
+def upgrade(record: dict) -> dict:
+    """Any known format -> format 2 (a new dict); an unknown newer format is refused in one line."""
+    version = record.get("format", 1)
+    if version == FORMAT:
+        return record
+    if version != 1:
+        raise ValueError(f"run record {record.get('run_id', '?')} has format {version}; this code reads "
+                         f"formats 1 to {FORMAT}: update the pipeline")
+    record = copy.deepcopy(record)
+    params = record["params"]
+    resolved = params.pop("resolved_method", None) or params["method"]
+    record["method_runtime"] = method_runtime(params["method"], resolved)
+    record.setdefault("reading", params.get("reading", ""))
+    record["format"] = FORMAT
+    return record
+
+
+def load_record(path: str | Path) -> dict:
+    return upgrade(json.loads(Path(path).read_text()))
+
+
+def method_as_run(record: dict) -> dict:
+    """The method spec the run trained with, every default and runtime resolution filled."""
+    return {**record["params"]["method"], **record.get("method_runtime", {})}
