@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="the data.npz to write (with --manifest; the rule names both)")
     p.add_argument("--manifest", help="the manifest.json to write")
     p.add_argument("--out", help="or: a folder for data.npz and manifest.json")
-    p.add_argument("--dvc-hash", default="", help="data.dvc's hash of data/, recorded in the manifest")
+    p.add_argument("--dvc-hash", default="", help="the hash of the DVC file covering the dataset's raw files, recorded in the manifest")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train and evaluate one run")

@@ -12,7 +12,7 @@ experiment puts all their runs in one table. Each set has a parent run (tags pip
 experiment_set=<set>); its runs carry `mlflow.parentRunId`. A parent is RUNNING from its creation
 until its set has ended (end_set, called once the set's runs are logged), and a live job of a set
 that trains again reopens it, so children never run under a finished parent. Each child lists its
-dataset as an MLflow dataset input (digest: the prepared data's version; source: data.dvc's hash).
+dataset as an MLflow dataset input (digest: the prepared data's version; source: its DVC hash).
 The audit's verdicts are on one more run, tag pipeline_role=audit (log_audit): its tables as MLflow
 tables, the verdict counts as metrics. The default store is
 `results_dir/mlflow.db` with artifacts under `results_dir/mlartifacts`, both absolute paths, so a
@@ -438,14 +438,14 @@ def _verdict_key(verdict: str) -> str:
 
 def _dataset_input(metrics: dict) -> DatasetInput | None:
     """The run's dataset as an MLflow dataset input: named as in the params, digest the prepared data's
-    version (the sha256 of the arrays the run trained and was tested on), source data.dvc's hash for a
-    dataset read from files. data.dvc hashes all of data/, so two datasets read from it (or two
-    subsamples of one) share it: as the digest it would merge them into one MLflow dataset."""
+    version (the sha256 of the arrays the run trained and was tested on), source the DVC hash of the
+    raw files it was read from. Two subsamples of one dataset share that hash: as the digest it would
+    merge them into one MLflow dataset."""
     prov = metrics.get("provenance") or {}
     version, dvc = prov.get("data_version"), prov.get("dvc_hash")
     if not version or not metrics.get("dataset"):
         return None
-    source = {"dvc_file": "data.dvc", "dvc_hash": dvc} if dvc else {"generated_by": "pipeline_src/generated.py"}
+    source = {"dvc_file": "data-versions/", "dvc_hash": dvc} if dvc else {"generated_by": "pipeline_src/generated.py"}
     dataset = Dataset(name=str(metrics["dataset"]), digest=str(version)[:DATASET_DIGEST_CHARS],
                       source_type="dvc" if dvc else "generated", source=json.dumps(source),
                       profile=json.dumps({"data_version": version, "dvc_hash": dvc}))

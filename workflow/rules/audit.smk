@@ -8,7 +8,7 @@ from pipeline_src.config import audit_set_info
 
 AUDIT_CLAIMS = "params/claims.yaml"
 AUDIT_DEVIATIONS = "params/deviations.yaml"
-AUDIT_CODE = code_version(["audit", "audit_pages", "verdicts", "plots", "provenance", "schema", "predictions", "config"])
+AUDIT_CODE = command_code("audit")  # the package modules the audit command may import
 
 
 # Table names of the claims registry: one paper_<table>.{csv,md,tex} each. (Values, not get_*

@@ -131,4 +131,5 @@ def get_set_kind(wildcards):
 
 
 def get_final_outputs():
-    return expand(rules.aggregate_set.output.table, experiment_set=SETS) + list(rules.audit.output)
+    return (expand(rules.aggregate_set.output.table, experiment_set=SETS) + list(rules.audit.output)
+            + list(rules.track_audit.output))
