@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from pipeline_src.code_hash import command_code
 from pipeline_src.config import RunConfig
 from pipeline_src.distributed import World, join, leave, mean_over, wrap
 from pipeline_src.methods import Method, build_method, predict, top1
 from pipeline_src.models import build_from_cfg
 from pipeline_src.predictions import predictions_path, save_predictions
 from pipeline_src.run_record import FORMAT as RECORD_FORMAT, method_runtime
-from pipeline_src.provenance import (apply_determinism, environment, git_state, torch_save_atomic,
+from pipeline_src.provenance import (apply_determinism, code_version, environment, git_state, torch_save_atomic,
                                      write_json)
 from pipeline_src.stream import ImageStream
 
@@ -141,7 +140,7 @@ def code_identity(provenance: dict) -> dict:
     """The code a process trains with: its commit, whether the tree was dirty, and the package's own hash
     (which a dirty tree's commit does not pin)."""
     return {"git_commit": provenance.get("git_commit"), "git_dirty": provenance.get("git_dirty"),
-            "package_hash": command_code("train")}
+            "package_hash": code_version()}
 
 
 def _try_resume(path: Path, params_hash: str, method, optimizer, schedule, code: dict):
