@@ -123,3 +123,11 @@ def test_editing_a_module_training_imports_reruns_training_and_a_results_module_
         assert jobs_after_editing(module).get("train") == 1, module
     results_only = jobs_after_editing("aggregate.py")
     assert results_only.get("aggregate_set") == 1 and "train" not in results_only and "prepare_data" not in results_only
+
+    # a label only the audit reads: renaming the papers' column retrains nothing, the audit reruns
+    renamed = {**copy.deepcopy(ONE_RUN), "results_dir": str(tmp_path / "results")}
+    renamed["models"]["sr"]["paper_name"] = "softmax_regression"
+    params.write_text(yaml.safe_dump(renamed))
+    out = run(SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(params), cwd=repo)
+    relabelled = job_counts(out)
+    assert relabelled.get("audit") == 1 and "train" not in relabelled and "prepare_data" not in relabelled
