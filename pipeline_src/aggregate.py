@@ -1,7 +1,6 @@
 """Per-set tables: every run's metrics.json -> one row per configuration and eval mode."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 

@@ -63,12 +63,7 @@ def test_collect_takes_finished_runs_of_these_params_only(tmp_path):
 
 
 def test_a_rerun_replaces_a_reported_run_only_when_it_measured_other_numbers(tmp_path):
-    params = load_params(PARAMS)
-    run = expand_runs(params)[0]
-    key = f"{run.experiment_set}/{run.run_id}"
-    source = tmp_path / "results" / "runs" / key / "metrics.json"
-    source.parent.mkdir(parents=True)
-    target = tmp_path / "report" / "runs" / key / "metrics.json"
+    params, run, key, source, target = _one_run_in_results_and_report(tmp_path)
 
     def finished(commit, seconds, top1):
         return json.dumps({"params": json.loads(run.to_json()), "provenance": {"git_commit": commit},
@@ -154,12 +149,7 @@ def test_a_gpu_rerun_reproduces_within_the_stated_tolerances_and_a_cpu_rerun_onl
 
 
 def test_collect_keeps_the_committed_record_for_a_gpu_rerun_within_tolerance(tmp_path):
-    params = load_params(PARAMS)
-    run = expand_runs(params)[0]
-    key = f"{run.experiment_set}/{run.run_id}"
-    source = tmp_path / "results" / "runs" / key / "metrics.json"
-    source.parent.mkdir(parents=True)
-    target = tmp_path / "report" / "runs" / key / "metrics.json"
+    params, run, key, source, target = _one_run_in_results_and_report(tmp_path)
 
     def finished(device, top1):
         return json.dumps({"params": json.loads(run.to_json()), **_record(device, top1=top1)}, allow_nan=True)
@@ -173,3 +163,13 @@ def test_collect_keeps_the_committed_record_for_a_gpu_rerun_within_tolerance(tmp
     source.write_text(finished("cuda", 84.60))  # 0.3 points off: other numbers, the record is replaced
     assert collect(params, tmp_path / "results", tmp_path / "report").copied == [key]
     assert json.loads(target.read_text())["provenance"]["device"] == "cuda"
+
+
+def _one_run_in_results_and_report(tmp_path):
+    """The params' first run, and where a results folder and a report folder under tmp_path keep it."""
+    params = load_params(PARAMS)
+    run = expand_runs(params)[0]
+    key = f"{run.experiment_set}/{run.run_id}"
+    source = tmp_path / "results" / "runs" / key / "metrics.json"
+    source.parent.mkdir(parents=True)
+    return params, run, key, source, tmp_path / "report" / "runs" / key / "metrics.json"

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pipeline_src.models import build_model
+from pipeline_src.run_record import load_record, method_as_run
 from pipeline_src.sites import block_sites, resolve_site, stage_sites
 
 timm = pytest.importorskip("timm")
@@ -117,14 +118,6 @@ def test_block_site_must_be_integer(dnn3):
                                                 ("efficientnet_b0", "default", "blocks.6.0")])
 def test_timm_models_nobody_configured_train_with_noise_through_params_alone(tmp_path, arch, site, module):
     """One epoch on 32 px clutter images, optimal Q at the site, from a params file and the command line."""
-    import json
-    import subprocess
-    import sys
-
-    import yaml
-
-    from pipeline_src.config import REPO_ROOT
-
     params = {"results_dir": str(tmp_path / "results"), "device": "cpu", "seeds": [0],
               "training": {"epochs": 1, "batch_size": 16, "eval_batch_size": 32},
               "datasets": {"clutter": {"source": "synthetic-clutter", "n_train": 32, "n_test": 16}},
@@ -132,17 +125,8 @@ def test_timm_models_nobody_configured_train_with_noise_through_params_alone(tmp
               "experiment_sets": {"s": {"datasets": ["clutter"], "models": ["m"],
                                         "methods": [{"label": "q", "name": "noisynn", "site": site,
                                                      "noise": {"kind": "optimal_q"}}]}}}
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    cli = [sys.executable, "-m", "pipeline_src"]
-    for args in (["check", "--params", str(path)],
-                 ["prepare", "--params", str(path), "--dataset", "clutter", "--out", str(tmp_path / "data")],
-                 ["train", "--params", str(path), "--set", "s", "--run-id", "clutter-m-q-s0",
-                  "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--threads", "1"]):
-        done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
-        assert done.returncode == 0, done.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    spec = metrics["params"]["resolved_method"]
+    metrics = _check_prepare_train(params, tmp_path, "clutter", "s", "clutter-m-q-s0")
+    spec = method_as_run(metrics)
     assert (spec["site"], spec["site_module"]) == (site, module)
     assert 0 <= metrics["test_top1"] <= 100
 
@@ -193,7 +177,20 @@ def test_noise_at_a_regnet_site_changes_its_logits(regnet, site):
 def test_regnet_trains_with_noise_at_a_stage_through_params_alone(tmp_path):
     """tests/params_regnet.yaml as a user would run it: check (every site of the grid on the built
     model), prepare digits, and train the stage:1 run for its one epoch from the command line."""
-    import json
+    import yaml
+
+    from pipeline_src.config import REPO_ROOT
+
+    params = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())
+    params["results_dir"] = str(tmp_path / "results")
+    metrics = _check_prepare_train(params, tmp_path, "digits", "regnet_sites", "digits-regnet-q-sitestage1-s0")
+    spec = method_as_run(metrics)
+    assert (spec["site"], spec["site_module"]) == ("stage:1", "s2")
+    assert len(metrics["history"]) == 1 and 0 <= metrics["test_top1"] <= 100
+
+
+def _check_prepare_train(params: dict, tmp_path, dataset: str, experiment_set: str, run_id: str) -> dict:
+    """A params file run as a user would: check, prepare the dataset, train one run; its (upgraded) record."""
     import subprocess
     import sys
 
@@ -201,18 +198,13 @@ def test_regnet_trains_with_noise_at_a_stage_through_params_alone(tmp_path):
 
     from pipeline_src.config import REPO_ROOT
 
-    params = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())
-    params["results_dir"] = str(tmp_path / "results")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     cli = [sys.executable, "-m", "pipeline_src"]
     for args in (["check", "--params", str(path)],
-                 ["prepare", "--params", str(path), "--dataset", "digits", "--out", str(tmp_path / "data")],
-                 ["train", "--params", str(path), "--set", "regnet_sites", "--run-id", "digits-regnet-q-sitestage1-s0",
+                 ["prepare", "--params", str(path), "--dataset", dataset, "--out", str(tmp_path / "data")],
+                 ["train", "--params", str(path), "--set", experiment_set, "--run-id", run_id,
                   "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--threads", "1"]):
         done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
         assert done.returncode == 0, done.stderr[-2000:]
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    spec = metrics["params"]["resolved_method"]
-    assert (spec["site"], spec["site_module"]) == ("stage:1", "s2")
-    assert len(metrics["history"]) == 1 and 0 <= metrics["test_top1"] <= 100
+    return load_record(tmp_path / "run" / "metrics.json")
