@@ -10,19 +10,10 @@ from pipeline_src.__main__ import main
 from pipeline_src.config import REPO_ROOT, expand_runs, validate_params
 from pipeline_src.progress import CHECKPOINT_NAME, TRAIN_LOG, duration, progress
 from pipeline_src.report import record_path
+from test_workflow import TINY as WORKFLOW_TINY
 
-TINY = {
-    "seeds": [0, 1],
-    "training": {"epochs": 3},
-    "datasets": {"digits": {"source": "digits"}},
-    "models": {"sr": {"arch": "sr"}, "dnn3": {"arch": "dnn3", "hidden": 32}},
-    "experiment_sets": {
-        "baseline": {"datasets": ["digits"], "models": ["sr", "dnn3"],
-                     "methods": [{"label": "baseline", "name": "baseline"}]},
-        "noisynn_main": {"datasets": ["digits"], "models": ["dnn3"],
-                         "methods": [{"label": "linear_shift", "name": "noisynn"}]},
-    },
-}
+# the workflow tests' two-set params, at 3 epochs so a running run can be part-way through
+TINY = {**WORKFLOW_TINY, "training": {**WORKFLOW_TINY["training"], "epochs": 3}}
 
 
 def finished(folder, run, seconds, **changed):
