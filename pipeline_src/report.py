@@ -369,15 +369,22 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                                  lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
-    cells = pd.read_csv(report_dir / "effects_cells.csv", keep_default_na=False, na_values=[""])
+    # the pages quote the written tables, so a page rebuilt from the committed files is the same page
+    written, cells = (read_audit_table(report_dir / name) for name in ("audit.csv", "effects_cells.csv"))
     from pipeline_src.plots import plot_specification_curve
 
     plot_specification_curve(cells, report_dir / "figures" / "specification_curve.png")
     prov = provenance(params_path, params, by_set, report_dir)
     write_json(report_dir / "provenance.json", prov)
-    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, audit, cells))
-    update_readme_glance(report_dir, audit, cells)
+    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, written, cells))
+    update_readme_glance(report_dir, written, cells)
     return audit
+
+
+def read_audit_table(path: Path) -> pd.DataFrame:
+    """audit.csv or effects_cells.csv as written: empty text stays '' (a reading), empty numbers NaN."""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return table.assign(reading=table["reading"].fillna("")) if "reading" in table else table
 
 
 GLANCE_BEGIN, GLANCE_END = "<!-- verdicts at a glance: {report} (written by the report command) -->", "<!-- /verdicts -->"

@@ -43,13 +43,10 @@ def test_every_number_in_the_findings_is_in_the_committed_report():
 
 
 def test_the_readmes_verdicts_at_a_glance_are_the_committed_reports():
-    import pandas as pd
-
     from pipeline_src.audit_pages import glance_table
+    from pipeline_src.report import read_audit_table
 
-    audit = pd.read_csv(REPORT / "audit.csv", keep_default_na=False, na_values=[""])
-    cells = pd.read_csv(REPORT / "effects_cells.csv", keep_default_na=False, na_values=[""])
-    audit["reading"], cells["reading"] = audit["reading"].fillna(""), cells["reading"].fillna("")
+    audit, cells = (read_audit_table(REPORT / name) for name in ("audit.csv", "effects_cells.csv"))
     readme = (REPO_ROOT / "README.md").read_text()
     block = readme.split("(written by the report command) -->\n", 1)[1].split("\n<!-- /verdicts -->", 1)[0]
     assert block == glance_table(audit, cells, "reports/fashion-mnist/audit.md")
