@@ -188,9 +188,9 @@ def _correct_of(path: str, mode: str) -> np.ndarray | None:
 
 
 def image_variance(per_seed: list[np.ndarray | None]) -> float | None:
-    """The test set's share of a seed mean's variance, points^2: per image, the value averaged over seeds
-    (a 0/1 correctness, or a -1/0/1 paired difference), its variance over the N images, / N. None when a
-    seed has no stored predictions (the interval is then over seeds only)."""
+    """The test set's share of a seed mean's variance, points^2: per image, the paired difference (-1/0/1)
+    averaged over seeds, its variance over the N images, / N. None when a seed has no stored predictions
+    (the interval is then over seeds only)."""
     if not per_seed or any(v is None for v in per_seed):
         return None
     per_image = np.mean(np.stack([np.asarray(v, dtype=float) for v in per_seed]), axis=0) * 100.0
@@ -222,10 +222,8 @@ def audit_numbers(claims: list[dict], runs: pd.DataFrame, alpha: float, min_seed
             matching, note = matching.iloc[0:0], f"the runs tables have no {metric} column"
         for reading, rows in (matching.groupby("reading", sort=False) if len(matching) else [("", matching)]):
             rows, scale = at_best_scale(rows)
-            image_var = (image_variance([_correct_of(p, m) for p, m in zip(rows["predictions"], rows["eval_mode"])])
-                         if metric == "top1" and len(rows) else None)
             result = number_verdict(claim["paper"], rows[metric] if len(rows) else [], scale, claim["tolerance"],
-                                    alpha, min_seeds.get(scale, min_seeds["default"]), image_var)
+                                    alpha, min_seeds.get(scale, min_seeds["default"]))
             split = f"seeds split: {result['split']}" if result["split"] else ""
             lines.append({**{k: claim[k] for k in ("claim_id", "table", "row", "column", "paper", "metric")},
                           **result, "reading": reading, "note": "; ".join(filter(None, [result["note"], split, note])),

@@ -93,13 +93,15 @@ def rules_text(claims: dict, family_size: int) -> str:
     return "\n".join([
         f"- **Seeds needed (min_seeds):** {seeds}; variance claims {settings['variance_min_seeds']} "
         f"({settings.get('variance_min_seeds_reason', '')}); fewer gives `too few seeds` (numbers kept).",
-        "- **Intervals cover the seeds and the test set.** Every seed is scored on the same test images, so "
-        "the spread over seeds misses the test set's own sampling error. Where the runs stored per-image "
-        "predictions, a mean's squared standard error is s_seeds² / n + s_images² / N (s_images²: the variance "
-        "over the N test images of each image's seed-averaged correctness, or paired difference); t with n - 1 "
-        "df. This counts the seed × image interaction twice, so it errs wide. Runs without predictions (made "
-        "before runs stored them): seeds only; the `uncertainty` column says which.",
-        f"- **Number claims:** the {level} interval of our mean against the band paper ± tolerance: "
+        "- **Effect intervals cover the seeds and the test set.** Every seed is scored on the same test images, "
+        "so the spread over seeds misses the test set's own sampling error. Where the runs stored per-image "
+        "predictions, an effect's squared standard error is s_seeds² / n + s_images² / N (s_images²: the "
+        "variance over the N test images of each image's seed-averaged paired difference); t with n - 1 df. "
+        "This counts the seed × image interaction twice, so it errs wide. Runs without predictions (made before "
+        "runs stored them): seeds only; the `uncertainty` column says which.",
+        f"- **Number claims:** the {level} t-interval of our mean over seeds against the band paper ± tolerance "
+        "(over seeds only: the paper measured its number on the same test set, so that set's sampling error is "
+        "no part of the difference): "
         "inside → `reproduced`; wholly above / below → `differs (higher)` / `differs (lower)`; overlapping an "
         "edge → `inconclusive`. Runs not at paper scale: `scale differs`, never `reproduced`.",
         f"- **Tolerances (points):** {bands}; default ±{settings['tolerance']:g}, also the equivalence band of "

@@ -1,6 +1,7 @@
 """The statistics behind the audit's verdicts: small pure functions on numbers, no files, no registry.
 
-Number claims: the (1 - alpha) t-interval of our mean over seeds against the band
+Number claims: the (1 - alpha) t-interval of our mean over seeds (the paper measured its number on the same
+test set, so the set's own sampling error does not enter) against the band
 [paper - tolerance, paper + tolerance]: inside -> `reproduced`; wholly above / below -> `differs (higher)` /
 `differs (lower)`; touching or crossing an edge -> `inconclusive`. A wide interval (few or noisy seeds)
 can therefore only make a verdict less definite, never `reproduced`.
@@ -86,13 +87,14 @@ NUMBER_VERDICTS = {"inside": "reproduced", "above": "differs (higher)", "below":
 
 
 def number_verdict(paper: float, values, scale: str = PAPER_SCALE, tolerance: float = 1.0,
-                   alpha: float = 0.05, min_seeds: int = 3, image_var: float | None = None) -> dict:
+                   alpha: float = 0.05, min_seeds: int = 3) -> dict:
     """One published number against our runs' values, at the runs' scale. In order: `not run` (no values),
-    `too few seeds` (n < min_seeds), `scale differs` (not paper scale), then the band rule. image_var: the
-    test set's share of the mean's variance (points^2), None when the runs stored no predictions."""
-    mean, std, n, low, high = t_interval(values, alpha, image_var or 0.0)
+    `too few seeds` (n < min_seeds), `scale differs` (not paper scale), then the band rule. The interval is
+    over seeds only: the paper's number was measured on the same test set, so that set's sampling error
+    is no part of the difference between the two."""
+    mean, std, n, low, high = t_interval(values, alpha)
     out = {"mean": mean, "std": std, "n": n, "ci_low": low, "ci_high": high, "delta": mean - paper, "note": "",
-           "uncertainty": uncertainty_label(image_var), "split": seed_split(values) or ""}
+           "uncertainty": "seeds (same test set as the paper)", "split": seed_split(values) or ""}
     if n == 0:
         return {**out, "verdict": "not run", "uncertainty": ""}
     if n < min_seeds:
