@@ -118,6 +118,13 @@ def dataset_spec(params: dict, name: str) -> dict:
     return {k: v for k, v in params["datasets"][name].items() if k != "paper_name"}
 
 
+def own_reading_text(params: dict) -> str:
+    """What the params' own training block is, in a line: the reading runs of sets without readings follow."""
+    opt = params["training"]["optimizer"]
+    return (f"the params' own training block: {opt['name']} lr {opt['lr']:g}, weight decay {opt['weight_decay']:g}, "
+            f"schedule {opt['schedule']}, {params['training']['epochs']} epochs (a set's own training block wins)")
+
+
 def audit_set_info(params: dict) -> dict:
     """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
     return {
@@ -125,7 +132,7 @@ def audit_set_info(params: dict) -> dict:
                   "readings": spec.get("readings") or [params["own_reading"]],
                   "methods": [m["label"] for m in spec["methods"]]}
            for name, spec in params["experiment_sets"].items()},
-        "readings": {params["own_reading"]: "the params' own training block",
+        "readings": {params["own_reading"]: own_reading_text(params),
                      **{name: r["source"] for name, r in params["readings"].items()}},
         "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
         "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.config import RunConfig, audit_set_info, expand_runs, load_params, model_identity, run_configuration
+from pipeline_src.config import (RunConfig, audit_set_info, expand_runs, load_params, model_identity,
+                                 own_reading_text, run_configuration)
 from pipeline_src.method_spec import resolve_method
 from pipeline_src.predictions import predictions_path
 from pipeline_src.run_record import load_record, upgrade
@@ -282,7 +283,7 @@ def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
     under each reading (mean ± sd, n, verdict), then each reading's source. None without readings."""
     if not params["readings"]:
         return None
-    sources = {**{params["own_reading"]: "the params' own training block"},
+    sources = {**{params["own_reading"]: own_reading_text(params)},
                **{name: r["source"] for name, r in params["readings"].items()}}
     key = "Readings declared:\n\n" + "\n".join(f"- `{name}`: {source}" for name, source in sources.items())
     numbers = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
