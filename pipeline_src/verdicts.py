@@ -343,18 +343,19 @@ def _mixed_note(cells: pd.DataFrame) -> str:
     return "cells disagree in sign. " + " | ".join(parts)
 
 
-def leave_one_out(cells: pd.DataFrame, test_type: str, sign: str, rule, alpha: float, family_size: int) -> str:
-    """The counting cells whose removal changes the claim's verdict ('' when none does, or < 2 cells)."""
+def leave_one_out(cells: pd.DataFrame, verdict: str, test_type: str, sign: str, rule, alpha: float,
+                  family_size: int) -> str:
+    """The counting cells whose removal changes the claim's verdict (decided on all cells: `verdict`);
+    '' when none does, or < 2 cells."""
     counting = cells[cells["counts"] & cells["applicable"]]
     if len(counting) < 2:
         return ""
-    base = decide_claim(decide_cells(cells, test_type, sign, alpha), test_type, sign, rule, alpha, family_size)
     changes = []
     for cell in counting["cell"]:
         rest = decide_cells(cells[cells["cell"] != cell], test_type, sign, alpha)
-        verdict = decide_claim(rest, test_type, sign, rule, alpha, family_size)["verdict"]
-        if verdict != base["verdict"]:
-            changes.append(f"without {cell}: {verdict}")
+        without = decide_claim(rest, test_type, sign, rule, alpha, family_size)["verdict"]
+        if without != verdict:
+            changes.append(f"without {cell}: {without}")
     return "; ".join(changes)
 
 
