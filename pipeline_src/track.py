@@ -330,7 +330,7 @@ class LiveRun:
         tags = _run_tags(metrics, self.run_key, self.parent_id, _content_hash(metrics))
         client.log_batch(self.run_id, params=_params(metrics), metrics=missed + _final_points(metrics, now_ms),
                          tags=[RunTag(key, value) for key, value in tags.items()])
-        _log_dataset(client, self.run_id, metrics)
+        _log_dataset(client, self.run_id, metrics, self.results_dir)
         _log_files(client, self.run_id, metrics, self.run_dir)
         found = client.search_runs([client.get_run(self.run_id).info.experiment_id],
                                    _filter(run_key=self.run_key, params_hash=metrics["params_hash"]))
@@ -389,7 +389,7 @@ def _log_once(metrics: dict, run_dir: Path, results_dir: Path, now_ms: int) -> s
     _supersede(client, found, run_id)
     # log_batch splits into requests within MLflow's per-request limits itself
     client.log_batch(run_id, params=_params(metrics), metrics=_metric_points(metrics, start_ms, now_ms))
-    _log_dataset(client, run_id, metrics)
+    _log_dataset(client, run_id, metrics, results_dir)
     _log_files(client, run_id, metrics, run_dir)
     client.set_terminated(run_id, "FINISHED", end_time=now_ms)
     return run_id
@@ -453,10 +453,14 @@ def _dataset_input(metrics: dict) -> DatasetInput | None:
     return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "train+test")])
 
 
-def _log_dataset(client: MlflowClient, run_id: str, metrics: dict) -> None:
+def _log_dataset(client: MlflowClient, run_id: str, metrics: dict, results_dir: Path) -> None:
     dataset = _dataset_input(metrics)
     if dataset is not None:
-        client.log_inputs(run_id, datasets=[dataset])
+        # MLflow looks the dataset up and inserts it if absent, in one transaction that does not lock
+        # the table first: two jobs giving a new dataset as input at once both insert it, and the
+        # second fails on its unique key. The store lock makes that step one job at a time.
+        with _store_lock(tracking_uri(results_dir), results_dir):
+            client.log_inputs(run_id, datasets=[dataset])
 
 
 def _params(metrics: dict) -> list[Param]:

@@ -134,6 +134,46 @@ def test_parallel_jobs_on_fresh_store_lose_nothing(tmp_path):
     assert len(runs) == 8 and points_read == 8 * POINTS_PER_RUN and not pending
 
 
+DATASET_CHILD = """
+import json, sys, time
+from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store
+from mlflow import MlflowClient
+from pipeline_src import track
+run_id, results, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+client = MlflowClient(track.tracking_uri(results))
+metrics = json.loads(sys.stdin.read())
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.002)
+track._log_dataset(client, run_id, metrics, results)
+"""
+
+
+def test_first_inputs_of_one_dataset_at_once_all_land(tmp_path):
+    """MLflow looks a dataset up, then inserts it: eight runs giving a new dataset as their input at
+    the same moment must not collide on its unique key (this failed 1 run in 8 under load)."""
+    results, go = tmp_path / "results", tmp_path / "go"
+    info = track.init_store(results, ["baseline"], "study1")
+    client = MlflowClient(track.tracking_uri(results))
+    metrics = make_metrics()
+    run_ids = [client.create_run(info["experiment_id"]).info.run_id for _ in range(8)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", DATASET_CHILD, run_id, str(results), str(go)], cwd=REPO_ROOT,
+                              env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for run_id in run_ids]
+    for proc in procs:
+        proc.stdin.write(json.dumps(metrics))
+        proc.stdin.close()
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()[-2000:]
+    go.touch()
+    errors = [proc.stderr.read()[-600:] for proc in procs if proc.wait(timeout=90) != 0]
+    assert not errors, errors
+    inputs = [client.get_run(run_id).inputs.dataset_inputs for run_id in run_ids]
+    assert [len(found) for found in inputs] == [1] * 8
+    assert len({found[0].dataset.digest for found in inputs}) == 1
+
+
 def test_outage_marks_pending_then_resync_logs_once(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     track.init_store(results, ["baseline"], "study1")
