@@ -1,12 +1,12 @@
 """Training throughput on a GPU: our training step against a loop in the authors' style, side by side.
 
-Two cases, each with one model built by pipeline_src.models and trained on random uint8 images:
+Two cases, each with one model built by pipeline_src.methods.models and trained on random uint8 images:
 - resnet18_32: ResNet-18 with the small-image stem at 32 px, 10 classes (the CIFAR models);
 - vit_s16_224: ViT-S/16 at 224 px, 1000 classes (the NoisyNN ViT family).
 
 Loops, run one after the other in this process on the same GPU:
 - ours: the uint8 images resident on the device, batches gathered from a randperm, bf16 autocast,
-  channels_last and (with --compile, the default on CUDA) torch.compile; pipeline_src.train.train_epoch,
+  channels_last and (with --compile, the default on CUDA) torch.compile; pipeline_src.training.train.train_epoch,
   set up as train.train_run sets it up;
 - authors' style: torch DataLoader (pinned memory, --workers processes) over H x W x C numpy images with
   per-sample transforms (to tensor, to float, normalise), fp32, and loss.item() after every step.
@@ -37,9 +37,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
 from bench_train import NumpyImages  # noqa: E402
-from pipeline_src.methods import Method  # noqa: E402
-from pipeline_src.models import build_from_cfg  # noqa: E402
-from pipeline_src.train import train_epoch  # noqa: E402
+from pipeline_src.methods.base import Method  # noqa: E402
+from pipeline_src.methods.models import build_from_cfg  # noqa: E402
+from pipeline_src.training.train import train_epoch  # noqa: E402
 
 # name -> (params models entry, input shape, classes, default batch)
 CASES = {

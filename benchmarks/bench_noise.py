@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline_src.hooks import attach_noise
-from pipeline_src.sites import resolve_site
-from pipeline_src.models import build_model
-from pipeline_src.noise import apply_noise
+from pipeline_src.methods.hooks import attach_noise
+from pipeline_src.methods.sites import resolve_site
+from pipeline_src.methods.models import build_model
+from pipeline_src.methods.noise import apply_noise
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow references live with the tests
 from references import optimal_q_quadratic_reference  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline_src.config import REPO_ROOT
+from pipeline_src.spec.config import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}

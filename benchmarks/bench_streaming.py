@@ -56,11 +56,12 @@ def _peak_mb() -> float:
 def phase_stream(root: Path, out: Path, workers: int) -> dict:
     import torch
 
-    from pipeline_src.config import REPO_ROOT, RunConfig
-    from pipeline_src.data import load_prepared, prepare
-    from pipeline_src.method_spec import resolve_method
-    from pipeline_src.methods import predict
-    from pipeline_src.train import to_input, train_run
+    from pipeline_src.spec.config import REPO_ROOT, RunConfig
+    from pipeline_src.data.prepared import load_prepared, prepare
+    from pipeline_src.spec.method_spec import resolve_method
+    from pipeline_src.methods.base import predict
+    from pipeline_src.data.stream import to_input
+    from pipeline_src.training.train import train_run
 
     started = time.perf_counter()
     manifest = prepare("folder", _spec(root, True), out / "streamed", REPO_ROOT)
@@ -73,7 +74,7 @@ def phase_stream(root: Path, out: Path, workers: int) -> dict:
                     device="cpu")
     metrics = train_run(cfg, out / "streamed", out / "run", threads=workers)
     data = load_prepared(out / "streamed", workers=workers)
-    from pipeline_src.models import build_from_cfg
+    from pipeline_src.methods.models import build_from_cfg
 
     model = build_from_cfg(cfg.model_cfg, data.x_train.shape[1:], CLASSES)
     model.load_state_dict(torch.load(out / "run" / "model.pt", weights_only=True)["model"])
@@ -91,11 +92,11 @@ def phase_stream(root: Path, out: Path, workers: int) -> dict:
 def phase_memory(root: Path, out: Path) -> dict:
     import torch
 
-    from pipeline_src.config import REPO_ROOT
-    from pipeline_src.data import load_prepared, prepare
-    from pipeline_src.methods import predict
-    from pipeline_src.models import build_from_cfg
-    from pipeline_src.train import to_input
+    from pipeline_src.spec.config import REPO_ROOT
+    from pipeline_src.data.prepared import load_prepared, prepare
+    from pipeline_src.methods.base import predict
+    from pipeline_src.methods.models import build_from_cfg
+    from pipeline_src.data.stream import to_input
 
     started = time.perf_counter()
     prepare("folder", _spec(root, False), out / "memory", REPO_ROOT)

@@ -2,7 +2,7 @@
 
 Same model, same data, same optimiser, side by side in one process:
 - ours: the whole uint8 training set as one tensor, batches gathered from a randperm,
-  converted to float in one op per batch (pipeline_src.train.train_epoch);
+  converted to float in one op per batch (pipeline_src.training.train.train_epoch);
 - authors' style: torch DataLoader over numpy arrays with a per-sample ToTensor transform.
 
     .venv/bin/python benchmarks/bench_train.py [--threads 2] [--hidden 1024] [--batch 256]
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from pipeline_src.config import REPO_ROOT
-from pipeline_src.data import load_prepared, prepare
-from pipeline_src.methods import Method
-from pipeline_src.models import DNN3
-from pipeline_src.train import train_epoch
+from pipeline_src.spec.config import REPO_ROOT
+from pipeline_src.data.prepared import load_prepared, prepare
+from pipeline_src.methods.base import Method
+from pipeline_src.methods.models import DNN3
+from pipeline_src.training.train import train_epoch
 
 
 class NumpyImages(Dataset):

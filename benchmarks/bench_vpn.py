@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline_src.methods import Method
-from pipeline_src.models import build_model, flops_per_sample
-from pipeline_src.vpn import VPNMethod
+from pipeline_src.methods.base import Method
+from pipeline_src.methods.models import build_model, flops_per_sample
+from pipeline_src.methods.vpn import VPNMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the slow references live with the tests
 from references import class_enumeration_loop  # noqa: E402

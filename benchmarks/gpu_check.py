@@ -3,7 +3,7 @@
 For each distinct (model, dataset, method) of the run table -- method: its label, and a frozen VPN
 apart from the joint one of the same label; of a sweep the first point -- the model and method are built
 as train.train_run builds them (noise hooks, VPN generators, augmentations, channels_last on CUDA,
-bf16 autocast) and pipeline_src.train.train_epoch runs over `--batches` batches of random uint8
+bf16 autocast) and pipeline_src.training.train.train_epoch runs over `--batches` batches of random uint8
 images at the dataset's input shape, with random labels over its classes. It catches what would
 fail only at paper scale: out of memory, ops without a CUDA or bf16 kernel, shape mismatches.
 
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a chec
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline_src.config import dataset_spec, expand_runs, load_params  # noqa: E402
-from pipeline_src.methods import build_method  # noqa: E402
-from pipeline_src.models import build_from_cfg  # noqa: E402
-from pipeline_src.sources import input_shape, resolve_spec  # noqa: E402
-from pipeline_src.train import make_optimizer, train_epoch  # noqa: E402
+from pipeline_src.spec.config import dataset_spec, expand_runs, load_params  # noqa: E402
+from pipeline_src.methods.registry import build_method  # noqa: E402
+from pipeline_src.methods.models import build_from_cfg  # noqa: E402
+from pipeline_src.spec.datasets import input_shape, resolve_spec  # noqa: E402
+from pipeline_src.training.train import make_optimizer, train_epoch  # noqa: E402
 
 # classes per source, as the readers produce them; synthetic-clutter has its own num_classes and an
 # imagefolder dataset is taken to be ImageNet-1k (the only one paper.yaml has)

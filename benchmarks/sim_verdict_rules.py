@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from pipeline_src.verdicts import SPLIT_MIN_GAP, SPLIT_RATIO, paired_variance_p, seed_split
+from pipeline_src.results.verdicts import SPLIT_MIN_GAP, SPLIT_RATIO, paired_variance_p, seed_split
 
 
 def draws(kind: str, rng, size):

@@ -30,7 +30,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline_src.config import ParamsError, RunConfig, dataset_spec, find_run, load_params
+from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, find_run, load_params
 
 
 def _run_config(args) -> RunConfig:
@@ -42,8 +42,8 @@ def _run_config(args) -> RunConfig:
 
 
 def cmd_check(args) -> None:
-    from pipeline_src.config import expand_runs
-    from pipeline_src.preflight import check_runs
+    from pipeline_src.spec.config import expand_runs
+    from pipeline_src.spec.preflight import check_runs
 
     params = load_params(args.params)
     runs = expand_runs(params)
@@ -52,13 +52,13 @@ def cmd_check(args) -> None:
 
 
 def cmd_check_models(args) -> None:
-    from pipeline_src.model_check import check_models
+    from pipeline_src.methods.model_check import check_models
 
     print(json.dumps(check_models(json.load(sys.stdin))))
 
 
 def cmd_prepare(args) -> None:
-    from pipeline_src.data import prepare
+    from pipeline_src.data.prepared import prepare
     from pipeline_src.provenance import REPO_ROOT
 
     if args.spec_json:
@@ -69,7 +69,7 @@ def cmd_prepare(args) -> None:
             raise ParamsError(f"dataset {args.dataset!r} is not defined in --params; "
                               f"defined: {', '.join(params['datasets'])}")
         spec = dataset_spec(params, args.dataset)
-    from pipeline_src.data import PreparedFiles
+    from pipeline_src.data.prepared import PreparedFiles
 
     if not ((args.data and args.manifest) or args.out):
         raise ParamsError("prepare needs --data and --manifest (the files to write), or --out (a folder)")
@@ -80,9 +80,9 @@ def cmd_prepare(args) -> None:
 
 def cmd_train(args) -> None:
     from pipeline_src.provenance import write_json
-    from pipeline_src.train import train_run
+    from pipeline_src.training.train import train_run
 
-    from pipeline_src.data import PreparedFiles
+    from pipeline_src.data.prepared import PreparedFiles
 
     cfg = _run_config(args)
     if not (args.out or args.metrics):
@@ -101,7 +101,7 @@ def cmd_train(args) -> None:
     if not metrics:  # a torchrun process other than the first: process 0 writes the results
         return
     if live or args.tracking:  # in the DAG without live tracking, track_set logs a whole set at once
-        from pipeline_src import track
+        from pipeline_src.tracking import track
 
         metrics["mlflow_run_id"] = live.finish(metrics) if live else track.log_run(metrics, out, Path(args.tracking))
         write_json(Path(args.metrics) if args.metrics else out / "metrics.json", metrics)
@@ -113,13 +113,13 @@ def _live_run(cfg: RunConfig, out: Path, rule: str):
     Under torchrun only process 0 logs."""
     import os
 
-    from pipeline_src.tracking_switch import live_store
+    from pipeline_src.tracking.switch import live_store
 
     store = live_store()
     if store is None or os.environ.get("RANK", "0") != "0":
         return None
-    from pipeline_src.track import LiveRun
-    from pipeline_src.train import run_head
+    from pipeline_src.tracking.track import LiveRun
+    from pipeline_src.training.train import run_head
 
     live = LiveRun(store, out, run_head(cfg, rule))
     live.start()
@@ -127,7 +127,7 @@ def _live_run(cfg: RunConfig, out: Path, rule: str):
 
 
 def cmd_aggregate(args) -> None:
-    from pipeline_src.aggregate import SetFiles, aggregate_set
+    from pipeline_src.results.aggregate import SetFiles, aggregate_set
 
     files = SetFiles(Path(args.table), Path(args.markdown), Path(args.runs), Path(args.figure))
     table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], files)
@@ -135,7 +135,7 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_audit(args) -> None:
-    from pipeline_src.audit import AuditFiles, main_audit
+    from pipeline_src.results.audit import AuditFiles, main_audit
 
     files = AuditFiles(Path(args.csv), Path(args.cells), Path(args.markdown), Path(args.figure),
                        tuple(map(Path, args.tables)))
@@ -145,14 +145,14 @@ def cmd_audit(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from pipeline_src.report import build
+    from pipeline_src.results.report import build
 
     audit = build(Path(args.params), Path(args.out), Path(args.results) if args.results else None)
     print(f"report: {args.out}/audit.md {audit['verdict'].value_counts().to_dict()}")
 
 
 def cmd_missing(args) -> None:
-    from pipeline_src.report import missing_runs, record_path
+    from pipeline_src.results.report import missing_runs, record_path
 
     if args.limit is not None and args.limit < 1:
         raise ParamsError(f"--limit must be a positive number of runs, not {args.limit}")
@@ -167,14 +167,14 @@ def cmd_missing(args) -> None:
 
 
 def cmd_status(args) -> None:
-    from pipeline_src.progress import progress, status_table
+    from pipeline_src.results.progress import progress, status_table
 
     params = load_params(args.params)
     print(status_table(progress(params, Path(args.report) if args.report else None, args.jobs), args.jobs))
 
 
 def cmd_track_init(args) -> None:
-    from pipeline_src import track
+    from pipeline_src.tracking import track
 
     sets = args.sets or list(load_params(args.params)["experiment_sets"])
     info = track.init_store(Path(args.results), sets, args.params_hash)
@@ -188,7 +188,7 @@ def cmd_track_init(args) -> None:
 def cmd_track_set(args) -> None:
     """Mirror a set's finished runs into MLflow: one process per set rather than one per training job,
     since importing MLflow and opening the store costs each job seconds of CPU."""
-    from pipeline_src import track
+    from pipeline_src.tracking import track
     from pipeline_src.provenance import write_json
 
     ids = {}
@@ -207,7 +207,7 @@ def cmd_track_set(args) -> None:
 
 
 def cmd_track_audit(args) -> None:
-    from pipeline_src import track
+    from pipeline_src.tracking import track
     from pipeline_src.provenance import write_json
 
     run_id = track.log_audit(Path(args.results), args.tables, args.files)
@@ -216,7 +216,7 @@ def cmd_track_audit(args) -> None:
 
 
 def cmd_track_resync(args) -> None:
-    from pipeline_src import track
+    from pipeline_src.tracking import track
 
     synced, skipped = track.resync(Path(args.results))
     print(f"resynced {synced} runs; {skipped} skipped (already in MLflow, or failed again: see warnings)")

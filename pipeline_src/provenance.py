@@ -140,6 +140,17 @@ def atomic_path(path: str | Path):
         Path(tmp).unlink(missing_ok=True)
 
 
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as PNG, written atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt  # here, so that nothing but figure drawing pays for matplotlib
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -2,7 +2,7 @@
 the way the authors' code computes them, slow on purpose, never used by the pipeline."""
 import torch
 
-from pipeline_src.vpn import condition, sample_noise
+from pipeline_src.methods.vpn import condition, sample_noise
 
 
 def optimal_q_quadratic_reference(x: torch.Tensor) -> torch.Tensor:

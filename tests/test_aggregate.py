@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pipeline_src.aggregate import load_histories, load_runs, summarize
+from pipeline_src.results.aggregate import load_histories, load_runs, summarize
 
 
 def write_run(tmp_path, seed, top1, diagnostics):

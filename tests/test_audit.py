@@ -4,9 +4,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline_src import audit, audit_pages, verdicts
+from pipeline_src.results import audit
+
+from pipeline_src.results import pages as audit_pages
+
+from pipeline_src.results import verdicts
 from pipeline_src.__main__ import main as cli
-from pipeline_src.config import REPO_ROOT
+from pipeline_src.spec.config import REPO_ROOT
 
 CLAIMS = REPO_ROOT / "params" / "claims.yaml"
 SHARED_CLAIMS = REPO_ROOT.parent / "shared" / "paper" / "claims.yaml"
@@ -561,7 +565,7 @@ def test_one_seed_cell_shows_no_spread():
 def _with_predictions(lines, folder, rng, accuracy_of):
     """Store, for each run line, predictions on 2,000 images that score its top-1 (the first image the same in
     every seed, as one shared test set), and point the line at them."""
-    from pipeline_src.predictions import save_predictions
+    from pipeline_src.spec.predictions import save_predictions
 
     target = np.arange(2000) % 10
     out = []
@@ -583,7 +587,7 @@ def test_intervals_cover_the_test_set_where_runs_stored_predictions(tmp_path):
     without, cells_seeds = effects(seeds_only, [paired_claim()])
     assert cells.loc[0, "uncertainty"] == "seeds + test images" and cells_seeds.loc[0, "uncertainty"] == "seeds only"
     # by hand: per image, the seed-averaged paired difference; its variance over images / N, in points^2
-    from pipeline_src.predictions import correct
+    from pipeline_src.spec.predictions import correct
     per_seed = [correct(tmp_path / f"d-m-noisy-s{s}.npz")["noise"].astype(float)
                 - correct(tmp_path / f"d-m-clean-s{s}.npz")["none"].astype(float) for s in range(5)]
     image_var = (np.mean(per_seed, axis=0) * 100).var(ddof=1) / 2000

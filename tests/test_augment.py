@@ -4,9 +4,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from pipeline_src.augment import TRANSFORMS, affine, gaussian_blur
-from pipeline_src.augment import make_augment as make_resolved
-from pipeline_src.method_spec import resolve_augment
+from pipeline_src.methods.augment import TRANSFORMS, affine, gaussian_blur
+from pipeline_src.methods.augment import make_augment as make_resolved
+from pipeline_src.spec.method_spec import resolve_augment
 
 
 def make_augment(spec):

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline_src import code_hash
-from pipeline_src.code_hash import command_code, command_modules
+from pipeline_src.spec import code_hash
+from pipeline_src.spec.code_hash import command_code, command_modules
 
 STAGES = {"prepare": "prepare_data", "train": "train", "aggregate": "aggregate_set"}
 
@@ -22,16 +22,21 @@ def names(command):
 def test_training_runs_the_modules_no_hand_list_named():
     train = names("train")
     # stream and distributed were missing from the hand-kept list; noisynn and vpn are imported only
-    # through methods.REGISTRY's "module:class" strings
-    assert {"stream", "distributed", "vpn", "noisynn", "train", "methods", "data", "models", "sites"} <= train
-    assert {"aggregate", "audit", "verdicts", "report", "model_check", "preflight", "code_hash"}.isdisjoint(train)
+    # through methods.registry.REGISTRY's "module:class" strings
+    assert {"data/stream", "training/distributed", "methods/vpn", "methods/noisynn", "training/train",
+            "methods/registry", "methods/base", "data/prepared", "data/fashion_mnist", "methods/models",
+            "methods/sites"} <= train
+    assert {"results/aggregate", "results/audit", "results/verdicts", "results/report", "results/plots",
+            "methods/model_check", "spec/preflight", "spec/code_hash"}.isdisjoint(train)
 
 
 def test_results_code_runs_no_training_module():
     aggregate = names("aggregate")
-    assert {"aggregate", "plots"} <= aggregate
-    assert {"train", "methods", "models", "data", "stream", "vpn"}.isdisjoint(aggregate)
-    assert {"model_check", "models", "sites"} <= names("check-models") and "train" not in names("check-models")
+    assert {"results/aggregate", "results/plots"} <= aggregate
+    assert not {name for name in aggregate if name.startswith(("training/", "methods/", "data/"))}
+    check_models = names("check-models")
+    assert {"methods/model_check", "methods/models", "methods/sites"} <= check_models
+    assert "training/train" not in check_models
 
 
 def test_unknown_command_is_one_line():
@@ -51,23 +56,24 @@ def package_copy(tmp_path, monkeypatch):
 
 def test_a_hash_follows_its_closure_and_nothing_else(package_copy):
     before = {command: command_code(command) for command in STAGES}
-    with open(package_copy / "distributed.py", "a") as module:
+    with open(package_copy / "training" / "distributed.py", "a") as module:
         module.write("\n# an edit\n")
     after = {command: command_code(command) for command in STAGES}
     assert after["train"] != before["train"] and after["aggregate"] == before["aggregate"]
 
-    (package_copy / "aggregate.py").write_text((package_copy / "aggregate.py").read_text() + "\n# an edit\n")
+    aggregate = package_copy / "results" / "aggregate.py"
+    aggregate.write_text(aggregate.read_text() + "\n# an edit\n")
     assert command_code("aggregate") != after["aggregate"] and command_code("train") == after["train"]
 
 
 def test_a_new_module_counts_once_imported_and_as_a_registry_string(package_copy):
-    (package_copy / "newmethod.py").write_text("X = 1\n")
+    (package_copy / "methods" / "newmethod.py").write_text("X = 1\n")
     before = command_code("train")
-    assert "newmethod" not in names("train")
-    methods = package_copy / "methods.py"
-    methods.write_text(methods.read_text().replace('"vpn": "pipeline_src.vpn:VPNMethod",',
-                                                   '"vpn": "pipeline_src.vpn:VPNMethod",\n    "new": "pipeline_src.newmethod:X",'))
-    assert "newmethod" in names("train") and command_code("train") != before
+    assert "methods/newmethod" not in names("train")
+    registry = package_copy / "methods" / "registry.py"
+    registry.write_text(registry.read_text().replace('"vpn": "pipeline_src.methods.vpn:VPNMethod",',
+                                                     '"vpn": "pipeline_src.methods.vpn:VPNMethod",\n    "new": "pipeline_src.methods.newmethod:X",'))
+    assert "methods/newmethod" in names("train") and command_code("train") != before
 
 
 def test_the_cli_function_of_another_command_is_not_training_code(package_copy):
@@ -80,9 +86,9 @@ def test_the_cli_function_of_another_command_is_not_training_code(package_copy):
 
 
 def test_hashing_imports_nothing():
-    code = ("import sys; from pipeline_src.code_hash import command_code; [command_code(c) for c in "
+    code = ("import sys; from pipeline_src.spec.code_hash import command_code; [command_code(c) for c in "
             "('prepare', 'train', 'aggregate', 'check-models')]; "
-            "print(sorted(m for m in sys.modules if m.startswith('pipeline_src.') and m != 'pipeline_src.code_hash'),"
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline_src.') and m not in ('pipeline_src.spec', 'pipeline_src.spec.code_hash')),"
             " 'torch' in sys.modules, 'yaml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] False False"
@@ -118,10 +124,10 @@ def test_editing_a_module_training_imports_reruns_training_and_a_results_module_
             path.write_bytes(original)
         return job_counts(out) if "Job stats:" in out else {}
 
-    assert jobs_after_editing("report.py") == {}  # no rule runs it
-    for module in ("stream.py", "distributed.py"):  # missed by the hand-kept list
+    assert jobs_after_editing("results/report.py") == {}  # no rule runs it
+    for module in ("data/stream.py", "training/distributed.py"):  # missed by the hand-kept list
         assert jobs_after_editing(module).get("train") == 1, module
-    results_only = jobs_after_editing("aggregate.py")
+    results_only = jobs_after_editing("results/aggregate.py")
     assert results_only.get("aggregate_set") == 1 and "train" not in results_only and "prepare_data" not in results_only
 
     # a label only the audit reads: renaming the papers' column retrains nothing, the audit reruns

@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline_src.config import REPO_ROOT, ParamsError, expand_runs, load_params, validate_params
-from pipeline_src.preflight import base_run_of
+from pipeline_src.spec.config import REPO_ROOT, ParamsError, expand_runs, load_params, validate_params
+from pipeline_src.spec.preflight import base_run_of
 
 DEFAULT = REPO_ROOT / "params" / "default.yaml"
 PAPER = REPO_ROOT / "params" / "paper.yaml"
@@ -147,7 +147,7 @@ def test_check_command_prints_one_line_without_traceback(tmp_path, raw_default):
     ({"base_label": "nope"}, "frozen mode: no run 'fmnist-sr-nope-s0' in experiment set 'vpn_joint'"),
 ])
 def test_preflight_rejects_bad_vpn_runs_before_any_job(raw_default, change, expected):
-    from pipeline_src.preflight import check_runs
+    from pipeline_src.spec.preflight import check_runs
 
     raw = copy.deepcopy(raw_default)
     raw["experiment_sets"]["vpn_frozen"]["methods"][0].update(change)
@@ -212,7 +212,7 @@ def _one_model_params(tmp_path, arch, dataset, site="default"):
                                             "dataset d, of shape [1, 8, 8]: "),
 ])
 def test_preflight_builds_each_model_before_any_job(tmp_path, arch, dataset, expected):
-    from pipeline_src.preflight import check_runs
+    from pipeline_src.spec.preflight import check_runs
 
     params = _one_model_params(tmp_path, arch, dataset)
     with pytest.raises(ParamsError) as err:
@@ -221,7 +221,7 @@ def test_preflight_builds_each_model_before_any_job(tmp_path, arch, dataset, exp
 
 
 def test_preflight_model_check_is_cached_once_clean(tmp_path, monkeypatch):
-    from pipeline_src import preflight
+    from pipeline_src.spec import preflight
 
     params = _one_model_params(tmp_path, "convnext_atto", {"source": "synthetic-clutter"}, site="stage:3")
     preflight.check_runs(params, expand_runs(params))

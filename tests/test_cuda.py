@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline_src.config import REPO_ROOT, RunConfig
-from pipeline_src.data import prepare
-from pipeline_src.method_spec import resolve_method
-from pipeline_src.methods import build_method
-from pipeline_src.models import build_model
-from pipeline_src.train import make_optimizer, train_epoch, train_run
+from pipeline_src.spec.config import REPO_ROOT, RunConfig
+from pipeline_src.data.prepared import prepare
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.methods.registry import build_method
+from pipeline_src.methods.models import build_model
+from pipeline_src.training.train import make_optimizer, train_epoch, train_run
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -79,7 +79,7 @@ def test_bf16_channels_last_training_learns(digits_dir, tmp_path, method):
 
 
 def test_vpn_noise_is_drawn_on_the_device():
-    from pipeline_src.vpn import sample_noise
+    from pipeline_src.methods.vpn import sample_noise
 
     sigma = torch.rand(4, 1, 8, 8, device="cuda")
     draws = sample_noise(sigma, 3)

@@ -18,9 +18,10 @@ from sklearn.datasets import load_digits
 
 from fixtures_data import (FASHION_STEMS, cifar_files, decoded, idx_bytes, image_bytes, write_cifar_tarball,
                            write_fashion, write_imagefolder, write_tiny_imagenet_zip)
-from pipeline_src import readers
-from pipeline_src.config import REPO_ROOT, load_params
-from pipeline_src.data import DataError, load_prepared, prepare
+from pipeline_src.data import fashion_mnist, image_folders
+from pipeline_src.data import files as raw_files
+from pipeline_src.spec.config import REPO_ROOT, load_params
+from pipeline_src.data.prepared import DataError, load_prepared, prepare
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -37,12 +38,12 @@ def rng():
 @pytest.fixture
 def no_system_fashion(monkeypatch, tmp_path):
     """Hide the Debian files and make the download fail, so only the test's own files can be found."""
-    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(raw_files, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
     def offline(dest, *args, **kwargs):
         raise urllib.error.URLError("offline in tests")
 
-    monkeypatch.setattr(readers, "download_fashion_mnist", offline)
+    monkeypatch.setattr(fashion_mnist, "download_fashion_mnist", offline)
 
 
 # ---------------------------------------------------------------- prepared form
@@ -188,7 +189,7 @@ def test_fashion_search_order(tmp_path, monkeypatch, no_system_fashion):
     given = write_fashion(tmp_path / "given", np.random.default_rng(1))
     local = write_fashion(tmp_path / "data" / "raw" / "fashion-mnist", np.random.default_rng(2))
     system = write_fashion(tmp_path / "system", np.random.default_rng(3))
-    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setattr(raw_files, "DEBIAN_FASHION_MNIST", tmp_path / "system")
 
     def first_train_image(spec, out):
         manifest = prepare("fm", spec, tmp_path / out, tmp_path)
@@ -219,19 +220,19 @@ def test_fashion_missing_everywhere_is_one_clear_error(tmp_path, no_system_fashi
 def test_download_checks_published_md5(tmp_path, rng):
     write_fashion(tmp_path / "mirror", rng)
     with pytest.raises(DataError, match="published md5"):
-        readers.download_fashion_mnist(tmp_path / "dest", base_url=(tmp_path / "mirror").as_uri() + "/")
+        fashion_mnist.download_fashion_mnist(tmp_path / "dest", base_url=(tmp_path / "mirror").as_uri() + "/")
     assert not (tmp_path / "dest" / "train-images-idx3-ubyte.gz").exists()
 
 
 def test_idx_dtypes_and_dims_are_parsed():
     values = np.arange(24, dtype=np.int32).reshape(2, 3, 4) - 5
-    np.testing.assert_array_equal(readers.parse_idx(idx_bytes(values), "x"), values)
+    np.testing.assert_array_equal(fashion_mnist.parse_idx(idx_bytes(values), "x"), values)
 
 
 @pytest.mark.skipif(not (DEBIAN / "train-images-idx3-ubyte.gz").is_file(),
                     reason="Debian package dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_from_debian(tmp_path, monkeypatch):
-    monkeypatch.setattr(readers, "download_fashion_mnist", None)  # must not be needed
+    monkeypatch.setattr(fashion_mnist, "download_fashion_mnist", None)  # must not be needed
     manifest = prepare("fm", {"source": "fashion-mnist"}, tmp_path, tmp_path)
     data = load_prepared(tmp_path)
     assert (manifest["n_train"], manifest["n_test"]) == (60000, 10000) and manifest["found_at"] == str(DEBIAN)
@@ -389,7 +390,7 @@ def _banded(width: int, height: int) -> bytes:
     (40, 0.5, "center", 0, 16),  # -> 32x32, columns 8..23 kept
 ])
 def test_image_decode_is_timms_eval_transform(width, crop_pct, crop_mode, red_cols, green_cols):
-    decode = readers.ImageDecode(size=16, crop_pct=crop_pct, crop_mode=crop_mode, interpolation="bicubic")
+    decode = image_folders.ImageDecode(size=16, crop_pct=crop_pct, crop_mode=crop_mode, interpolation="bicubic")
     pixels = decode(_banded(width, 40), "banded.png")
     assert pixels.shape == (3, 16, 16) and pixels.dtype == np.uint8
     middle_row = pixels[:, 8, :]
@@ -401,7 +402,7 @@ def test_paper_pretrained_models_see_their_weights_data_config():
     weights' timm data config says (the normalisation follows the same config: input_norm auto)."""
     import timm
 
-    from pipeline_src.sources import resolve_spec
+    from pipeline_src.spec.datasets import resolve_spec
 
     params = load_params(REPO_ROOT / "params/paper.yaml")
     checked = set()

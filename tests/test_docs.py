@@ -1,7 +1,7 @@
 """The README lists what the code holds: every departure in the deviations registry."""
 import yaml
 
-from pipeline_src.config import REPO_ROOT
+from pipeline_src.spec.config import REPO_ROOT
 
 
 def test_readme_lists_every_deviation_of_the_registry():
@@ -43,8 +43,8 @@ def test_every_number_in_the_findings_is_in_the_committed_report():
 
 
 def test_the_readmes_verdicts_at_a_glance_are_the_committed_reports():
-    from pipeline_src.audit_pages import glance_table
-    from pipeline_src.report import read_audit_table
+    from pipeline_src.results.pages import glance_table
+    from pipeline_src.results.report import read_audit_table
 
     audit, cells = (read_audit_table(REPORT / name) for name in ("audit.csv", "effects_cells.csv"))
     readme = (REPO_ROOT / "README.md").read_text()

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline_src.config import REPO_ROOT
-from pipeline_src.dvcdata import dataset_dvc_hash, read_dvc_file
-from pipeline_src.readers import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES
+from pipeline_src.spec.config import REPO_ROOT
+from pipeline_src.data.dvc_versions import dataset_dvc_hash, read_dvc_file
+from pipeline_src.data.fashion_mnist import FASHION_MNIST_FILES
+from pipeline_src.data.files import DEBIAN_FASHION_MNIST
 
 BIN = Path(os.sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pipeline_src.hooks import attach_noise
-from pipeline_src.models import build_model
-from pipeline_src.noise import apply_noise
+from pipeline_src.methods.hooks import attach_noise
+from pipeline_src.methods.models import build_model
+from pipeline_src.methods.noise import apply_noise
 
 timm = pytest.importorskip("timm")
 

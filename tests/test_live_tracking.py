@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline_src import track
-from pipeline_src.config import REPO_ROOT, RunConfig
-from pipeline_src.data import prepare
-from pipeline_src.method_spec import resolve_method
-from pipeline_src.tracking_switch import LIVE_ENV, live_store, switch_on
+from pipeline_src.tracking import track
+from pipeline_src.spec.config import REPO_ROOT, RunConfig
+from pipeline_src.data.prepared import prepare
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.tracking.switch import LIVE_ENV, live_store, switch_on
 
 EPOCHS = 3
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline_src.method_spec import resolve_method, resolve_noise
-from pipeline_src.noise import apply_noise, mixing_matrix
+from pipeline_src.spec.method_spec import resolve_method, resolve_noise
+from pipeline_src.methods.noise import apply_noise, mixing_matrix
 from references import optimal_q_quadratic_reference
 
 SHIFT = {"kind": "circular_shift", "strength": 0.3}

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline_src.methods import build_method
-from pipeline_src.models import build_model
-from pipeline_src.method_spec import eval_modes, resolve_method
-from pipeline_src.noisynn import NoisyNNMethod, eval_batch_order
+from pipeline_src.methods.registry import build_method
+from pipeline_src.methods.models import build_model
+from pipeline_src.spec.method_spec import eval_modes, resolve_method
+from pipeline_src.methods.noisynn import NoisyNNMethod, eval_batch_order
 
 INFO = {"num_classes": 3, "in_shape": (1, 4, 4), "seed": 0, "batch_size": 8, "eval_batch_size": 8}
 

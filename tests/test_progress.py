@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from pipeline_src.__main__ import main
-from pipeline_src.config import REPO_ROOT, expand_runs, validate_params
-from pipeline_src.progress import CHECKPOINT_NAME, TRAIN_LOG, duration, progress
-from pipeline_src.report import record_path
+from pipeline_src.spec.config import REPO_ROOT, expand_runs, validate_params
+from pipeline_src.results.progress import CHECKPOINT_NAME, TRAIN_LOG, duration, progress
+from pipeline_src.results.report import record_path
 from test_workflow import TINY as WORKFLOW_TINY
 
 # the workflow tests' two-set params, at 3 epochs so a running run can be part-way through
@@ -86,7 +86,7 @@ def test_durations_read_plainly():
 
 
 def test_the_checkpoint_name_is_the_one_training_writes_and_status_needs_no_torch():
-    from pipeline_src import train
+    from pipeline_src.training import train
 
     assert CHECKPOINT_NAME == train.CHECKPOINT_NAME
     code = ("import sys; from pipeline_src.__main__ import main; "

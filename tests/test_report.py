@@ -5,9 +5,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline_src.config import REPO_ROOT, expand_runs, load_params
+from pipeline_src.spec.config import REPO_ROOT, expand_runs, load_params
 from pipeline_src.__main__ import main
-from pipeline_src.report import build, collect, missing_runs, same_run, batch_size_table
+from pipeline_src.results.report import build, collect, missing_runs, same_run, batch_size_table
 
 REPORT = REPO_ROOT / "reports" / "fashion-mnist"
 PARAMS = REPO_ROOT / "params" / "fashion_mnist.yaml"
@@ -127,7 +127,7 @@ def _record(device: str, top1: float = 84.30, loss: float = 0.5, sigma: float = 
 
 
 def test_a_gpu_rerun_reproduces_within_the_stated_tolerances_and_a_cpu_rerun_only_exactly():
-    from pipeline_src.report import GPU_RELATIVE, GPU_TOP1_POINTS, measured
+    from pipeline_src.results.report import GPU_RELATIVE, GPU_TOP1_POINTS, measured
 
     committed = measured(_record("cpu"))
     exact = _record("cpu")

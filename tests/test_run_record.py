@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from pipeline_src.config import REPO_ROOT
-from pipeline_src.run_record import FORMAT, load_record, method_as_run, upgrade
+from pipeline_src.spec.config import REPO_ROOT
+from pipeline_src.spec.run_record import FORMAT, load_record, method_as_run, upgrade
 
 REPORT_RUNS = REPO_ROOT / "reports" / "fashion-mnist" / "runs"
 

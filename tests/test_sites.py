@@ -3,9 +3,9 @@ feature_info, blocks within them, one-line errors naming the valid sites."""
 import pytest
 import torch
 
-from pipeline_src.models import build_model
-from pipeline_src.run_record import load_record, method_as_run
-from pipeline_src.sites import block_sites, resolve_site, stage_sites
+from pipeline_src.methods.models import build_model
+from pipeline_src.spec.run_record import load_record, method_as_run
+from pipeline_src.methods.sites import block_sites, resolve_site, stage_sites
 
 timm = pytest.importorskip("timm")
 
@@ -139,7 +139,7 @@ def regnet():
     """regnetx_002 at the tiny size of tests/params_regnet.yaml, with real weights (CPU, milliseconds)."""
     import yaml
 
-    from pipeline_src.config import REPO_ROOT
+    from pipeline_src.spec.config import REPO_ROOT
 
     cfg = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())["models"]["regnet"]
     torch.manual_seed(0)
@@ -161,7 +161,7 @@ def test_regnet_stages_are_its_feature_info_levels_though_no_container(regnet):
 
 @pytest.mark.parametrize("site", ["stage:0", "default"])
 def test_noise_at_a_regnet_site_changes_its_logits(regnet, site):
-    from pipeline_src.hooks import attach_noise
+    from pipeline_src.methods.hooks import attach_noise
 
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -179,7 +179,7 @@ def test_regnet_trains_with_noise_at_a_stage_through_params_alone(tmp_path):
     model), prepare digits, and train the stage:1 run for its one epoch from the command line."""
     import yaml
 
-    from pipeline_src.config import REPO_ROOT
+    from pipeline_src.spec.config import REPO_ROOT
 
     params = yaml.safe_load((REPO_ROOT / REGNET_PARAMS).read_text())
     params["results_dir"] = str(tmp_path / "results")
@@ -196,7 +196,7 @@ def _check_prepare_train(params: dict, tmp_path, dataset: str, experiment_set: s
 
     import yaml
 
-    from pipeline_src.config import REPO_ROOT
+    from pipeline_src.spec.config import REPO_ROOT
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_src.config import REPO_ROOT
+from pipeline_src.spec.config import REPO_ROOT
 
 pytestmark = pytest.mark.slurm
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline_src.config import REPO_ROOT, RunConfig
-from pipeline_src.data import load_prepared, prepare
-from pipeline_src.method_spec import resolve_method
-from pipeline_src.stream import ImageStream
-from pipeline_src.train import train_run
+from pipeline_src.spec.config import REPO_ROOT, RunConfig
+from pipeline_src.data.prepared import load_prepared, prepare
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.data.stream import ImageStream
+from pipeline_src.training.train import train_run
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline_src import track
+from pipeline_src.tracking import track
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -25,7 +25,7 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 import mlflow.store.tracking.sqlalchemy_store  # loaded up front so import time does not stagger the writes
-from pipeline_src import track
+from pipeline_src.tracking import track
 run_dir, results, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 (run_dir / "ready").touch()
 while not go.exists():  # all 8 start writing at once
@@ -139,7 +139,7 @@ import json, sys, time
 from pathlib import Path
 import mlflow.store.tracking.sqlalchemy_store
 from mlflow import MlflowClient
-from pipeline_src import track
+from pipeline_src.tracking import track
 run_id, results, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 client = MlflowClient(track.tracking_uri(results))
 metrics = json.loads(sys.stdin.read())

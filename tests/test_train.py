@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline_src.config import REPO_ROOT, RunConfig
-from pipeline_src.data import prepare
-from pipeline_src.method_spec import resolve_method
-from pipeline_src.predictions import load_predictions
-from pipeline_src.train import CHECKPOINT_NAME, build_run_method, to_input, train_run
+from pipeline_src.spec.config import REPO_ROOT, RunConfig
+from pipeline_src.data.prepared import prepare
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.spec.predictions import load_predictions
+from pipeline_src.data.stream import to_input
+from pipeline_src.training.train import CHECKPOINT_NAME, build_run_method, train_run
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_predictions_are_stored_per_eval_mode_and_give_the_recorded_accuracy(dig
 
 def test_provenance_names_the_commit_the_run_started_with(digits_dir, tmp_path, monkeypatch):
     """A worktree checked out anew while a long run trains must not relabel that run's code."""
-    import pipeline_src.train as train_module
+    import pipeline_src.training.train as train_module
 
     state = {"git_commit": "a" * 40, "git_dirty": False}
     monkeypatch.setattr(train_module, "git_state", lambda: dict(state))
@@ -98,7 +99,7 @@ def test_model_file_keeps_the_vpn_generator(digits_dir, tmp_path):
     """A finished VPN run can be measured again: its model.pt restores g as well as f."""
     import torch
 
-    from pipeline_src.data import load_prepared
+    from pipeline_src.data.prepared import load_prepared
 
     cfg = make_run({"label": "vpn", "name": "vpn", "generator": "resnet18", "generator_width": 4}, epochs=1)
     metrics = train_run(cfg, digits_dir, tmp_path)
@@ -188,7 +189,7 @@ def test_checkpoint_of_other_params_is_not_resumed(digits_dir, tmp_path):
 
 
 def test_lr_warms_up_linearly_then_follows_cosine_to_its_floor():
-    from pipeline_src.train import lr_factor
+    from pipeline_src.training.train import lr_factor
 
     spec = {"lr": 1e-3, "schedule": "cosine", "warmup_epochs": 2, "min_lr": 1e-4}
     factors = [lr_factor(e, spec, 6) for e in range(7)]

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline_src.method_spec import resolve_method
-from pipeline_src.models import DNN3
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.methods.models import DNN3
 from references import class_enumeration_loop
-from pipeline_src.vpn import (DNN3Generator, ResNet18Generator, VPNMethod, build_generator, condition,
+from pipeline_src.methods.vpn import (DNN3Generator, ResNet18Generator, VPNMethod, build_generator, condition,
                               sample_noise)
 
 SHAPE = (1, 8, 8)

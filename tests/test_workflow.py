@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_src.config import REPO_ROOT
+from pipeline_src.spec.config import REPO_ROOT
 
 SNAKEMAKE = str(Path(os.sys.executable).parent / "snakemake")
 ENV = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}

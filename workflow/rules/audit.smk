@@ -1,10 +1,10 @@
 # The audit: every number and claim in params/claims.yaml against the sets' runs, with the deviations of
-# params/deviations.yaml marked on the cells they affect (pipeline_src/audit.py, verdicts.py).
+# params/deviations.yaml marked on the cells they affect (pipeline_src/results/audit.py, verdicts.py).
 import json
 
 import yaml
 
-from pipeline_src.config import audit_set_info
+from pipeline_src.spec.config import audit_set_info
 
 AUDIT_CLAIMS = "params/claims.yaml"
 AUDIT_DEVIATIONS = "params/deviations.yaml"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from pipeline_src.code_hash import command_code
-from pipeline_src.config import ParamsError, dataset_spec, expand_runs, validate_params
-from pipeline_src.dvcdata import dataset_dvc_hash, raw_inputs
-from pipeline_src.locks import clear_stale_locks, record_owner
-from pipeline_src.preflight import base_run_of, check_runs, gpus_for
+from pipeline_src.spec.code_hash import command_code
+from pipeline_src.spec.config import ParamsError, dataset_spec, expand_runs, validate_params
+from pipeline_src.data.dvc_versions import dataset_dvc_hash, raw_inputs
+from pipeline_src.spec.locks import clear_stale_locks, record_owner
+from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for
 from pipeline_src.provenance import code_version
-from pipeline_src.tracking_switch import LIVE_ENV, switch_on
+from pipeline_src.tracking.switch import LIVE_ENV, switch_on
 
 try:
     PARAMS = validate_params(config)
@@ -22,7 +22,7 @@ except ParamsError as err:
     sys.exit(f"error: {err}")
 
 # After a hard kill the next run would stop at Snakemake's LockException: locks whose owner is
-# provably gone are removed here, others named with how to unlock (pipeline_src/locks.py). Only in the
+# provably gone are removed here, others named with how to unlock (pipeline_src/spec/locks.py). Only in the
 # main process: a cluster job step cannot see the submit host's processes.
 if workflow.is_main_process:
     for note in clear_stale_locks(Path.cwd()):
@@ -49,7 +49,7 @@ if workflow.is_main_process and (note := switch_on(PARAMS["tracking"]["live"], R
 if os.environ.get(LIVE_ENV):  # a cluster job gets the switch and the server exported with its command
     workflow.register_envvars(LIVE_ENV, "MLFLOW_TRACKING_URI")
 SETS = list(PARAMS["experiment_sets"])
-# Hashes of the code each rule's command runs, found from the package's imports (pipeline_src/code_hash.py):
+# Hashes of the code each rule's command runs, found from the package's imports (pipeline_src/spec/code_hash.py):
 # editing a module a rule may import reruns that rule, editing any other module does not.
 PREPARE_CODE = command_code("prepare")
 TRAIN_CODE = command_code("train")
@@ -108,7 +108,7 @@ def get_gpu_count(wildcards):
 
 
 def get_launcher(wildcards):
-    """How the train command starts: one process, or one per GPU through torchrun (pipeline_src/distributed.py)."""
+    """How the train command starts: one process, or one per GPU through torchrun (pipeline_src/training/distributed.py)."""
     gpus = get_gpu_count(wildcards)
     return f"python -m torch.distributed.run --standalone --nproc-per-node {gpus} -m" if gpus > 1 else "python -m"
 

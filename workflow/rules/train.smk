@@ -4,7 +4,7 @@ rule train:
     output:
         metrics=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/metrics.json",
         model=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/model.pt",
-        # written by train next to metrics.json (pipeline_src/predictions.py)
+        # written by train next to metrics.json (pipeline_src/spec/predictions.py)
         predictions=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/predictions.npz",
     log:
         f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/train.log",

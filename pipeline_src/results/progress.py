@@ -1,0 +1,135 @@
+"""How far a params file's runs are: per experiment set, runs declared, done, running, and an ETA.
+
+    python -m pipeline_src status --params params/fashion_mnist.yaml --report reports/fashion-mnist [--jobs 2]
+
+A run is done when a metrics.json of the params' current run is in the results folder (params
+`results_dir`) or in the report folder; running when its results folder holds a training checkpoint but
+no metrics.json (a job killed mid-run looks the same until it is restarted, and then resumes there).
+The ETA times the epochs still to train by the seconds per epoch the finished runs recorded
+(history[*].seconds) and divides by the number of jobs that run side by side. A run is timed by the
+finished runs closest to it: the same set, model and method label (other seeds); else the same dataset,
+model and method label in another set (a reading of the same cell: an epoch is the same data through the
+same model); else the mean of its set. torch-free: it reads files only.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_src.spec.config import RunConfig, expand_runs
+from pipeline_src.results.report import record_path, same_run
+
+CHECKPOINT_NAME = "checkpoint.pt"  # train.CHECKPOINT_NAME (train imports torch; a test keeps them equal)
+TRAIN_LOG = "train.log"  # the train rule's log, in the run folder
+# the line train.py prints after each epoch: "epoch 3/40 loss 0.4321 ..."
+_EPOCH_DONE = re.compile(r"\bepoch (\d+)/(\d+) loss\b")
+
+
+@dataclass
+class SetProgress:
+    name: str
+    declared: int = 0
+    done: int = 0
+    running: int = 0
+    epochs_left: int = 0
+    seconds_left: float = 0.0
+    untimed: int = 0  # runs still to train with no finished run to time them by
+    seconds_per_epoch: float | None = None  # mean over the set's finished runs
+
+
+def _record(run: RunConfig, folders: list[Path]) -> dict | None:
+    """The run's metrics.json from the first folder that holds one of the current params."""
+    for folder in folders:
+        path = record_path(folder, run)
+        if path.is_file():
+            metrics = json.loads(path.read_text())
+            if same_run(metrics.get("params") or {}, run):
+                return metrics
+    return None
+
+
+def epochs_logged(run_dir: Path) -> int:
+    """Epochs a running job has finished, from its train.log (0 when it has none yet)."""
+    log = run_dir / TRAIN_LOG
+    found = _EPOCH_DONE.findall(log.read_text(errors="replace")) if log.is_file() else []
+    return int(found[-1][0]) if found else 0
+
+
+def _cell(run: RunConfig) -> tuple[str, str, str]:
+    return run.dataset, run.model, run.method["label"]
+
+
+def _mean_epoch_seconds(histories: list[list[dict]]) -> float | None:
+    seconds = [float(h["seconds"]) for history in histories for h in history if h.get("seconds") is not None]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> list[SetProgress]:
+    """One SetProgress per experiment set, in the params' order; seconds_left already divided by jobs."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be a positive number of parallel jobs, not {jobs}")
+    results_dir = Path(params["results_dir"])
+    folders = [results_dir] + ([Path(report_dir)] if report_dir is not None else [])
+    sets: dict[str, SetProgress] = {}
+    finished: dict[tuple[str, str, str, str], list[list[dict]]] = {}  # (set, dataset, model, label) -> histories
+    todo: list[tuple[RunConfig, int]] = []  # a run still to train, and the epochs it has left
+    for run in expand_runs(params):
+        state = sets.setdefault(run.experiment_set, SetProgress(run.experiment_set))
+        state.declared += 1
+        metrics = _record(run, folders)
+        if metrics is not None:
+            state.done += 1
+            finished.setdefault((run.experiment_set, *_cell(run)), []).append(
+                metrics.get("history") or [])
+            continue
+        run_dir = record_path(results_dir, run).parent
+        started = (run_dir / CHECKPOINT_NAME).is_file()
+        state.running += started
+        todo.append((run, run.epochs - (epochs_logged(run_dir) if started else 0)))
+    for state in sets.values():
+        state.seconds_per_epoch = _mean_epoch_seconds(
+            [h for (name, *_), histories in finished.items() if name == state.name for h in histories])
+    for run, left in todo:
+        state = sets[run.experiment_set]
+        same_set = finished.get((run.experiment_set, *_cell(run)), [])
+        other_sets = [h for (_, *cell), histories in finished.items() if tuple(cell) == _cell(run) for h in histories]
+        per_epoch = next((s for s in (_mean_epoch_seconds(same_set), _mean_epoch_seconds(other_sets),
+                                      state.seconds_per_epoch) if s is not None), None)
+        state.epochs_left += max(left, 0)
+        if per_epoch is None:
+            state.untimed += 1
+        else:
+            state.seconds_left += max(left, 0) * per_epoch / jobs
+    return list(sets.values())
+
+
+def duration(seconds: float) -> str:
+    """3 h 05 min, 12 min, 40 s."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+def _eta(seconds: float, untimed: int) -> str:
+    if not untimed:
+        return duration(seconds)
+    return (f"{duration(seconds)} + {untimed} untimed run(s)" if seconds
+            else f"unknown ({untimed} run(s), no finished run to time them by)")
+
+
+def status_table(states: list[SetProgress], jobs: int) -> str:
+    """The status lines: one per set and a total."""
+    rows = [("set", "declared", "done", "running", "to do", "s/epoch", f"ETA ({jobs} job{'s' * (jobs > 1)})")]
+    for s in states:
+        rows.append((s.name, s.declared, s.done, s.running, s.declared - s.done,
+                     f"{s.seconds_per_epoch:.1f}" if s.seconds_per_epoch is not None else "-",
+                     _eta(s.seconds_left, s.untimed)))
+    total = lambda key: sum(getattr(s, key) for s in states)  # noqa: E731
+    rows.append(("all", total("declared"), total("done"), total("running"), total("declared") - total("done"), "",
+                 _eta(total("seconds_left"), total("untimed"))))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) if i in (0, 6) else str(v).rjust(w)
+                               for i, (v, w) in enumerate(zip(row, widths))).rstrip() for row in rows)

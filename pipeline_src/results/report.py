@@ -1,0 +1,411 @@
+"""A published reproduction report: the runs' metrics.json files kept in a committed folder, and
+everything else rebuilt from them alone (set tables, the audit, the test-batch study, provenance).
+
+    python -m pipeline_src report --params params/fashion_mnist.yaml --results results/fashion_mnist \
+        --out reports/fashion-mnist
+
+`--results` is optional: with it, finished runs there are first copied into `<out>/runs/` (metrics.json
+and predictions.npz, never weights), so a set that takes several sessions grows in the report folder run by run.
+Rebuilding from the committed files gives the committed tables and verdicts (tests/test_report.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline_src.spec.config import (RunConfig, audit_set_info, expand_runs, load_params, model_identity,
+                                 own_reading_text, run_configuration)
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.spec.predictions import predictions_path
+from pipeline_src.spec.run_record import load_record, upgrade
+from pipeline_src.spec.schema import filled
+from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
+
+CLAIMS = REPO_ROOT / "params" / "claims.yaml"
+DEVIATIONS = REPO_ROOT / "params" / "deviations.yaml"
+
+
+def machine() -> str:
+    """CPU model and core count (and the GPU when there is one): where the runs were collected."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    text = f"{cpu}, {os.cpu_count()} cores"
+    # nvidia-smi rather than torch: the results stage reads records and does not load torch
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            names = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                   text=True, timeout=20, check=True).stdout.split("\n")
+            if names[0].strip():
+                text += f", GPU {names[0].strip()}"
+    return text
+
+
+def same_run(recorded: dict, run: RunConfig) -> bool:
+    """A run's recorded params are the run the params file declares now. Keys added since the run was
+    made (a RunConfig field, an optimizer option) count as equal when they hold their neutral default;
+    the recorded method is resolved as runs are today (runs made before specs were resolved in the
+    run table recorded the method as written)."""
+    defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+    defaults["optimizer"] = filled({}, "optimizer_defaults")  # the schema's optimizer defaults
+    try:
+        method = resolve_method(recorded["method"], recorded["batch_size"], recorded["eval_batch_size"])
+    except (KeyError, ValueError):
+        return False
+    # runs made before the audit-only paper_name left the training identity recorded it
+    upgraded = {**recorded, "method": method, "model_cfg": model_identity(recorded.get("model_cfg", {}))}
+    upgraded.pop("resolved_method", None)  # a format-1 record's second copy of the method (run_record.py)
+    return _covers(upgraded, asdict(run), defaults)
+
+
+def _covers(recorded, current, defaults) -> bool:
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    for key, value in current.items():
+        if key in recorded:
+            if not _covers(recorded[key], value, defaults.get(key) if isinstance(defaults.get(key), dict) else {}):
+                return False
+        elif defaults.get(key, MISSING) != value:
+            return False
+    return set(recorded) <= set(current)
+
+
+def measured(metrics: dict) -> "Measured":
+    """What a run measured, without its wall times and provenance, and whether it ran on a GPU. Two compare
+    equal when one reproduces the other: bit for bit when both ran on CPU, within the GPU tolerances
+    below when either ran on CUDA (its provenance device starts with "cuda")."""
+    device = str((metrics.get("provenance") or {}).get("device") or "")
+    return Measured({"evaluations": metrics.get("evaluations"), "diagnostics": metrics.get("diagnostics"),
+                     "history": [{k: v for k, v in h.items() if k != "seconds"} for h in metrics.get("history", [])]},
+                    on_gpu=device.startswith("cuda"))
+
+
+# A GPU rerun reproduces a record when every evaluation, diagnostic and per-epoch number is within these.
+# Why a GPU rerun may differ at all: with use_deterministic_algorithms(warn_only=True), ops PyTorch has
+# no deterministic CUDA kernel for still sum with atomics in a varying order, bf16 autocast rounds to 8
+# bits of mantissa, and another GPU model or cuDNN version picks other kernels. On CPU our kernels are
+# deterministic at a fixed thread count, so a CPU rerun must match exactly.
+GPU_TOP1_POINTS = 0.15  # percentages (top-1 accuracies, wrong_label_followed): 15 of the 10,000 test
+# images, under a sixth of the audit's narrowest band (1 point) and the seed sd of most report cells
+# (0.1 to 0.4 points), so a rerun this close measured the same thing
+GPU_RELATIVE = 1e-3  # losses and every other number (sigma means, ratios): float32 sums over an epoch
+# agree to about 1e-6 across summation orders; the rest is room for the bf16 matmuls under autocast, whose
+# results carry 8 bits of mantissa (4e-3 relative per value) before they are averaged
+GPU_ABSOLUTE_FLOOR = 1e-6  # ...or this close, for numbers that are 0 in one run (a generator switched off)
+PERCENT_KEYS = ("top1", "wrong_label_followed")  # a number is a percentage if its key holds one of these
+
+
+@dataclass(frozen=True, eq=False)
+class Measured:
+    """measured()'s result: `==` is the reproduction rule (see measured)."""
+
+    values: dict
+    on_gpu: bool
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Measured):
+            return NotImplemented
+        if not (self.on_gpu or other.on_gpu):
+            return self.values == other.values
+        return within_gpu_tolerance(self.values, other.values)
+
+    __hash__ = None
+
+
+def within_gpu_tolerance(a, b, key: str = "", percent: bool = False) -> bool:
+    """a and b have the same structure and every number agrees within the GPU tolerances; evaluations
+    are all top-1 percentages, elsewhere a key names its kind (PERCENT_KEYS)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(
+            within_gpu_tolerance(a[k], b[k], k, percent or k == "evaluations") for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(within_gpu_tolerance(x, y, key, percent) for x, y in zip(a, b))
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if not numbers or (isinstance(a, int) and isinstance(b, int)):  # epochs, counts, strings, None: exact
+        return a == b
+    if a != a or b != b:  # NaN: nothing was measured, in both runs or neither
+        return a != a and b != b
+    if percent or any(word in key for word in PERCENT_KEYS):
+        return abs(a - b) <= GPU_TOP1_POINTS
+    return abs(a - b) <= max(GPU_RELATIVE * max(abs(a), abs(b)), GPU_ABSOLUTE_FLOOR)
+
+
+@dataclass
+class Collected:
+    copied: list[str]  # new to the report, or a rerun that measured other numbers (replaced)
+    reproduced: list[str]  # a rerun that measured the same numbers: the report keeps its record
+
+
+def record_path(report_dir: Path, run: RunConfig) -> Path:
+    """Where a report folder keeps one run's metrics.json (a results folder uses the same layout)."""
+    return Path(report_dir) / "runs" / run.experiment_set / run.run_id / "metrics.json"
+
+
+def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
+    """Copy each finished run's metrics.json (and its job's wall time) into the report. Runs of other
+    params (an epoch count changed since) are not taken. A rerun of a run the report holds replaces it
+    only when it measured other numbers, so the record the verdicts were first built on stays."""
+    done, here = Collected([], []), machine()
+    machines_path = report_dir / "machines.json"
+    machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
+    for run in expand_runs(params):
+        key = f"{run.experiment_set}/{run.run_id}"
+        source, target = record_path(results_dir, run), record_path(report_dir, run)
+        if not source.exists():
+            continue
+        new = json.loads(source.read_text())
+        if not same_run(upgrade(new)["params"], run):
+            continue
+        bench = results_dir / "benchmarks" / f"{key}.tsv"
+        wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
+        kept = json.loads(target.read_text()) if target.exists() else None
+        if kept is not None and measured(kept) == measured(new):
+            if kept != new:
+                done.reproduced.append(key)
+            machines.setdefault(key, {"machine": here, "job_wall_s": wall})
+            _copy_predictions(source, target)  # a record made before runs stored them gains them
+            continue
+        if kept is not None:
+            print(f"report: {key}: the run in {results_dir} measured other numbers than the report's; "
+                  "replacing it (git diff shows both)", file=sys.stderr)
+        write_atomic(target, source.read_bytes())
+        _copy_predictions(source, target)
+        machines[key] = {"machine": here, "job_wall_s": wall}
+        done.copied.append(key)
+    write_json(machines_path, dict(sorted(machines.items())))
+    return done
+
+
+def _copy_predictions(source_metrics: Path, target_metrics: Path) -> None:
+    """The run's per-image predictions travel with its record, when the run stored them."""
+    source = predictions_path(source_metrics)
+    if source.exists():
+        write_atomic(predictions_path(target_metrics), source.read_bytes())
+
+
+def run_metrics(params: dict, report_dir: Path) -> dict[str, list[Path]]:
+    """Set -> the report's metrics.json files of that set's declared runs, in run-table order."""
+    by_set: dict[str, list[Path]] = {}
+    for run in expand_runs(params):
+        path = record_path(report_dir, run)
+        if path.exists():
+            by_set.setdefault(run.experiment_set, []).append(path)
+    return by_set
+
+
+def missing_runs(params: dict, report_dir: Path) -> list[RunConfig]:
+    """The declared runs the report holds no record of (or a record of other params), cells with the
+    fewest runs to go first: a set filled over several sessions then finishes whole cells early, and a
+    cell gets its verdict as soon as its last seed lands."""
+    def recorded(run: RunConfig) -> bool:
+        path = record_path(report_dir, run)
+        return path.exists() and same_run(load_record(path)["params"], run)
+
+    def cell(run: RunConfig) -> tuple:
+        return (run.experiment_set, run.dataset, run.model, run.reading,
+                run_configuration(run.run_id, run.dataset, run.model, run.reading, run.seed))
+
+    todo = [run for run in expand_runs(params) if not recorded(run)]
+    to_go = Counter(cell(run) for run in todo)
+    return sorted(todo, key=lambda run: (to_go[cell(run)], cell(run), run.seed))
+
+
+def batch_size_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Per model, training and test protocol x test batch size: mean, sd, n over seeds, and the mean
+    paired difference to the same trained model evaluated clean."""
+    # the run's headline mode and the same batch size among the extra sizes are one evaluation
+    long = long.drop_duplicates(["model", "method", "seed", "test_batches", "test_batch_size"])
+    clean = long[long["eval_mode"] == "no_noise"].set_index(["model", "method", "seed"])["top1"]
+    noisy = long[long["eval_mode"] != "no_noise"].copy()
+    noisy["delta_vs_clean"] = noisy["top1"].to_numpy() - clean.reindex(
+        pd.MultiIndex.from_frame(noisy[["model", "method", "seed"]])).to_numpy()
+    rows = pd.concat([long[long["eval_mode"] == "no_noise"].assign(test_batches="clean", test_batch_size=float("nan"),
+                                                                    delta_vs_clean=0.0), noisy])
+    table = rows.groupby(["model", "method", "test_batches", "test_batch_size"], dropna=False).agg(
+        top1_mean=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
+        delta_vs_clean_mean=("delta_vs_clean", "mean"), delta_vs_clean_std=("delta_vs_clean", "std"))
+    table = table.reset_index()
+    table["test_batch_size"] = table["test_batch_size"].astype("Int64")
+    return table
+
+
+def _relative(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], report_dir: Path) -> dict:
+    """What the report's numbers rest on: code, data and params versions, wall time, machines, and how
+    much of each set is done."""
+    metrics = [load_record(p) for paths in by_set.values() for p in paths]
+    declared = pd.Series([run.experiment_set for run in expand_runs(params)]).value_counts()
+    machines_path = report_dir / "machines.json"
+    machines = json.loads(machines_path.read_text()) if machines_path.exists() else {}
+
+    def distinct(get):
+        return sorted({str(get(m)) for m in metrics})
+
+    train_s = sum(h["seconds"] for m in metrics for h in m["history"])
+    walls = [v["job_wall_s"] for v in machines.values() if v.get("job_wall_s") is not None]
+    return {
+        "params_file": _relative(params_path),
+        "params_sha256": hashlib.sha256(Path(params_path).read_bytes()).hexdigest(),
+        "runs": {name: {"done": len(by_set.get(name, [])), "declared": int(declared[name]),
+                        "job_wall_hours": round(sum(v["job_wall_s"] or 0 for k, v in machines.items()
+                                                    if k.split("/")[0] == name) / 3600, 3)}
+                 for name in params["experiment_sets"]},
+        "git_commits": distinct(lambda m: m["provenance"].get("git_commit")),
+        "git_dirty": distinct(lambda m: m["provenance"].get("git_dirty")),
+        "data_versions": distinct(lambda m: m["provenance"].get("data_version")),
+        "dvc_hashes": distinct(lambda m: m["provenance"].get("dvc_hash")),
+        "torch_versions": distinct(lambda m: m["provenance"].get("torch_version")),
+        "devices": distinct(lambda m: m["provenance"].get("device")),
+        "machines": sorted({v["machine"] for v in machines.values()}),
+        "training_hours": round(train_s / 3600, 3),
+        "job_wall_hours": round(sum(walls) / 3600, 3),
+        "jobs_with_wall_time": len(walls),
+    }
+
+
+def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
+    """Per paper-table cell that has runs under more than one protocol reading: the paper's value and ours
+    under each reading (mean ± sd, n, verdict), then each reading's source. None without readings."""
+    if not params["readings"]:
+        return None
+    sources = {**{params["own_reading"]: own_reading_text(params)},
+               **{name: r["source"] for name, r in params["readings"].items()}}
+    key = "Readings declared:\n\n" + "\n".join(f"- `{name}`: {source}" for name, source in sources.items())
+    numbers = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
+    counts = numbers.groupby(["table", "row", "column"])["reading"].nunique()
+    several = counts[counts > 1].index
+    if not len(several):
+        return "No paper-table cell has runs under a second reading yet.\n\n" + key
+    keyed = numbers.set_index(["table", "row", "column"]).loc[several].reset_index()
+    keyed["ours"] = [f"{m:.2f} ± {sd:.2f} (n={n}) {v}" if n >= 2 else f"{m:.2f} (n={n}) {v}"
+                     for m, sd, n, v in zip(keyed["mean"], keyed["std"], keyed["n"], keyed["verdict"])]
+    table = keyed.pivot_table(index=["table", "row", "column", "paper"], columns="reading", values="ours",
+                              aggfunc="first").reset_index()
+    return table.fillna("no runs").to_markdown(index=False) + "\n\n" + key
+
+
+def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame,
+                   cells: pd.DataFrame) -> str:
+    """The report's front page: the readings, the verdicts at a glance, how far each set is, what the numbers
+    rest on, every set table."""
+    from pipeline_src.results.pages import glance_table
+
+    status = pd.DataFrame(prov["runs"]).T.rename_axis("set").reset_index()
+    board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
+    readings = readings_table(params, audit)
+    spec_curve = report_dir / "figures" / "specification_curve.png"
+    parts = [f"# Reproduction report: {_relative(params_path)}",
+             "Rebuilt from the `metrics.json` files under `runs/` by "
+             f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
+             "Verdicts, paper tables and the departures that apply to each cell: [audit.md](audit.md).",
+             *(["## The paper's numbers under each protocol reading", readings] if readings else []),
+             *(["![specification curve](figures/specification_curve.png)"] if spec_curve.exists() else []),
+             "## Verdicts at a glance", glance_table(audit, cells),
+             "## Runs done", status.to_markdown(index=False),
+             *(["## Left out, and why", "\n".join(f"- {what}: {why}" for what, why in params["left_out"].items())]
+               if params["left_out"] else []),
+             "## Verdicts so far", board.to_markdown(index=False),
+             "## What the numbers rest on",
+             "\n".join(f"- {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
+                       for key, value in prov.items() if key != "runs")]
+    for table in sorted((report_dir / "tables").glob("*.md")):
+        if not table.name.startswith("paper_"):
+            text = table.read_text().strip()
+            parts.append("#" + text if text.startswith("# ") else text)
+            for figure in (report_dir / "figures" / f"{table.stem}{suffix}.png" for suffix in ("", "_training")):
+                if figure.exists():
+                    parts.append(f"![{figure.stem}](figures/{figure.name})")
+    return "\n\n".join(parts) + "\n"
+
+
+def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
+          claims: Path = CLAIMS, deviations: Path = DEVIATIONS) -> pd.DataFrame:
+    """Collect (when results_dir is given), then rebuild every table, figure and the audit."""
+    from pipeline_src.results.aggregate import SetFiles, aggregate_set, load_histories, load_runs
+    from pipeline_src.results.audit import main_audit
+    from pipeline_src.results.plots import plot_test_batch_study, plot_training_curves
+
+    params = load_params(params_path)
+    report_dir = Path(report_dir)
+    if results_dir is not None:
+        done = collect(params, Path(results_dir), report_dir)
+        print(f"collected {len(done.copied)} new runs from {results_dir}")
+        if done.reproduced:
+            print(f"{len(done.reproduced)} reruns there measured exactly the report's numbers; the report keeps "
+                  f"its records: {', '.join(done.reproduced)}")
+    by_set = run_metrics(params, report_dir)
+    if not by_set:
+        raise ValueError(f"no finished runs of {params_path} in {report_dir}/runs; run the DAG first, or pass --results")
+    runs_csvs = []
+    for name, paths in by_set.items():
+        kind = params["experiment_sets"][name]["kind"]
+        files = SetFiles.in_results(report_dir, name)
+        aggregate_set(name, kind, paths, files)
+        runs_csvs.append(files.runs)
+        if kind in ("vpn_joint", "vpn_frozen"):
+            plot_training_curves(name, load_histories(paths), report_dir / "figures" / f"{name}_training.png")
+        if kind == "eval_protocol":
+            long = load_runs(paths)
+            if long["test_batch_size"].nunique() > 1:
+                table = batch_size_table(long)
+                write_atomic(report_dir / "tables" / f"{name}_test_batches.csv", table.to_csv(index=False, float_format="%.4f"))
+                write_atomic(report_dir / "tables" / f"{name}_test_batches.md",
+                             f"# {name}: top-1 (%) by test protocol and test batch size, mean ± sd over seeds\n\n"
+                             + table.assign(test_batch_size=table["test_batch_size"].map(
+                                 lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
+                plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
+    audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
+    # the pages quote the written tables, so a page rebuilt from the committed files is the same page
+    written, cells = (read_audit_table(report_dir / name) for name in ("audit.csv", "effects_cells.csv"))
+    from pipeline_src.results.plots import plot_specification_curve
+
+    plot_specification_curve(cells, report_dir / "figures" / "specification_curve.png")
+    prov = provenance(params_path, params, by_set, report_dir)
+    write_json(report_dir / "provenance.json", prov)
+    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, written, cells))
+    update_readme_glance(report_dir, written, cells)
+    return audit
+
+
+def read_audit_table(path: Path) -> pd.DataFrame:
+    """audit.csv or effects_cells.csv as written: empty text stays '' (a reading), empty numbers NaN."""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return table.assign(reading=table["reading"].fillna("")) if "reading" in table else table
+
+
+GLANCE_BEGIN, GLANCE_END = "<!-- verdicts at a glance: {report} (written by the report command) -->", "<!-- /verdicts -->"
+
+
+def update_readme_glance(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame,
+                         readme: Path = REPO_ROOT / "README.md") -> bool:
+    """Rewrite the README's verdicts-at-a-glance block of this report, if the README has one."""
+    from pipeline_src.results.pages import glance_table
+
+    begin = GLANCE_BEGIN.format(report=_relative(report_dir))
+    text = readme.read_text() if readme.exists() else ""
+    if begin not in text:
+        return False
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(GLANCE_END, 1)
+    link = f"{_relative(report_dir)}/audit.md"
+    write_atomic(readme, f"{head}{begin}\n{glance_table(audit, cells, link)}\n{GLANCE_END}{tail}")
+    return True

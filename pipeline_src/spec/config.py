@@ -1,0 +1,303 @@
+"""Params in one direction: YAML -> schema (defaults filled, typos rejected) -> run table -> RunConfig.
+
+Every error raised here is a ParamsError whose message is one line naming the key,
+the bad value and what is allowed, so the entry points can print it without a traceback.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
+from pipeline_src.spec.schema import SchemaError, filled
+
+
+# protocol: authors_code follows the authors' public code where it departs from their paper's text
+# (params/deviations.yaml names each departure and its source). Per family of runs: training
+# overrides, method keys filled where a run's spec leaves them out, model keys likewise.
+IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+VPN_CODE_TRAINING = {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                  "weight_decay": 5e-4, "schedule": "cosine"}}
+AUTHORS_CODE = {
+    # hyzhang98/VPN train.py defaults; network/ResNet.py: 3x3 stride-1 stem for every base ResNet
+    # trained from scratch (their ImageNet runs start from torchvision's 7x7-stem weights instead)
+    "vpn": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
+    "vpn_imagenet": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {}},
+    # Shawey94/NoisyNN NoisyViT-OptimalQ (pretrained ViTs only): runScript.txt, parameters.py, Main.py,
+    # Accdataloader.py
+    "noisynn_vit": {"training": {"epochs": 50, "batch_size": 16, "label_smoothing": 0.1,
+                                 "optimizer": {"name": "adamw", "lr": 1e-6, "weight_decay": 1e-4, "schedule": "cosine",
+                                               "warmup_epochs": 10, "min_lr": 1e-7}},
+                    "method": {"test_batches": "class_sorted", "test_batch_size": 10},
+                    "model": {"input_norm": IMAGENET_STATS}},
+    # NoisyCNN_CircularShiftQ: script.txt, Main.py (AdamW default weight decay 0.01), dataloader.py. Their
+    # ImageNet normalisation goes with torchvision's pretrained weights, which cannot be loaded here.
+    "noisynn_cnn": {"training": {"epochs": 100, "batch_size": 512,
+                                 "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine"}},
+                    "method": {"test_batches": "class_sorted", "test_batch_size": 512, "noise.strength": 0.4},
+                    "model": {}},
+}
+NOISYNN_KINDS = ("noisynn_main", "harmful_noise", "layer_sweep", "strength_sweep", "eval_protocol")
+
+
+def authors_code_family(set_kind: str, model_cfg: dict, dataset_cfg: dict) -> str | None:
+    """Which of the authors' recipes a run follows under protocol authors_code; None: no public
+    recipe exists for it (the `baseline` set, ViTs trained from scratch), so the params' own stays."""
+    if set_kind.startswith("vpn"):
+        return "vpn_imagenet" if dataset_cfg["source"] == "imagefolder" else "vpn"
+    if set_kind not in NOISYNN_KINDS:
+        return None
+    if "vit" in model_cfg["arch"]:
+        return "noisynn_vit" if (model_cfg.get("timm_kwargs") or {}).get("pretrained") else None
+    return "noisynn_cnn"
+
+
+def _fill_method(method: dict, defaults: dict) -> dict:
+    """Method keys the spec leaves out, from a protocol's defaults (dotted keys reach into noise)."""
+    method = copy.deepcopy(method)
+    for dotted, value in defaults.items():
+        if method["name"] == "baseline" and dotted != "augment":
+            continue
+        if dotted == "noise.strength" and method.get("noise", {}).get("kind") != "circular_shift":
+            continue
+        if dotted.startswith("generator") and method["name"] != "vpn":
+            continue
+        if dotted in ("test_batches", "test_batch_size") and method["name"] != "noisynn":
+            continue
+        *parents, last = dotted.split(".")
+        target = method
+        for key in parents:
+            target = target.setdefault(key, {})
+        target.setdefault(last, value)
+    return method
+
+
+class ParamsError(ValueError):
+    """A params problem, described in one line."""
+
+
+def validate_params(params: dict) -> dict:
+    """Validate against the schema, fill defaults, check cross-references. Returns a new dict."""
+    raw_methods = {name: spec.get("methods") for name, spec in (params.get("experiment_sets") or {}).items()
+                   if isinstance(spec, dict)}
+    try:
+        params = filled(params)
+    except SchemaError as err:
+        raise ParamsError(f"invalid params: {err}") from None
+    # methods stay as written: a run's method gets its defaults when it is resolved, after the
+    # protocol's own values (authors_code) have filled what the spec leaves out
+    for name, methods in raw_methods.items():
+        params["experiment_sets"][name]["methods"] = copy.deepcopy(methods)
+    for name, spec in params["experiment_sets"].items():
+        spec.setdefault("kind", name)  # a set without a kind is its own kind: the one default a schema cannot name
+    for set_name, spec in params["experiment_sets"].items():
+        for key, known in (("datasets", params["datasets"]), ("models", params["models"])):
+            for name in spec[key]:
+                if name not in known:
+                    raise ParamsError(f"invalid params: experiment_sets.{set_name}.{key}: {name!r} is not defined; "
+                                      f"defined {key}: {', '.join(known)}")
+        for reading in spec.get("readings", []):
+            if reading not in params["readings"]:
+                raise ParamsError(f"invalid params: experiment_sets.{set_name}.readings: {reading!r} is not defined; "
+                                  f"defined readings: {', '.join(params['readings']) or 'none'}")
+        labels = [m["label"] for m in spec["methods"]]
+        if len(set(labels)) != len(labels):
+            raise ParamsError(f"invalid params: experiment_sets.{set_name}.methods: duplicate labels in {labels}")
+    return params
+
+
+def dataset_spec(params: dict, name: str) -> dict:
+    """What the prepare step reads for a dataset: its spec less the audit-only paper_name."""
+    return {k: v for k, v in params["datasets"][name].items() if k != "paper_name"}
+
+
+def own_reading_text(params: dict) -> str:
+    """What the params' own training block is, in a line: the reading runs of sets without readings follow."""
+    opt = params["training"]["optimizer"]
+    return (f"the params' own training block: {opt['name']} lr {opt['lr']:g}, weight decay {opt['weight_decay']:g}, "
+            f"schedule {opt['schedule']}, {params['training']['epochs']} epochs (a set's own training block wins)")
+
+
+def audit_set_info(params: dict) -> dict:
+    """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
+    return {
+        **{name: {"kind": spec["kind"], "scale": params["scale"],
+                  "readings": spec.get("readings") or [params["own_reading"]],
+                  "methods": [m["label"] for m in spec["methods"]]}
+           for name, spec in params["experiment_sets"].items()},
+        "readings": {params["own_reading"]: own_reading_text(params),
+                     **{name: r["source"] for name, r in params["readings"].items()}},
+        "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
+        "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},
+    }
+
+
+def load_params(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params file {path} must hold a mapping of keys, not {type(raw).__name__}")
+    return validate_params(raw)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs; written next to its results."""
+
+    run_id: str
+    experiment_set: str
+    set_kind: str
+    dataset: str
+    model: str
+    model_cfg: dict
+    method: dict
+    seed: int
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: dict
+    protocol: str = "paper"
+    reading: str = ""  # a named protocol reading (params readings); "" the params' own training
+    label_smoothing: float = 0.0
+    scale: str = "embedded_default"
+    device: str = "auto"
+    sweep: dict = field(default_factory=dict)
+    compile: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls(**json.loads(text))
+
+    def params_hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def format_run_id(dataset: str, model: str, label: str, sweep_suffix: str, reading: str, seed: int) -> str:
+    """`<dataset>-<model>-<label><sweep>[.<reading>]-s<seed>`: the one place run ids are formed."""
+    return f"{dataset}-{model}-{label}{sweep_suffix}{'.' + reading if reading else ''}-s{seed}"
+
+
+def run_configuration(run_id: str, dataset: str, model: str, reading: str, seed) -> str:
+    """The middle of a run id (format_run_id): label and sweep values, the same for every seed and reading."""
+    middle = str(run_id).removeprefix(f"{dataset}-{model}-").removesuffix(f"-s{seed}")
+    return middle.removesuffix(f".{reading}") if reading else middle
+
+
+def model_identity(model_cfg: dict) -> dict:
+    """What trains a model: its spec less the audit-only paper_name (renaming a column retrains nothing)."""
+    return {k: v for k, v in model_cfg.items() if k != "paper_name"}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        d = d.setdefault(key, {})
+    d[last] = value
+
+
+def _format_value(value) -> str:
+    return str(value).replace(":", "").replace("/", "_").replace(" ", "")
+
+
+def expand_methods(methods: list[dict]) -> list[tuple[dict, dict, str]]:
+    """Each method spec -> one (method, sweep values, run-id suffix) per point of its grid. The method
+    keeps its own label; the suffix ("-strength0.1") names the grid point in run ids only."""
+    out = []
+    for spec in methods:
+        spec = copy.deepcopy(spec)
+        grid = spec.pop("grid", {})
+        keys = list(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            method = copy.deepcopy(spec)
+            sweep = dict(zip(keys, values))
+            for key, value in sweep.items():
+                _set_dotted(method, key, value)
+            suffix = "".join(f"-{k.split('.')[-1]}{_format_value(v)}" for k, v in sweep.items())
+            out.append((method, sweep, suffix))
+    return out
+
+
+def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConfig]:
+    """The run table: set x dataset x model x method (x grid) x seed."""
+    runs = []
+    for set_name, spec in params["experiment_sets"].items():
+        if experiment_set is not None and set_name != experiment_set:
+            continue
+        own_training = _merge(params["training"], spec.get("training", {}))  # schema-filled defaults
+        kind = spec["kind"]
+        for reading, dataset, model, (method, sweep, suffix), seed in itertools.product(
+                spec.get("readings", [""]), spec["datasets"], spec["models"], expand_methods(spec["methods"]),
+                spec.get("seeds", params["seeds"])):
+            set_training = _merge(own_training, params["readings"][reading]["training"]) if reading else own_training
+            training, model_cfg = set_training, model_identity(params["models"][model])
+            name = authors_code_family(kind, model_cfg, params["datasets"][dataset])
+            if params["protocol"] == "authors_code" and name is not None:
+                family = AUTHORS_CODE[name]
+                training = _merge(set_training, family["training"])
+                method = _fill_method(method, family["method"])
+                model_cfg = {**family["model"], **model_cfg}
+            run_id = format_run_id(dataset, model, method["label"], suffix, reading, seed)
+            try:
+                resolved = resolve_method(method, training["batch_size"], training["eval_batch_size"])
+            except ValueError as err:
+                raise ParamsError(f"invalid params: experiment_sets.{set_name} run {run_id}: {err}") from None
+            runs.append(RunConfig(
+                run_id=run_id,
+                experiment_set=set_name,
+                set_kind=kind,
+                dataset=dataset,
+                model=model,
+                model_cfg=model_cfg,
+                method=resolved,
+                seed=seed,
+                epochs=training["epochs"],
+                batch_size=training["batch_size"],
+                eval_batch_size=training["eval_batch_size"],
+                optimizer=training["optimizer"],
+                protocol=params["protocol"],
+                reading=reading,
+                label_smoothing=training["label_smoothing"],
+                scale=params["scale"],
+                device=params["device"],
+                sweep=sweep,
+                compile=training["compile"],
+            ))
+    return runs
+
+
+def find_run(params: dict, experiment_set: str, run_id: str) -> RunConfig:
+    for run in expand_runs(params, experiment_set):
+        if run.run_id == run_id:
+            return run
+    raise ParamsError(f"no run {run_id!r} in experiment set {experiment_set!r}")
+
+
+def weights_path(weights_file: str) -> Path:
+    """A params weights_file: absolute, or relative to the repository root (where the rules run)."""
+    path = Path(weights_file)
+    return path if path.is_absolute() else REPO_ROOT / path

@@ -1,0 +1,114 @@
+"""Checks every run can start, before the DAG launches a single job, without importing torch.
+
+Names exist, noise and VPN settings are in range, a frozen run has a base run to load, a weights
+file is where params say. What needs a built model (the input shape a model accepts, a site name)
+is checked by model_check.py in a subprocess, once per distinct set of models: its clean answer is
+cached under the results folder, so a DAG rebuilt with the same models starts without torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from pipeline_src.spec.code_hash import command_code
+from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
+from pipeline_src.provenance import write_json
+from pipeline_src.spec.datasets import DataError
+from pipeline_src.spec.datasets import input_shape, resolve_spec
+
+
+def base_run_of(run: RunConfig) -> tuple[str, str] | None:
+    """(experiment_set, run_id) of the run whose trained model a frozen VPN run starts from."""
+    spec = run.method
+    if spec["name"] != "vpn" or spec.get("mode", "joint") != "frozen":
+        return None
+    if "base_set" not in spec or "base_label" not in spec:
+        raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
+    return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
+
+
+def gpus_for(run: RunConfig, train_gpus: int) -> int:
+    """GPUs a training job holds: train_gpus when it will use CUDA (device cuda, or auto on a host
+    with an NVIDIA driver), else none. Asks the driver, not torch, so the DAG build stays light."""
+    driver = Path("/proc/driver/nvidia/gpus")
+    has_cuda = (driver.is_dir() and any(driver.iterdir())) or shutil.which("nvidia-smi") is not None
+    return train_gpus if run.device == "cuda" or (run.device == "auto" and has_cuda) else 0
+
+
+def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None:
+    """Raise ParamsError (one line) on the first run that cannot start. models=False skips the
+    model check (its subprocess imports torch). The runs' method specs were checked as they were
+    resolved (config.expand_runs)."""
+    datasets = {}
+    for name in params["datasets"]:
+        try:
+            datasets[name] = resolve_spec(name, dataset_spec(params, name))
+        except DataError as err:
+            raise ParamsError(f"invalid params: {err}") from None
+    for name, model in params["models"].items():
+        if model.get("weights_file") and not weights_path(model["weights_file"]).is_file():
+            raise ParamsError(f"invalid params: models.{name}.weights_file: {model['weights_file']} does not exist; "
+                              "put the weights file there (a state_dict for the timm model) or remove the key")
+    runs_by_key = {(r.experiment_set, r.run_id): r for r in runs}
+    for run in runs:  # method specs were resolved and checked by expand_runs
+        try:
+            base = base_run_of(run)
+        except ValueError as err:
+            raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: {err}") from None
+        if base is not None and base not in runs_by_key:
+            raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: frozen mode: "
+                              f"no run {base[1]!r} in experiment set {base[0]!r} to take the base model from")
+    if models:
+        errors = checked_models(model_requests(runs, datasets), Path(params["results_dir"]) / "preflight")
+        if errors:
+            raise ParamsError(f"invalid params: {errors[0]}")
+
+
+def model_requests(runs: list[RunConfig], datasets: dict[str, dict]) -> list[dict]:
+    """One request per distinct (model entry, input shape), with the NoisyNN sites its runs name
+    (each site once, with the first run that names it)."""
+    requests: dict[str, dict] = {}
+    for run in runs:
+        shape = list(input_shape(datasets[run.dataset]))
+        key = json.dumps([run.model_cfg, shape], sort_keys=True)
+        request = requests.setdefault(key, {"model": run.model, "cfg": run.model_cfg, "dataset": run.dataset,
+                                            "in_shape": shape, "sites": []})
+        if run.method["name"] == "noisynn":
+            site = run.method["site"]
+            if site not in {s for _, _, s in request["sites"]}:
+                request["sites"].append([run.experiment_set, run.run_id, site])
+    return list(requests.values())
+
+
+def _versions() -> dict:
+    found = {}
+    for package in ("torch", "timm"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def checked_models(requests: list[dict], cache_dir: Path) -> list[str]:
+    """model_check's errors for these requests: from the cache when the same requests passed with the
+    same code and library versions, else from a subprocess on this interpreter."""
+    payload = json.dumps({"requests": requests, "versions": _versions(),
+                          "code": command_code("check-models")}, sort_keys=True)
+    cached = cache_dir / f"models-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["errors"]
+    proc = subprocess.run([sys.executable, "-m", "pipeline_src", "check-models"], input=json.dumps(requests),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ParamsError(f"the model check could not run ({sys.executable} -m pipeline_src check-models): {last}")
+    errors = json.loads(proc.stdout)
+    if not errors:  # only a clean answer is kept: a failing one is fixed in params, and its key changes
+        write_json(cached, {"errors": errors, "requests": requests})
+    return errors
