@@ -23,14 +23,25 @@ line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import sys
-from pathlib import Path
 
-from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, find_run, load_params
+# A worker that has imported torch and the rest already (pipeline_src/worker/) runs the command in a
+# forked child, with this process's output, working directory and environment: this process then only
+# waits for its exit status. The child itself, and a torchrun rank, run the command here as usual.
+if __name__ == "__main__" and os.environ.get("PIPELINE_WORKER_SOCKET") and "LOCAL_RANK" not in os.environ:
+    from pipeline_src.worker.client import run_in_worker
+
+    _status = run_in_worker(os.environ["PIPELINE_WORKER_SOCKET"], ["pipeline_src", *sys.argv[1:]])
+    if _status is not None:
+        sys.exit(_status)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, find_run, load_params  # noqa: E402
 
 
 def _run_config(args) -> RunConfig:

@@ -29,16 +29,12 @@ def git_state() -> dict:
     return {"git_commit": commit or "unknown", "git_dirty": bool(dirty) if dirty is not None else None}
 
 
-def code_version(modules: list[str] | None = None, package_dir: Path = PACKAGE_DIR) -> str:
-    """Hash of the package's source (or of the named modules).
-
-    Snakemake's code trigger sees only a rule's own text; rules pass this hash as a
-    param so that editing a module the rule runs reruns the rule.
-    """
-    files = sorted(package_dir.glob("*.py")) if modules is None else [package_dir / f"{m}.py" for m in modules]
+def code_version(package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of the whole package's source, sub-packages included: the code version a run records
+    (a rule's own code hash, which decides reruns, is spec/code_hash.py's)."""
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

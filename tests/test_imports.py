@@ -1,7 +1,8 @@
 """The stage packages' import rules, read from the real package with code_hash's ast reader (imports at
 module level and inside functions, and registry strings): no module imports itself back through others,
 each stage imports only the stages below it, results code reads records and never loads torch, only the
-CLI imports training, and building the DAG imports no torch."""
+CLI imports training, the job start-up worker imports none of the package, and building the DAG imports
+no torch."""
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from test_workflow import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-STAGES = ("spec", "data", "methods", "training", "tracking", "results")
+STAGES = ("spec", "data", "methods", "training", "tracking", "results", "worker")
 # stage -> the stages it may import; provenance.py (files, hashes, git) is shared by all
 ALLOWED = {
     "spec": set(),
@@ -21,6 +22,7 @@ ALLOWED = {
     "training": {"spec", "data", "methods"},
     "tracking": set(),
     "results": {"spec"},
+    "worker": set(),  # it runs the CLI in its children by name, and imports none of the package itself
 }
 HEAVY = ("torch", "torchvision", "timm")
 

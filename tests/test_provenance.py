@@ -10,17 +10,20 @@ from pipeline_src.provenance import (HARDWARE_KEYS, PACKAGE_DIR, REPO_ROOT, appl
                                      environment, git_state, hardware, nvidia_driver_version, write_atomic)
 
 
-def test_code_version_follows_the_named_modules_only(tmp_path):
+def test_code_version_covers_every_module_of_every_stage(tmp_path):
     package = tmp_path / "pkg"
     shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    train_hash = code_version(["train", "noise"], package)
-    aggregate_hash = code_version(["aggregate"], package)
-    assert train_hash == code_version(["train", "noise"], PACKAGE_DIR)
-
-    with open(package / "noise.py", "a") as handle:
-        handle.write("\n# an edit\n")
-    assert code_version(["train", "noise"], package) != train_hash, "editing noise.py must rerun training"
-    assert code_version(["aggregate"], package) == aggregate_hash, "but not the aggregation"
+    before = code_version(package)
+    assert before == code_version(PACKAGE_DIR)
+    for module in ("methods/noise.py", "results/aggregate.py", "__main__.py"):
+        with open(package / module, "a") as handle:
+            handle.write("\n# an edit\n")
+        after = code_version(package)
+        assert after != before, f"editing {module} must change the code version"
+        before = after
+    (package / "methods" / "__pycache__").mkdir()
+    (package / "methods" / "__pycache__" / "noise.cpython-311.pyc").write_bytes(b"compiled")
+    assert code_version(package) == before
 
 
 def test_git_state_names_a_commit():

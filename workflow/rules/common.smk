@@ -11,8 +11,8 @@ from pipeline_src.spec.config import ParamsError, dataset_spec, expand_runs, val
 from pipeline_src.data.dvc_versions import dataset_dvc_hash, raw_inputs
 from pipeline_src.spec.locks import clear_stale_locks, record_owner
 from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for
-from pipeline_src.provenance import code_version
 from pipeline_src.tracking.switch import LIVE_ENV, switch_on
+from pipeline_src import worker
 
 try:
     PARAMS = validate_params(config)
@@ -29,10 +29,27 @@ if workflow.is_main_process:
         print(note, file=sys.stderr)
 
 
+# Jobs run here hand their command to one worker that has imported torch and the rest once
+# (pipeline_src/worker/); jobs on a cluster, or in a conda env of their own, start as plain processes.
+_WORKER = []
+_WORKER_HERE = not (workflow.non_local_exec or workflow.remote_exec) and (
+    DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method)
+
+
 onstart:
     # Snakemake holds its locks now (never in a dry run): record whose they are. Its lock files say
     # only what they lock; `_lockfile` (Snakemake's own record of the files it wrote) names them.
     record_owner(Path.cwd(), getattr(workflow.persistence, "_lockfile", {}).values())
+    if _WORKER_HERE and workflow.is_main_process:
+        _WORKER.append(worker.start(Path(PARAMS["results_dir"]) / "logs" / "worker.log"))
+
+
+onsuccess:
+    worker.stop(_WORKER and _WORKER[0])
+
+
+onerror:
+    worker.stop(_WORKER and _WORKER[0])
 
 # Rules call `python`: make it the interpreter running this workflow, so `.venv/bin/snakemake` works
 # without an activated venv (and a cluster job step runs the same one). Under --sdm conda the rule's

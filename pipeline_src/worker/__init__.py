@@ -1,0 +1,54 @@
+"""Jobs that do not pay for Python's start-up: a worker process imports torch, timm and the other heavy
+libraries once, then forks one child per job (server.py); a job's command line starts the small
+client (client.py), which hands the worker its arguments, working directory, environment and its
+stdin/stdout/stderr, and exits with the child's status. Without a worker the client runs the command
+itself, exactly as before. The child imports pipeline_src after the fork, so an edited module is the
+code that runs."""
+
+SOCKET_ENV = "PIPELINE_WORKER_SOCKET"
+OFF_ENV = "PIPELINE_WORKER"  # "off" runs every job as its own process, as before the worker
+
+
+def start(log_path) -> tuple[object, str] | None:
+    """Start a worker for this workflow run and point the jobs at it ($PIPELINE_WORKER_SOCKET, which the
+    jobs inherit); (process, socket path), or None when $PIPELINE_WORKER is "off". It listens once it has
+    imported its libraries; jobs started before then run in-process."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    if os.environ.get(OFF_ENV, "").lower() in ("off", "0", "no", "false"):
+        return None
+    folder = tempfile.mkdtemp(prefix="pw-")  # unix socket paths must stay short
+    path = os.path.join(folder, "worker.sock")
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
+                                 "--idle-exit", "3600"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    os.environ[SOCKET_ENV] = path
+    return proc, path
+
+
+def stop(started) -> None:
+    """End a worker start() gave; its socket and folder go with it."""
+    import os
+    import subprocess
+
+    if not started:
+        return
+    proc, path = started
+    os.environ.pop(SOCKET_ENV, None)
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    import contextlib
+
+    with contextlib.suppress(OSError):  # the worker removes its socket itself when it can
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
