@@ -187,6 +187,20 @@ def test_authors_code_protocol_follows_each_papers_code():
     assert same.protocol == "paper" and same.label_smoothing == 0.0 and "input_norm" not in same.model_cfg
 
 
+def test_a_protocol_default_fills_only_the_methods_the_schema_gives_that_key():
+    from pipeline_src.spec.config import AUTHORS_CODE, _fill_method
+
+    cnn = AUTHORS_CODE["noisynn_cnn"]["method"]
+    shift = _fill_method({"label": "s", "name": "noisynn", "noise": {"kind": "circular_shift"}}, cnn)
+    assert shift["noise"]["strength"] == 0.4 and shift["test_batches"] == "class_sorted"
+    optimal = _fill_method({"label": "q", "name": "noisynn", "noise": {"kind": "optimal_q"}}, cnn)
+    assert "strength" not in optimal["noise"] and optimal["test_batch_size"] == 512
+    assert _fill_method({"label": "b", "name": "baseline"}, cnn) == {"label": "b", "name": "baseline"}
+    vpn = AUTHORS_CODE["vpn"]["method"]
+    assert _fill_method({"label": "v", "name": "vpn", "generator": "dnn3"}, vpn)["generator_small_stem"] is False
+    assert "generator_small_stem" not in _fill_method({"label": "b", "name": "baseline"}, vpn)
+
+
 def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):
     raw = copy.deepcopy(raw_default)
     raw["models"]["vit"]["weights_file"] = "weights/vit_b16_in21k_ft_in1k.pth"

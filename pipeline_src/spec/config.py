@@ -6,6 +6,7 @@ the bad value and what is allowed, so the entry points can print it without a tr
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
 import json
@@ -60,22 +61,28 @@ def authors_code_family(set_kind: str, model_cfg: dict, dataset_cfg: dict) -> st
 
 
 def _fill_method(method: dict, defaults: dict) -> dict:
-    """Method keys the spec leaves out, from a protocol's defaults (dotted keys reach into noise)."""
-    method = copy.deepcopy(method)
+    """Method keys the spec leaves out, from a protocol's defaults (dotted keys reach into noise), each
+    where the schema allows it for this method (test_batches for NoisyNN, noise.strength for a circular
+    shift, ...): which key applies to which method is said once, in the schema."""
     for dotted, value in defaults.items():
-        if method["name"] == "baseline" and dotted != "augment":
-            continue
-        if dotted == "noise.strength" and method.get("noise", {}).get("kind") != "circular_shift":
-            continue
-        if dotted.startswith("generator") and method["name"] != "vpn":
-            continue
-        if dotted in ("test_batches", "test_batch_size") and method["name"] != "noisynn":
-            continue
-        *parents, last = dotted.split(".")
-        target = method
-        for key in parents:
-            target = target.setdefault(key, {})
-        target.setdefault(last, value)
+        method = _with_default(json.dumps(method, sort_keys=True), dotted, json.dumps(value))
+    return json.loads(json.dumps(method))  # a copy the caller may change
+
+
+@functools.cache  # the same method spec recurs across datasets, models and seeds
+def _with_default(method_json: str, dotted: str, value_json: str) -> dict:
+    method = json.loads(method_json)
+    *parents, last = dotted.split(".")
+    target = method
+    for key in parents:
+        target = target.setdefault(key, {})
+    if last in target:
+        return json.loads(method_json)
+    target[last] = json.loads(value_json)
+    try:
+        filled(method, "method")
+    except SchemaError:  # the key does not apply to this method
+        return json.loads(method_json)
     return method
 
 
