@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from bench_startup import JOB_PARAMS  # the same three jobs bench_startup.py times
 from pipeline_src.spec.config import REPO_ROOT
 from pipeline_src.worker import OFF_ENV, SOCKET_ENV
 
@@ -41,19 +42,7 @@ atexit.register(report)
 sys.argv = ["snakemake", *sys.argv[1:]]
 main()
 """
-JOB_PARAMS = {
-    "device": "cpu", "seeds": [0], "training": {"epochs": 1},
-    "datasets": {"digits": {"source": "digits"}},
-    "models": {"sr": {"arch": "sr"}, "dnn3": {"arch": "dnn3", "hidden": 64},
-               "vit": {"arch": "vit_tiny_patch16_224", "small_stem": True,
-                       "timm_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2}}},
-    "experiment_sets": {
-        "noisy": {"datasets": ["digits"], "models": ["sr", "vit"],
-                  "methods": [{"label": "q", "name": "noisynn", "noise": {"kind": "optimal_q"}}]},
-        "vpn": {"kind": "vpn_joint", "datasets": ["digits"], "models": ["dnn3"],
-                "methods": [{"label": "vpn", "name": "vpn", "generator": "dnn3", "generator_hidden": 64}]},
-    },
-}
+
 
 
 def cpu_of(cmd: list[str], env: dict, cwd=REPO_ROOT) -> tuple[float, float, str]:

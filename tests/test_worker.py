@@ -96,12 +96,17 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_sigterm_to_the_client_reaches_the_job(worker, tmp_path):
+def sleeping_job(worker: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A job that sleeps in the worker: (its client process, the worker's child running it)."""
     (tmp_path / "job.py").write_text(SCRIPT)
     env = {**ENV, "EXPECT_CWD": str(tmp_path), SOCKET_ENV: worker}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.client", "job", "sleep"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    child = int(wait_for(tmp_path / "child.pid"))
+    return proc, int(wait_for(tmp_path / "child.pid"))
+
+
+def test_sigterm_to_the_client_reaches_the_job(worker, tmp_path):
+    proc, child = sleeping_job(worker, tmp_path)
     assert child != proc.pid
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # as a shell reports a job killed by SIGTERM
@@ -109,11 +114,7 @@ def test_sigterm_to_the_client_reaches_the_job(worker, tmp_path):
 
 
 def test_a_job_whose_client_was_killed_is_ended(worker, tmp_path):
-    (tmp_path / "job.py").write_text(SCRIPT)
-    env = {**ENV, "EXPECT_CWD": str(tmp_path), SOCKET_ENV: worker}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.client", "job", "sleep"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    child = int(wait_for(tmp_path / "child.pid"))
+    proc, child = sleeping_job(worker, tmp_path)
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.time() + 30
