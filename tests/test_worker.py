@@ -149,3 +149,22 @@ def test_a_training_run_through_the_worker_has_the_plain_run_s_numbers(worker, t
     # proof that the job ran in the worker (a fallback would pass the checks above too): the forked job
     # finds torch imported, so its CPU before the first step is a small part of a fresh process's
     assert through["startup_cpu_seconds"] < 0.5 * plain["startup_cpu_seconds"]
+
+
+def test_a_worker_leaves_when_the_snakemake_that_started_it_is_killed(tmp_path):
+    """What onstart does, in a parent that is then killed too hard for onsuccess/onerror to run."""
+    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline_src import worker\n"
+                               f"print(worker.start({str(tmp_path / 'worker.log')!r})[1], flush=True)\ntime.sleep(300)"],
+                              cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    path = parent.stdout.readline().strip()
+    deadline = time.time() + 120
+    while not os.path.exists(path):  # listening: its libraries are imported
+        assert time.time() < deadline, (tmp_path / "worker.log").read_text()
+        time.sleep(0.1)
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.time() + 30
+    while os.path.exists(path):
+        assert time.time() < deadline, "the worker outlived its Snakemake"
+        time.sleep(0.1)
+    os.rmdir(os.path.dirname(path))

@@ -25,9 +25,11 @@ def start(log_path) -> tuple[object, str] | None:
     path = os.path.join(folder, "worker.sock")
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
+        # its own session, so that a Ctrl-C to Snakemake's terminal reaches the jobs through their
+        # clients, not the worker; it leaves once this process is gone, however that ended
         proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
-                                 "--idle-exit", "3600"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+                                 "--idle-exit", "3600", "--parent-pid", str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     os.environ[SOCKET_ENV] = path
     return proc, path
 

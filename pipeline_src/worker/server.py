@@ -9,7 +9,8 @@ children between waits (forking a process with other threads running is unsafe).
 
 A client's connection closing before its child has ended means the client was killed: the child gets
 SIGTERM, then SIGKILL after GRACE_S. With --idle-exit, the worker exits after that many seconds with no
-job running; it removes its socket when it exits.
+job running, and with --parent-pid once that process is gone (a Snakemake killed too hard to stop it)
+and its own jobs have ended; it removes its socket when it exits.
 """
 from __future__ import annotations
 
@@ -101,8 +102,8 @@ def run_child(request: dict, fds: list[int]) -> None:
 
 
 class Worker:
-    def __init__(self, path: str, idle_exit: float | None):
-        self.path, self.idle_exit = path, idle_exit
+    def __init__(self, path: str, idle_exit: float | None, parent_pid: int | None = None):
+        self.path, self.idle_exit, self.parent_pid = path, idle_exit, parent_pid
         self.selector = selectors.DefaultSelector()
         self.jobs: dict[int, socket.socket] = {}  # child pid -> its client's connection
         self.killing: dict[int, float] = {}  # child pid -> when it was sent SIGTERM
@@ -117,7 +118,7 @@ class Worker:
         self.listener = listener
         self.selector.register(listener, selectors.EVENT_READ)
         try:
-            while not self._idle_too_long():
+            while not (self._idle_too_long() or self._orphaned()):
                 for key, _ in self.selector.select(timeout=0.05):
                     if key.fileobj is listener:
                         self._accept()
@@ -135,6 +136,17 @@ class Worker:
             self.idle_since = time.monotonic()
             return False
         return time.monotonic() - self.idle_since > self.idle_exit
+
+    def _orphaned(self) -> bool:
+        if self.jobs or self.parent_pid is None:
+            return False
+        try:
+            os.kill(self.parent_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            pass
+        return False
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -223,13 +235,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="the unix socket to listen on")
     parser.add_argument("--idle-exit", type=float, help="exit after this many seconds with no job")
+    parser.add_argument("--parent-pid", type=int, help="exit, once idle, when this process has gone")
     args = parser.parse_args()
     if len(os.fsencode(args.socket)) > 100:
         sys.exit(f"error: socket path {args.socket} is longer than a unix socket allows (100 bytes)")
     loaded = preload()
     print(f"worker: {os.getpid()} on {args.socket}, preloaded {', '.join(loaded)}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Worker(args.socket, args.idle_exit).serve()
+    Worker(args.socket, args.idle_exit, args.parent_pid).serve()
 
 
 if __name__ == "__main__":
