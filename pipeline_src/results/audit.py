@@ -492,8 +492,8 @@ def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, famil
                           "ci_high": one["ci_high"] if one is not None else np.nan,
                           "uncertainty": "; ".join(sorted(set(shown["uncertainty"]))),
                           "pooled_i2": pooled["i2"], "split": splits,
-                          "sensitivity": leave_one_out(cells, decided["verdict"], test["type"], sign, rule, alpha,
-                                                               family_size),
+                          "sensitivity": leave_one_out(cells, decided["verdict"], test["type"], sign, rule,
+                                                       alpha, family_size),
                           "note": note or (f"fewer than {needed} seeds in every cell" if not len(counting) else "")})
             cell_tables.append(cells.assign(claim_id=claim["id"], test_type=test["type"]))
     frame = pd.DataFrame(lines)
