@@ -168,3 +168,26 @@ def test_a_worker_leaves_when_the_snakemake_that_started_it_is_killed(tmp_path):
         assert time.time() < deadline, "the worker outlived its Snakemake"
         time.sleep(0.1)
     os.rmdir(os.path.dirname(path))
+
+
+def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
+    folder = tempfile.mkdtemp(prefix="pw-", dir="/tmp")
+    path = os.path.join(folder, "w.sock")
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+                              env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not os.path.exists(path):
+        assert server.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    proc, child = sleeping_job(path, tmp_path)
+    server.kill()
+    server.wait(timeout=30)
+    assert proc.wait(timeout=30) == 1
+    deadline = time.time() + 30
+    while alive(child):
+        assert time.time() < deadline, "the job outlived its worker"
+        time.sleep(0.1)
+    # read only now: the job holds the client's stderr open while it lives
+    assert b"the job's worker exited before the job ended" in proc.stderr.read()
+    os.unlink(path)
+    os.rmdir(folder)

@@ -4,6 +4,12 @@ client (client.py), which hands the worker its arguments, working directory, env
 stdin/stdout/stderr, and exits with the child's status. Without a worker the client runs the command
 itself, exactly as before. The child imports pipeline_src after the fork, so an edited module is the
 code that runs."""
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 SOCKET_ENV = "PIPELINE_WORKER_SOCKET"
 OFF_ENV = "PIPELINE_WORKER"  # "off" runs every job as its own process, as before the worker
@@ -13,18 +19,17 @@ def start(log_path) -> tuple[object, str] | None:
     """Start a worker for this workflow run and point the jobs at it ($PIPELINE_WORKER_SOCKET, which the
     jobs inherit); (process, socket path), or None when $PIPELINE_WORKER is "off". It listens once it has
     imported its libraries; jobs started before then run in-process."""
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
     if os.environ.get(OFF_ENV, "").lower() in ("off", "0", "no", "false"):
         return None
-    folder = tempfile.mkdtemp(prefix="pw-")  # unix socket paths must stay short
+    try:
+        folder = tempfile.mkdtemp(prefix="pw-")  # unix socket paths must stay short
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a")
+    except OSError as err:
+        print(f"note: no start-up worker ({err}); each job starts its own Python", file=sys.stderr)
+        return None
     path = os.path.join(folder, "worker.sock")
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
+    with log:
         # its own session, so that a Ctrl-C to Snakemake's terminal reaches the jobs through their
         # clients, not the worker; it leaves once this process is gone, however that ended
         proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
@@ -36,9 +41,6 @@ def start(log_path) -> tuple[object, str] | None:
 
 def stop(started) -> None:
     """End a worker start() gave; its socket and folder go with it."""
-    import os
-    import subprocess
-
     if not started:
         return
     proc, path = started
@@ -48,8 +50,6 @@ def stop(started) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    import contextlib
-
     with contextlib.suppress(OSError):  # the worker removes its socket itself when it can
         os.unlink(path)
     with contextlib.suppress(OSError):

@@ -64,12 +64,24 @@ def read_request(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(body), fds
 
 
+def _end_with_worker() -> None:
+    """Linux: SIGTERM to this child if the worker dies, whose client then reports the job failed; a job
+    must not go on writing outputs that Snakemake has already counted as failed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_child(request: dict, fds: list[int]) -> None:
     """In the forked child: become the job, run it, and never return."""
     status = 1
     try:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
+        _end_with_worker()
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
