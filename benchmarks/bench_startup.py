@@ -83,8 +83,8 @@ def main() -> None:
             for repeat in range(args.repeats):
                 out = Path(tmp) / "runs" / f"{run_id}-{repeat}"
                 whole.append(timed([*py, "train", "--params", str(path), "--set", experiment_set, "--run-id", run_id,
-                                    "--data", str(data), "--out", str(out), "--threads", "1"])[1])
-                seconds.append(json.loads((out / "metrics.json").read_text())["startup_cpu_seconds"])
+                                    "--data", str(data), "--model", str(out / "model.pt"), "--threads", "1"])[1])
+                seconds.append(json.loads((out / "trained.json").read_text())["startup_cpu_seconds"])
             print(f"job {run_id}: {statistics.median(seconds):.2f} s CPU before the first training step, "
                   f"{statistics.median(whole):.2f} s CPU in all (median of {args.repeats})")
 

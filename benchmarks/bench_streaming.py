@@ -61,7 +61,7 @@ def phase_stream(root: Path, out: Path, workers: int) -> dict:
     from pipeline_src.spec.method_spec import resolve_method
     from pipeline_src.methods.base import predict
     from pipeline_src.data.stream import to_input
-    from pipeline_src.training.train import train_run
+    from pipeline_src.training.whole import train_and_evaluate
 
     started = time.perf_counter()
     manifest = prepare("folder", _spec(root, True), out / "streamed", REPO_ROOT)
@@ -72,7 +72,7 @@ def phase_stream(root: Path, out: Path, workers: int) -> dict:
                     seed=0, epochs=1, batch_size=128, eval_batch_size=256,
                     optimizer={"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"},
                     device="cpu")
-    metrics = train_run(cfg, out / "streamed", out / "run", threads=workers)
+    metrics = train_and_evaluate(cfg, out / "streamed", out / "run", threads=workers)
     data = load_prepared(out / "streamed", workers=workers)
     from pipeline_src.methods.models import build_from_cfg
 

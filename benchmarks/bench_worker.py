@@ -99,9 +99,9 @@ def job_startup(tmp: Path, repeats: int) -> None:
                 for repeat in range(repeats):
                     out = tmp / "runs" / mode / f"{run_id}-{repeat}"
                     _, client_cpu, _ = cpu_of([*py, "train", "--params", str(params), "--set", experiment_set,
-                                               "--run-id", run_id, "--data", str(data), "--out", str(out),
-                                               "--threads", "1"], env)
-                    child = json.loads((out / "metrics.json").read_text())["startup_cpu_seconds"]
+                                               "--run-id", run_id, "--data", str(data), "--model",
+                                               str(out / "model.pt"), "--threads", "1"], env)
+                    child = json.loads((out / "trained.json").read_text())["startup_cpu_seconds"]
                     # plain: the client is the job, and its CPU includes the start-up already
                     startup.append(child if mode == "plain" else child + client_cpu)
                 row[mode] = statistics.median(startup)

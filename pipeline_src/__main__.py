@@ -3,7 +3,10 @@
     python -m pipeline_src check     --params params/default.yaml
     python -m pipeline_src check-models < REQUESTS.json    (preflight's model check)
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
-    python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --out DIR
+    python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --model RUN/model.pt
+    python -m pipeline_src evaluate  --params P --set SET --run-id ID --data DIR --model RUN/model.pt
+                                     --metrics RUN/metrics.json
+    python -m pipeline_src run       --params P --set SET --run-id ID --data DIR --out RUN   (both, by hand)
     python -m pipeline_src aggregate --set SET --kind KIND --table T.csv --markdown T.md --runs R.csv
                                      --figure F.png METRICS...
     python -m pipeline_src audit     --claims params/claims.yaml --deviations params/deviations.yaml
@@ -15,7 +18,7 @@
     python -m pipeline_src track-init --params P / track-set / track-resync --results results
     python -m pipeline_src track-audit --results results --tables AUDIT.csv CELLS.csv --files AUDIT.md ... --out J
 
-The rules name every file a command writes (--data/--manifest, --metrics/--model, ...); a folder
+The rules name every file a command writes (--data/--manifest, --model, --metrics, ...); a folder
 (--out) is the shorthand for running a step by hand.
 
 Every expected failure (bad params, missing data, bad noise setting) ends with one
@@ -48,7 +51,7 @@ def _run_config(args) -> RunConfig:
     if args.run_json:
         return RunConfig.from_json(args.run_json)
     if not (args.params and args.set and args.run_id):
-        raise ParamsError("train needs --run-json, or --params with --set and --run-id")
+        raise ParamsError("a run is named by --run-json, or by --params with --set and --run-id")
     return find_run(load_params(args.params), args.set, args.run_id)
 
 
@@ -89,39 +92,75 @@ def cmd_prepare(args) -> None:
     print(f"prepared {args.dataset}: data_version {manifest['data_version']}")
 
 
-def cmd_train(args) -> None:
-    from pipeline_src.provenance import write_json
-    from pipeline_src.training.train import train_run
-
+def _prepared(args):
     from pipeline_src.data.prepared import PreparedFiles
 
+    return PreparedFiles(Path(args.data), Path(args.manifest)) if args.manifest else PreparedFiles.of(args.data)
+
+
+def cmd_train(args) -> None:
+    """Train one run: model.pt and trained.json beside it. A live MLflow run stays open for evaluate."""
+    from pipeline_src.training.train import train_run
+
     cfg = _run_config(args)
-    if not (args.out or args.metrics):
-        raise ParamsError("train needs --metrics and --model (the files to write), or --out (a run folder)")
-    out = Path(args.out) if args.out else Path(args.metrics).parent
-    data = PreparedFiles(Path(args.data), Path(args.manifest)) if args.manifest else PreparedFiles.of(args.data)
+    out = Path(args.model).parent
     live = _live_run(cfg, out, args.rule)
     try:
-        metrics = train_run(cfg, data, out, Path(args.base_checkpoint) if args.base_checkpoint else None,
-                            threads=args.threads, rule=args.rule, metrics_path=args.metrics, model_path=args.model,
+        trained = train_run(cfg, _prepared(args), out, Path(args.base_checkpoint) if args.base_checkpoint else None,
+                            threads=args.threads, rule=args.rule, model_path=Path(args.model),
                             on_epoch=live.epoch if live else None)
     except BaseException:
         if live:
             live.fail()
         raise
-    if not metrics:  # a torchrun process other than the first: process 0 writes the results
-        return
-    if live or args.tracking:  # in the DAG without live tracking, track_set logs a whole set at once
+    if live:
+        live.pause()
+    if trained:  # not on a torchrun process other than the first
+        print(f"{cfg.run_id}: trained {len(trained['history'])} epochs -> {args.model}")
+
+
+def cmd_evaluate(args) -> None:
+    """Measure a trained run: metrics.json and predictions.npz; then its MLflow run, when tracked per job."""
+    from pipeline_src.evaluation.evaluate import evaluate_run
+
+    cfg = _run_config(args)
+    out = Path(args.metrics).parent
+    live = _live_run(cfg, out, "train")
+    try:
+        metrics = evaluate_run(cfg, _prepared(args), Path(args.model), Path(args.metrics), threads=args.threads)
+    except BaseException:
+        if live:
+            live.fail()
+        raise
+    _finish_tracking(metrics, out, live, args.tracking, Path(args.metrics))
+
+
+def cmd_run(args) -> None:
+    """Train and evaluate one run in one process, by hand (the DAG runs train and evaluate as two jobs)."""
+    from pipeline_src.training.whole import train_and_evaluate
+
+    cfg = _run_config(args)
+    out = Path(args.out)
+    metrics = train_and_evaluate(cfg, _prepared(args), out, Path(args.base_checkpoint) if args.base_checkpoint
+                                 else None, threads=args.threads)
+    if metrics:
+        _finish_tracking(metrics, out, None, args.tracking, out / "metrics.json")
+
+
+def _finish_tracking(metrics: dict, out: Path, live, tracking: str | None, metrics_path: Path) -> None:
+    from pipeline_src.provenance import write_json
+
+    if live or tracking:  # in the DAG without live tracking, track_set logs a whole set at once
         from pipeline_src.tracking import track
 
-        metrics["mlflow_run_id"] = live.finish(metrics) if live else track.log_run(metrics, out, Path(args.tracking))
-        write_json(Path(args.metrics) if args.metrics else out / "metrics.json", metrics)
-    print(f"{cfg.run_id}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
+        metrics["mlflow_run_id"] = live.finish(metrics) if live else track.log_run(metrics, out, Path(tracking))
+        write_json(metrics_path, metrics)
+    print(f"{metrics['run_id']}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
 
 
 def _live_run(cfg: RunConfig, out: Path, rule: str):
-    """The job's live MLflow run (params tracking.live with a tracking server), started; else None.
-    Under torchrun only process 0 logs."""
+    """The job's live MLflow run (params tracking.live with a tracking server), started (or reopened: the
+    evaluate job finishes the run its train job opened); else None. Under torchrun only process 0 logs."""
     import os
 
     from pipeline_src.tracking.switch import live_store
@@ -129,8 +168,8 @@ def _live_run(cfg: RunConfig, out: Path, rule: str):
     store = live_store()
     if store is None or os.environ.get("RANK", "0") != "0":
         return None
+    from pipeline_src.spec.run_record import run_head
     from pipeline_src.tracking.track import LiveRun
-    from pipeline_src.training.train import run_head
 
     live = LiveRun(store, out, run_head(cfg, rule))
     live.start()
@@ -256,21 +295,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dvc-hash", default="", help="the hash of the DVC file covering the dataset's raw files, recorded in the manifest")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train and evaluate one run")
-    p.add_argument("--run-json", help="the run's resolved params (as the DAG passes them)")
-    p.add_argument("--params")
-    p.add_argument("--set")
-    p.add_argument("--run-id")
-    p.add_argument("--data", required=True, help="the prepared data.npz (with --manifest), or its folder")
-    p.add_argument("--manifest", help="the prepared dataset's manifest.json")
-    p.add_argument("--metrics", help="the metrics.json to write (its folder also gets the epoch checkpoint)")
-    p.add_argument("--model", help="the model.pt to write")
-    p.add_argument("--out", help="or: a run folder for metrics.json, model.pt and the checkpoint")
+    run_args = argparse.ArgumentParser(add_help=False)
+    run_args.add_argument("--run-json", help="the run's resolved params (as the DAG passes them)")
+    run_args.add_argument("--params")
+    run_args.add_argument("--set")
+    run_args.add_argument("--run-id")
+    run_args.add_argument("--data", required=True, help="the prepared data.npz (with --manifest), or its folder")
+    run_args.add_argument("--manifest", help="the prepared dataset's manifest.json")
+    run_args.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+
+    p = sub.add_parser("train", parents=[run_args], help="train one run: model.pt and trained.json")
+    p.add_argument("--model", required=True, help="the model.pt to write (its folder also gets trained.json "
+                   "and the epoch checkpoint)")
+    p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
+    p.add_argument("--rule", default="train", help="recorded in provenance")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[run_args], help="evaluate a trained run: metrics.json and predictions.npz")
+    p.add_argument("--model", required=True, help="the run's model.pt (trained.json beside it)")
+    p.add_argument("--metrics", required=True, help="the metrics.json to write (predictions.npz goes beside it)")
+    p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("run", parents=[run_args], help="train and evaluate one run by hand, into one folder")
+    p.add_argument("--out", required=True, help="the run folder: model.pt, trained.json, metrics.json, ...")
     p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
     p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
-    p.add_argument("--rule", default="train", help="recorded in provenance")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("aggregate", help="one table (csv + md) and figure for an experiment set")
     p.add_argument("--set", required=True)

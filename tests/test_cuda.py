@@ -15,7 +15,8 @@ from pipeline_src.data.prepared import prepare
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.methods.registry import build_method
 from pipeline_src.methods.models import build_model
-from pipeline_src.training.train import make_optimizer, train_epoch, train_run
+from pipeline_src.training.train import make_optimizer, train_epoch
+from pipeline_src.training.whole import train_and_evaluate
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -72,7 +73,7 @@ def test_no_host_sync_per_step(method):
 @pytest.mark.parametrize("method", [NOISY, VPN], ids=["noisynn", "vpn"])
 def test_bf16_channels_last_training_learns(digits_dir, tmp_path, method):
     cfg = _run(method, {"arch": "test_resnet", "small_stem": True})
-    metrics = train_run(cfg, digits_dir, tmp_path)
+    metrics = train_and_evaluate(cfg, digits_dir, tmp_path)
     assert metrics["provenance"]["device"].startswith("cuda")
     assert all(np.isfinite(h["train_loss"]) for h in metrics["history"])
     assert metrics["evaluations"]["no_noise"] > 50.0, "four epochs on digits should learn on the GPU as on the CPU"
@@ -89,8 +90,8 @@ def test_vpn_noise_is_drawn_on_the_device():
 def test_compiled_training_matches_eager(digits_dir, tmp_path):
     model = {"arch": "vit_tiny_patch16_224", "small_stem": True,
              "timm_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2}}
-    eager = train_run(_run(NOISY, model), digits_dir, tmp_path / "eager")
-    compiled = train_run(_run(NOISY, model, compile=True), digits_dir, tmp_path / "compiled")
+    eager = train_and_evaluate(_run(NOISY, model), digits_dir, tmp_path / "eager")
+    compiled = train_and_evaluate(_run(NOISY, model, compile=True), digits_dir, tmp_path / "compiled")
     for mode, value in eager["evaluations"].items():  # bf16 kernels differ in rounding, not in what is learned
         assert compiled["evaluations"][mode] == pytest.approx(value, abs=3.0), mode
 
@@ -112,7 +113,7 @@ def test_streamed_folder_matches_in_memory_on_the_gpu(tmp_path):
         prepare("folder", spec, tmp_path / f"prepared-{streaming}", REPO_ROOT)
         cfg = _run(NOISY, {"arch": "test_resnet", "small_stem": True}, dataset="folder", batch_size=8,
                    eval_batch_size=6, method=resolve_method(NOISY, 8, 6))
-        results[streaming] = train_run(cfg, tmp_path / f"prepared-{streaming}", tmp_path / f"run-{streaming}",
+        results[streaming] = train_and_evaluate(cfg, tmp_path / f"prepared-{streaming}", tmp_path / f"run-{streaming}",
                                        threads=2)
     for mode, value in results[False]["evaluations"].items():  # 18 test images: one differing image is 5.6
         assert results[True]["evaluations"][mode] == pytest.approx(value, abs=6.0), mode

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -82,8 +83,11 @@ def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: st
     # system metrics every 0.2 s instead of 10 s: the job trains for a few seconds only
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "PIPELINE_MLFLOW_ATTEMPTS": "1",
            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
-    return subprocess.Popen([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
-                             "--data", str(data), "--out", str(run_dir)], cwd=REPO_ROOT, env=env,
+    # the DAG's two jobs: train opens the live run and leaves it RUNNING, evaluate finishes it
+    run = [shlex.quote(a) for a in ("--run-json", cfg.to_json(), "--data", str(data), "--model", str(run_dir / "model.pt"))]
+    cli = f"{shlex.quote(sys.executable)} -m pipeline_src"
+    return subprocess.Popen(["bash", "-c", f"{cli} train {' '.join(run)} && {cli} evaluate {' '.join(run)} "
+                             f"--metrics {shlex.quote(str(run_dir / 'metrics.json'))}"], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -203,7 +203,7 @@ def _check_prepare_train(params: dict, tmp_path, dataset: str, experiment_set: s
     cli = [sys.executable, "-m", "pipeline_src"]
     for args in (["check", "--params", str(path)],
                  ["prepare", "--params", str(path), "--dataset", dataset, "--out", str(tmp_path / "data")],
-                 ["train", "--params", str(path), "--set", experiment_set, "--run-id", run_id,
+                 ["run", "--params", str(path), "--set", experiment_set, "--run-id", run_id,
                   "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--threads", "1"]):
         done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -15,7 +15,7 @@ from pipeline_src.spec.config import REPO_ROOT, RunConfig
 from pipeline_src.data.prepared import load_prepared, prepare
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.data.stream import ImageStream
-from pipeline_src.training.train import train_run
+from pipeline_src.training.whole import train_and_evaluate
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -90,8 +90,8 @@ def _run(method: dict) -> RunConfig:
 def test_training_and_every_evaluation_match_the_in_memory_path(jpeg_folder, tmp_path, method):
     streamed_dir, _ = _prepared(jpeg_folder, tmp_path, True)
     memory_dir, _ = _prepared(jpeg_folder, tmp_path, False)
-    streamed = train_run(_run(method), streamed_dir, tmp_path / "streamed", threads=2)
-    in_memory = train_run(_run(method), memory_dir, tmp_path / "memory")
+    streamed = train_and_evaluate(_run(method), streamed_dir, tmp_path / "streamed", threads=2)
+    in_memory = train_and_evaluate(_run(method), memory_dir, tmp_path / "memory")
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in streamed["history"]] == \
            [{k: v for k, v in h.items() if k != "seconds"} for h in in_memory["history"]]
     assert streamed["evaluations"] == in_memory["evaluations"]

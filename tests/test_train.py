@@ -17,7 +17,9 @@ from pipeline_src.data.prepared import prepare
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.data.stream import to_input
-from pipeline_src.training.train import CHECKPOINT_NAME, build_run_method, train_run
+from pipeline_src.methods.registry import build_run_method
+from pipeline_src.training.train import CHECKPOINT_NAME
+from pipeline_src.training.whole import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +46,16 @@ def comparable(metrics: dict) -> dict:
 
 
 def test_same_params_and_seed_give_identical_metrics(digits_dir, tmp_path):
-    first = train_run(make_run(), digits_dir, tmp_path / "a")
-    second = train_run(make_run(), digits_dir, tmp_path / "b")
+    first = train_and_evaluate(make_run(), digits_dir, tmp_path / "a")
+    second = train_and_evaluate(make_run(), digits_dir, tmp_path / "b")
     assert comparable(first) == comparable(second)
     assert first["test_top1"] > 50.0, "three epochs of DNN3 on digits should learn something"
-    other_seed = train_run(make_run(seed=1), digits_dir, tmp_path / "c")
+    other_seed = train_and_evaluate(make_run(seed=1), digits_dir, tmp_path / "c")
     assert comparable(other_seed)["history"] != comparable(first)["history"]
 
 
 def test_outputs_are_complete(digits_dir, tmp_path):
-    metrics = train_run(make_run(epochs=2), digits_dir, tmp_path)
+    metrics = train_and_evaluate(make_run(epochs=2), digits_dir, tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["test_top1"] == metrics["test_top1"]
     assert [h["epoch"] for h in on_disk["history"]] == [1, 2]
@@ -65,7 +67,7 @@ def test_outputs_are_complete(digits_dir, tmp_path):
 
 def test_predictions_are_stored_per_eval_mode_and_give_the_recorded_accuracy(digits_dir, tmp_path):
     vpn = {"label": "vpn_dnn3", "name": "vpn", "generator": "dnn3", "generator_hidden": 16}
-    metrics = train_run(make_run(vpn, epochs=1), digits_dir, tmp_path)
+    metrics = train_and_evaluate(make_run(vpn, epochs=1), digits_dir, tmp_path)
     preds, target = load_predictions(tmp_path / "predictions.npz")
     assert set(preds) == set(metrics["evaluations"]) == {"class_enumeration", "no_noise", "class_enumeration_mean_sigma"}
     assert len(target) == 450 and preds["no_noise"].dtype == np.uint8
@@ -75,23 +77,23 @@ def test_predictions_are_stored_per_eval_mode_and_give_the_recorded_accuracy(dig
 
 def test_provenance_names_the_commit_the_run_started_with(digits_dir, tmp_path, monkeypatch):
     """A worktree checked out anew while a long run trains must not relabel that run's code."""
-    import pipeline_src.training.train as train_module
+    import pipeline_src.spec.run_record as run_record
 
     state = {"git_commit": "a" * 40, "git_dirty": False}
-    monkeypatch.setattr(train_module, "git_state", lambda: dict(state))
-    metrics = train_run(make_run(epochs=2), digits_dir, tmp_path,
+    monkeypatch.setattr(run_record, "git_state", lambda: dict(state))
+    metrics = train_and_evaluate(make_run(epochs=2), digits_dir, tmp_path,
                         on_epoch=lambda entry: state.update(git_commit="b" * 40))
     assert metrics["provenance"]["git_commit"] == "a" * 40
 
 
 def test_vpn_history_tracks_its_sigma_each_epoch(digits_dir, tmp_path):
     vpn = {"label": "vpn", "name": "vpn", "generator": "resnet18", "generator_width": 4}
-    history = train_run(make_run(vpn, epochs=2), digits_dir, tmp_path / "vpn")["history"]
+    history = train_and_evaluate(make_run(vpn, epochs=2), digits_dir, tmp_path / "vpn")["history"]
     assert [sorted(h) for h in history] == [["epoch", "seconds", "sigma_mean", "sigma_zero_fraction",
                                              "top1_true_label_noise", "train_loss", "train_top1",
                                              "wrong_label_followed"]] * 2
     assert history[0]["sigma_mean"] > 0 and 0 <= history[0]["sigma_zero_fraction"] < 1
-    baseline = train_run(make_run(epochs=1), digits_dir, tmp_path / "baseline")["history"]
+    baseline = train_and_evaluate(make_run(epochs=1), digits_dir, tmp_path / "baseline")["history"]
     assert "sigma_mean" not in baseline[0]
 
 
@@ -102,7 +104,7 @@ def test_model_file_keeps_the_vpn_generator(digits_dir, tmp_path):
     from pipeline_src.data.prepared import load_prepared
 
     cfg = make_run({"label": "vpn", "name": "vpn", "generator": "resnet18", "generator_width": 4}, epochs=1)
-    metrics = train_run(cfg, digits_dir, tmp_path)
+    metrics = train_and_evaluate(cfg, digits_dir, tmp_path)
     data = load_prepared(digits_dir)
     fresh = build_run_method(cfg, data)
     x_test = to_input(data.x_test, torch.device("cpu"))
@@ -115,7 +117,7 @@ def test_model_file_keeps_the_vpn_generator(digits_dir, tmp_path):
 def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
     method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}, "apply_at": "test",
               "eval_protocols": ["none", "single"]}
-    metrics = json.loads(json.dumps(train_run(make_run(method, epochs=1), digits_dir, tmp_path)))
+    metrics = json.loads(json.dumps(train_and_evaluate(make_run(method, epochs=1), digits_dir, tmp_path)))
     spec = metrics["params"]["method"]
     # the run's one spec, every default filled: strength, site, test batches and their size
     assert spec["noise"] == {"kind": "circular_shift", "strength": 0.3}
@@ -129,13 +131,13 @@ def test_metrics_record_the_method_as_it_ran(digits_dir, tmp_path):
 
 
 def _train_cli(cfg: RunConfig, data: Path, out: Path):
-    return subprocess.run([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
+    return subprocess.run([sys.executable, "-m", "pipeline_src", "run", "--run-json", cfg.to_json(),
                            "--data", str(data), "--out", str(out)], capture_output=True, text=True, cwd=REPO_ROOT)
 
 
 def _kill_after_first_checkpoint(cfg: RunConfig, data: Path, out: Path) -> None:
     """SIGKILL the training job as soon as its first epoch checkpoint is on disk, like a pre-empted node."""
-    job = subprocess.Popen([sys.executable, "-m", "pipeline_src", "train", "--run-json", cfg.to_json(),
+    job = subprocess.Popen([sys.executable, "-m", "pipeline_src", "run", "--run-json", cfg.to_json(),
                             "--data", str(data), "--out", str(out)], cwd=REPO_ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (out / CHECKPOINT_NAME).exists():
@@ -152,7 +154,7 @@ SLOW = {"epochs": 6, "hidden": 2048}
 
 def test_killed_job_resumes_from_checkpoint_with_same_result(digits_dir, tmp_path):
     cfg = make_run(**SLOW)
-    uninterrupted = train_run(cfg, digits_dir, tmp_path / "whole")
+    uninterrupted = train_and_evaluate(cfg, digits_dir, tmp_path / "whole")
 
     out = tmp_path / "killed"
     _kill_after_first_checkpoint(cfg, digits_dir, out)
@@ -206,8 +208,8 @@ def test_compiled_training_matches_eager(digits_dir, tmp_path):
     from dataclasses import replace
 
     method = {"label": "q", "name": "noisynn", "noise": {"kind": "circular_shift"}}
-    eager = train_run(make_run(method, epochs=2), digits_dir, tmp_path / "eager")
-    compiled = train_run(replace(make_run(method, epochs=2), compile=True), digits_dir, tmp_path / "compiled")
+    eager = train_and_evaluate(make_run(method, epochs=2), digits_dir, tmp_path / "eager")
+    compiled = train_and_evaluate(replace(make_run(method, epochs=2), compile=True), digits_dir, tmp_path / "compiled")
     assert compiled["params"]["compile"] is True and eager["params"]["compile"] is False
     for a, b in zip(eager["history"], compiled["history"]):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
@@ -227,7 +229,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     single = _train_cli(one, data, tmp_path / "one")
     assert single.returncode == 0, single.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "pipeline_src", "train", "--run-json", replace(one, batch_size=32).to_json(),
+                          "-m", "pipeline_src", "run", "--run-json", replace(one, batch_size=32).to_json(),
                           "--data", str(data), "--out", str(tmp_path / "two"), "--threads", "1"],
                          capture_output=True, text=True, cwd=REPO_ROOT)
     assert two.returncode == 0, two.stderr[-3000:]

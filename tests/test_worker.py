@@ -138,7 +138,7 @@ def test_a_training_run_through_the_worker_has_the_plain_run_s_numbers(worker, t
     records = []
     for name, extra in (("plain", {}), ("worker", {SOCKET_ENV: worker})):
         out = tmp_path / name
-        done = subprocess.run([*py, "train", "--params", str(params), "--set", "vpn", "--run-id", "digits-dnn3-vpn-s0",
+        done = subprocess.run([*py, "run", "--params", str(params), "--set", "vpn", "--run-id", "digits-dnn3-vpn-s0",
                                "--data", str(data), "--out", str(out), "--threads", "1"], cwd=REPO_ROOT,
                               env={**ENV, **extra}, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]

@@ -97,7 +97,7 @@ def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
     params["experiment_sets"]["noisynn_main"]["methods"][0]["noise"]["strength"] = 0.2
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     changed = snakemake("-n", "--cores", "2", "--configfile", str(path))
-    assert job_counts(changed.stdout + changed.stderr) == {"train": 2, "track_set": 1, "aggregate_set": 1, "audit": 1, "track_audit": 1, "all": 1}
+    assert job_counts(changed.stdout + changed.stderr) == {"train": 2, "evaluate": 2, "track_set": 1, "aggregate_set": 1, "audit": 1, "track_audit": 1, "all": 1}
 
 
 def write_params(tmp_path, params) -> Path:

@@ -10,14 +10,14 @@ import functools
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
-from pipeline_src.spec.schema import SchemaError, filled
+from pipeline_src.spec.schema import SchemaError, evaluation_keys, filled
 
 
 # protocol: authors_code follows the authors' public code where it departs from their paper's text
@@ -195,6 +195,12 @@ class RunConfig:
 
     def params_hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def training_identity(self) -> "RunConfig":
+        """What trains the model: this run less the method keys that only change how it is measured
+        (the schema's x-evaluation-keys). The train job gets this, so it reruns only when this changes."""
+        keys = evaluation_keys()
+        return replace(self, method={k: v for k, v in self.method.items() if k not in keys})
 
 
 def format_run_id(dataset: str, model: str, label: str, sweep_suffix: str, reading: str, seed: int) -> str:

@@ -10,6 +10,10 @@ Format 2 (written by training since this module exists):
     provenance:      commits (code_versions), data version, device, library versions, determinism
     mlflow_run_id
 
+A trained record (trained.json, beside model.pt) is what the train job knows once it has trained: the
+head, params (the run's training identity), history, startup_cpu_seconds, distributed and provenance.
+The evaluate job adds what it measured and writes metrics.json.
+
 Format 1 (no `format` key, the committed reports' older runs) kept the method twice: params.method as
 written or resolved, and params.resolved_method as it ran. Reading upgrades it; files are never rewritten.
 """
@@ -18,8 +22,31 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline_src.provenance import git_state
+
+if TYPE_CHECKING:
+    from pipeline_src.spec.config import RunConfig
 
 FORMAT = 2
+TRAINED_FORMAT = "trained/1"
+TRAINED_NAME = "trained.json"
+
+
+def trained_path(model_path: str | Path) -> Path:
+    """A run's trained record sits next to its model.pt."""
+    return Path(model_path).with_name(TRAINED_NAME)
+
+
+def run_head(cfg: RunConfig, rule: str) -> dict:
+    """What names a run in its records and in MLflow, known before it trains."""
+    return {"run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
+            "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"],
+            "method_name": cfg.method["name"], "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol,
+            "reading": cfg.reading, "sweep": cfg.sweep, "params_hash": cfg.params_hash(),
+            "provenance": {**git_state(), "snakemake_rule": rule,
+                           "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}}}
 
 
 def method_runtime(run_method: dict, resolved: dict) -> dict:

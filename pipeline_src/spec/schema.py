@@ -70,3 +70,8 @@ def filled(instance: dict, definition: str | None = None) -> dict:
     if errors:
         raise SchemaError(describe(errors[0], root=definition or "(top level)"))
     return instance
+
+
+def evaluation_keys() -> tuple[str, ...]:
+    """The method keys the schema marks as evaluation-only (x-evaluation-keys): they never reach training."""
+    return tuple(_schema()["definitions"]["method"]["x-evaluation-keys"])

@@ -226,7 +226,8 @@ class LiveRun:
     start() creates it under the set's parent with status RUNNING (a job resumed after a kill reopens
     the run named in run_dir/mlflow_live_run), sets the parent RUNNING if its set had ended, and starts
     MLflow's system metrics monitor (CPU, memory, disk, network every 10 s; GPUs with pynvml installed)
-    on the run; epoch() logs each epoch's values at step=epoch; finish() stops the monitor and
+    on the run; epoch() logs each epoch's values at step=epoch; pause() ends the train job's part (the
+    evaluate job starts the run again and finishes it); finish() stops the monitor and
     completes the run (params, final values, dataset input, metrics.json, FINISHED) and returns its id;
     fail() marks it FAILED. Each call is a single try, so a slow or dead server cannot stall training: the
     first error ends live logging for the job with a warning, and finish() then hands the run to
@@ -262,6 +263,12 @@ class LiveRun:
             run_id = log_run(metrics, self.run_dir, self.results_dir)
         (self.run_dir / LIVE_MARKER).unlink(missing_ok=True)
         return run_id
+
+    def pause(self) -> None:
+        """Training is done and its evaluate job finishes the run: stop the monitor, leave it RUNNING
+        (start() in that job reopens it from run_dir/mlflow_live_run)."""
+        self._stop_monitor()
+        self._http.close()
 
     def fail(self) -> None:
         self._stop_monitor()

@@ -1,2 +1,1 @@
-"""The training job: the loop, evaluation of a trained model, and multi-GPU launch. Only the CLI
-imports it."""
+"""The training job: the loop and multi-GPU launch. Only the CLI imports it."""

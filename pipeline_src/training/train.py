@@ -4,7 +4,8 @@ The dataset lives on the device as uint8 tensors; batches are index gathers from
 seeded permutation, converted to float [0, 1] on the fly. Each epoch ends with an
 atomic checkpoint (weights, optimizer, schedule, RNG state, history), so a killed
 job started again continues where it stopped and ends with the same numbers as an
-uninterrupted run.
+uninterrupted run. A finished run leaves model.pt and trained.json; the evaluate stage
+(pipeline_src/evaluation/) measures it on the test set.
 """
 from __future__ import annotations
 
@@ -12,38 +13,23 @@ import hashlib
 import math
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from pipeline_src.spec.config import RunConfig
 from pipeline_src.training.distributed import World, join, leave, mean_over, wrap
-from pipeline_src.methods.base import Method, predict, top1
-from pipeline_src.methods.registry import build_method
-from pipeline_src.methods.models import build_from_cfg
-from pipeline_src.spec.predictions import predictions_path, save_predictions
-from pipeline_src.spec.run_record import FORMAT as RECORD_FORMAT, method_runtime
-from pipeline_src.provenance import (apply_determinism, code_version, environment, git_state, torch_save_atomic,
-                                     write_json)
+from pipeline_src.methods.base import predict, top1
+from pipeline_src.methods.device import autocast as device_autocast, select_device
+from pipeline_src.methods.registry import build_run_method
+from pipeline_src.spec.run_record import TRAINED_FORMAT, run_head, trained_path
+from pipeline_src.provenance import apply_determinism, code_version, environment, torch_save_atomic, write_json
 from pipeline_src.data.stream import ImageStream, to_input
-
-if TYPE_CHECKING:  # the data module loads lazily: start-up time per job
-    from pipeline_src.data.prepared import Prepared
 
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
 EPOCH_DIAGNOSTIC_SAMPLES = 256  # and a method's per-epoch diagnostics on the first this many of them
-
-
-def select_device(requested: str, world: World = World()) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda was requested but no CUDA device is available; allowed here: auto, cpu")
-    if requested == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", world.local_rank)
 
 
 def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
@@ -90,10 +76,6 @@ def _probe_predictions(model, x_train, probe: torch.Tensor, batch_size: int, dev
     return predict(model, to_input(x_train[probe], device), batch_size)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, batch_size: int,
                 desc: str = "train", world: World = World(), step=None) -> float:
     """One pass over the uint8 training set (device-resident, or an ImageStream decoding each batch while the
@@ -110,7 +92,7 @@ def train_epoch(method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor,
               else (x_train[idx] for idx in order))
     for idx, x in tqdm(zip(order, images), total=len(order), desc=desc, file=sys.stderr, mininterval=2.0,
                        leave=False, disable=not world.is_main):
-        with _autocast(device):
+        with device_autocast(device):
             loss = step(to_input(x, device), y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -177,39 +159,19 @@ def _file_sha256(path: str | None) -> str | None:
     return digest.hexdigest()
 
 
-def run_head(cfg: RunConfig, rule: str = "train") -> dict:
-    """What names a run in metrics.json and in MLflow, known before it trains."""
-    return {"run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
-            "dataset": cfg.dataset, "model": cfg.model, "method": cfg.method["label"],
-            "method_name": cfg.method["name"], "seed": cfg.seed, "scale": cfg.scale, "protocol": cfg.protocol,
-            "reading": cfg.reading,
-            "sweep": cfg.sweep, "params_hash": cfg.params_hash(),
-            "provenance": {**git_state(), "snakemake_rule": rule,
-                           "wildcards": {"experiment_set": cfg.experiment_set, "run_id": cfg.run_id}}}
-
-
-def build_run_method(cfg: RunConfig, data: Prepared, base_checkpoint: Path | None = None) -> Method:
-    """The run's model and method, freshly initialised: what training starts from, and what a finished
-    run's model.pt ("method") loads into to be measured again."""
-    in_shape = tuple(data.x_train.shape[1:])
-    num_classes = len(data.class_names)
-    model = build_from_cfg(cfg.model_cfg, in_shape, num_classes)
-    info = {"num_classes": num_classes, "in_shape": in_shape, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "eval_batch_size": cfg.eval_batch_size, "label_smoothing": cfg.label_smoothing,
-            "base_checkpoint": str(base_checkpoint) if base_checkpoint else None}
-    return build_method(model, cfg.method, info)
-
-
 def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
-              threads: int | None = None, rule: str = "train", metrics_path: Path | None = None,
-              model_path: Path | None = None, on_epoch=None) -> dict:
-    """Train and evaluate one run; returns the metrics.
+              threads: int | None = None, rule: str = "train", model_path: Path | None = None,
+              on_epoch=None) -> dict:
+    """Train one run; returns its trained record (spec/run_record.py), or {} on a torchrun process other
+    than the first. The evaluate job (evaluation/evaluate.py) measures the model afterwards.
 
-    data: the prepared dataset (data.PreparedFiles, or its folder). Writes metrics_path and model_path
-    (default: metrics.json and model.pt in out_dir); the epoch checkpoint and any figures go to out_dir.
+    cfg: the run's training identity (RunConfig.training_identity; a full RunConfig trains the same).
+    data: the prepared dataset (data.PreparedFiles, or its folder). Writes model_path (default
+    out_dir/model.pt) and trained.json beside it; the epoch checkpoint goes to out_dir.
     on_epoch(entry), if given, sees each epoch's history entry once it is checkpointed (process 0)."""
     from pipeline_src.data.prepared import load_prepared
 
+    cfg = cfg.training_identity()
     if threads:
         # as many intra-op threads as the scheduler gave the job: parallel jobs that each spin up
         # one thread per core slow each other down many times over
@@ -221,11 +183,10 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     determinism = apply_determinism()  # before any CUDA op: cuBLAS reads its workspace setting when it starts
     world = join()
-    device = select_device(cfg.device, world)
+    device = select_device(cfg.device, world.local_rank)
     torch.manual_seed(cfg.seed)  # the same on every process: the same initial weights and epoch orders
 
     data = load_prepared(data, workers=threads or 1)
-    metrics_path = Path(metrics_path or out_dir / "metrics.json")
     model_path = Path(model_path or out_dir / "model.pt")
     method = build_run_method(cfg, data, base_checkpoint).to(device)
     if device.type == "cuda":
@@ -244,9 +205,8 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
     # a streamed training set stays in its files; an in-memory one moves to the device once
     x_train = data.x_train if isinstance(data.x_train, ImageStream) else data.x_train.to(device)
     y_train = data.y_train.to(device)
-    x_test, y_test = to_input(data.x_test, device), data.y_test.to(device)
     train_probe = torch.arange(min(TRAIN_EVAL_SAMPLES, len(x_train)), device=device)
-    autocast = _autocast(device)
+    autocast = device_autocast(device)
     # CPU this process spent before its first training step: imports, data, model (bench_startup.py)
     startup_cpu_seconds = time.process_time()
 
@@ -273,44 +233,31 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
             if on_epoch:
                 on_epoch(history[-1])
 
-    if not world.is_main:  # process 0 evaluates and writes; the others are done
+    if not world.is_main:  # process 0 writes; the others are done
         leave(world)
         return {}
-    method.eval()
-    with torch.inference_mode(), autocast:
-        predictions = method.eval_predictions(x_test, y_test, cfg.eval_batch_size)
-        evaluations = {mode: top1(pred, y_test) for mode, pred in predictions.items()}
-        diagnostics = method.diagnostics(x_test, y_test, data.mask_test, cfg.eval_batch_size)
-    method.save_figures(out_dir, x_test, y_test)
-    # "model" is what a frozen VPN run loads; "method" adds what the method learned besides
-    # (the VPN generator), so a finished run can be measured again without retraining
-    torch_save_atomic({"model": method.model.state_dict(), "method": method.state_dict()}, model_path)
-
-    metrics = {
-        "format": RECORD_FORMAT,
+    # "model" is what a frozen VPN run loads; "method" adds what the method learned besides (the VPN
+    # generator); "rng" is the stream training ended on, which evaluation continues from, as it did when
+    # both ran in one process (a VPN class enumeration draws from it)
+    rng = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda_rng"] = torch.cuda.get_rng_state(device)
+    torch_save_atomic({"model": method.model.state_dict(), "method": method.state_dict(), **rng}, model_path)
+    trained = {
+        "format": TRAINED_FORMAT,
         **head,
-        # the run table's RunConfig, and what the built method resolved beyond it (run_record.py)
         "params": dict(cfg.__dict__),
-        "method_runtime": method_runtime(cfg.method, method.resolved_spec()),
         "history": history,
         "startup_cpu_seconds": startup_cpu_seconds,
         # batch_size (params) is per process; one process unless launched by torchrun
         "distributed": {**world.describe(), "per_process_batch_size": cfg.batch_size},
-        "evaluations": evaluations,
-        "eval_plan": method.eval_plan(cfg.eval_batch_size),
-        "test_top1": next(iter(evaluations.values())),
-        "diagnostics": diagnostics,
         "provenance": {**head["provenance"], "data_version": data.manifest["data_version"],
                        "dvc_hash": data.manifest.get("dvc_hash"), "device": str(device),
                        "weights_sha256": _file_sha256(cfg.model_cfg.get("weights_file")),
                        "code_versions": code_versions,
                        **environment(device), "determinism": determinism},
-        "mlflow_run_id": None,
     }
-    # first, so a metrics.json (what Snakemake and the report look for) never lacks its predictions
-    save_predictions(predictions_path(metrics_path), {m: p.cpu().numpy() for m, p in predictions.items()},
-                     data.y_test.numpy())
-    write_json(metrics_path, metrics)
+    write_json(trained_path(model_path), trained)
     checkpoint.unlink(missing_ok=True)
     leave(world)
-    return metrics
+    return trained

@@ -70,6 +70,7 @@ SETS = list(PARAMS["experiment_sets"])
 # editing a module a rule may import reruns that rule, editing any other module does not.
 PREPARE_CODE = command_code("prepare")
 TRAIN_CODE = command_code("train")
+EVALUATE_CODE = command_code("evaluate")
 AGGREGATE_CODE = command_code("aggregate")
 
 
@@ -85,6 +86,10 @@ def get_run(wildcards):
 
 def get_run_json(wildcards):
     return get_run(wildcards).to_json()
+
+
+def get_training_json(wildcards):
+    return get_run(wildcards).training_identity().to_json()
 
 
 def get_dataset_json(wildcards):
@@ -104,12 +109,17 @@ def get_dvc_hash(wildcards):
     return dataset_dvc_hash(dataset_spec(PARAMS, wildcards.dataset), workflow.basedir)
 
 
+def get_data_file(wildcards):
+    return expand(rules.prepare_data.output.data, dataset=get_run(wildcards).dataset)[0]
+
+
+def get_manifest_file(wildcards):
+    return expand(rules.prepare_data.output.manifest, dataset=get_run(wildcards).dataset)[0]
+
+
 def get_train_inputs(wildcards):
     run = get_run(wildcards)
-    inputs = {
-        "data": expand(rules.prepare_data.output.data, dataset=run.dataset)[0],
-        "manifest": expand(rules.prepare_data.output.manifest, dataset=run.dataset)[0],
-    }
+    inputs = {"data": get_data_file(wildcards), "manifest": get_manifest_file(wildcards)}
     base = base_run_of(run)
     if base is not None:
         inputs["base"] = expand(rules.train.output.model, experiment_set=base[0], run_id=base[1])[0]
@@ -122,6 +132,11 @@ def get_base_flag(wildcards, input):
 
 def get_gpu_count(wildcards):
     return gpus_for(get_run(wildcards), PARAMS["cluster"]["train_gpus"])
+
+
+def get_eval_gpu_count(wildcards):
+    """Evaluation runs in one process: one GPU where training had any."""
+    return min(get_gpu_count(wildcards), 1)
 
 
 def get_launcher(wildcards):
@@ -139,7 +154,7 @@ def get_train_threads(wildcards):
 
 
 def get_set_metrics(wildcards):
-    return [expand(rules.train.output.metrics, experiment_set=s, run_id=r)[0]
+    return [expand(rules.evaluate.output.metrics, experiment_set=s, run_id=r)[0]
             for (s, r) in RUNS if s == wildcards.experiment_set]
 
 
