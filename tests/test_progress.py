@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from pipeline_src.__main__ import main
 from pipeline_src.spec.config import REPO_ROOT, expand_runs, validate_params
 from pipeline_src.results.progress import CHECKPOINT_NAME, TRAIN_LOG, duration, progress
 from pipeline_src.results.report import record_path
+from pipeline_src.spec.run_record import TRAINED_NAME
 from test_workflow import TINY as WORKFLOW_TINY
 
 # the workflow tests' two-set params, at 3 epochs so a running run can be part-way through
@@ -40,6 +42,12 @@ def fake(tmp_path):
     (running / TRAIN_LOG).write_text("digits-sr-baseline-s1 epoch 1/3:  50%|#####     | 3/6\n"
                                      "epoch 1/3 loss 0.5000 train_top1 80.00\n")
     finished(results, runs["noisynn_main", "dnn3", 0], [9.0], epochs=1)
+    # trained, waiting for its evaluate job; and one trained under other params (not counted)
+    for key, identity in ((("noisynn_main", "dnn3", 1), runs["noisynn_main", "dnn3", 1]),
+                          (("baseline", "dnn3", 1), replace(runs["baseline", "dnn3", 1], epochs=1))):
+        trained = record_path(results, runs[key]).with_name(TRAINED_NAME)
+        trained.parent.mkdir(parents=True)
+        trained.write_text(json.dumps({"params": json.loads(identity.training_identity().to_json())}))
     return params, report
 
 
@@ -50,8 +58,8 @@ def test_done_running_and_eta_per_set(fake):
     assert baseline.seconds_per_epoch == 3.0  # mean over the set's finished runs
     # each run timed by its own cell's finished seeds: sr s1 has 2 epochs left at 2 s, dnn3 s1 3 at 4 s
     assert (baseline.epochs_left, baseline.seconds_left, baseline.untimed) == (5, 16.0, 0)
-    # a record of other params is not done, nor a time to go by
-    assert (noisy.declared, noisy.done, noisy.running, noisy.untimed) == (2, 0, 0, 2)
+    # a record of other params is not done, nor a time to go by; a trained run is running, no epochs left
+    assert (noisy.declared, noisy.done, noisy.running, noisy.epochs_left, noisy.untimed) == (2, 0, 1, 3, 1)
     assert progress(params, report, jobs=2)[0].seconds_left == 8.0
     without_report = progress(params)[0]
     assert (without_report.done, without_report.seconds_left) == (1, 2 * 2.0 + 3 * 2.0 + 3 * 2.0)
@@ -75,8 +83,8 @@ def test_status_prints_a_line_per_set_and_a_total(fake, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["set", "declared", "done", "running", "to", "do", "s/epoch", "ETA", "(2", "jobs)"]
     assert lines[1].split() == ["baseline", "4", "2", "1", "2", "3.0", "8", "s"]
-    assert lines[2].split()[:6] == ["noisynn_main", "2", "0", "0", "2", "-"] and "unknown (2 run(s)" in lines[2]
-    assert lines[3].split()[:5] == ["all", "6", "2", "1", "4"] and lines[3].endswith("8 s + 2 untimed run(s)")
+    assert lines[2].split()[:6] == ["noisynn_main", "2", "0", "1", "2", "-"] and "unknown (1 run(s)" in lines[2]
+    assert lines[3].split()[:5] == ["all", "6", "2", "2", "4"] and lines[3].endswith("8 s + 1 untimed run(s)")
     assert main(["status", "--params", str(path), "--jobs", "0"]) == 2
     assert capsys.readouterr().err == "error: --jobs must be a positive number of parallel jobs, not 0\n"
 

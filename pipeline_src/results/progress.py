@@ -4,7 +4,8 @@
 
 A run is done when a metrics.json of the params' current run is in the results folder (params
 `results_dir`) or in the report folder; running when its results folder holds a training checkpoint but
-no metrics.json (a job killed mid-run looks the same until it is restarted, and then resumes there).
+no metrics.json (a job killed mid-run looks the same until it is restarted, and then resumes there), or a
+trained.json of its training identity (trained, its evaluate job still to run: no epochs left).
 The ETA times the epochs still to train by the seconds per epoch the finished runs recorded
 (history[*].seconds) and divides by the number of jobs that run side by side. A run is timed by the
 finished runs closest to it: the same set, model and method label (other seeds); else the same dataset,
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.report import record_path, same_run
+from pipeline_src.spec.run_record import TRAINED_NAME
 
 CHECKPOINT_NAME = "checkpoint.pt"  # train.CHECKPOINT_NAME (train imports torch; a test keeps them equal)
 TRAIN_LOG = "train.log"  # the train rule's log, in the run folder
@@ -48,6 +50,14 @@ def _record(run: RunConfig, folders: list[Path]) -> dict | None:
             if same_run(metrics.get("params") or {}, run):
                 return metrics
     return None
+
+
+def _trained(run: RunConfig, run_dir: Path) -> bool:
+    """Trained and waiting for its evaluate job: a trained.json of the run's own training identity."""
+    path = run_dir / TRAINED_NAME
+    if not path.is_file():
+        return False
+    return json.loads(path.read_text()).get("params") == json.loads(run.training_identity().to_json())
 
 
 def epochs_logged(run_dir: Path) -> int:
@@ -85,9 +95,10 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
                 metrics.get("history") or [])
             continue
         run_dir = record_path(results_dir, run).parent
-        started = (run_dir / CHECKPOINT_NAME).is_file()
+        trained = _trained(run, run_dir)
+        started = trained or (run_dir / CHECKPOINT_NAME).is_file()
         state.running += started
-        todo.append((run, run.epochs - (epochs_logged(run_dir) if started else 0)))
+        todo.append((run, 0 if trained else run.epochs - (epochs_logged(run_dir) if started else 0)))
     for state in sets.values():
         state.seconds_per_epoch = _mean_epoch_seconds(
             [h for (name, *_), histories in finished.items() if name == state.name for h in histories])
@@ -98,6 +109,8 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
         per_epoch = next((s for s in (_mean_epoch_seconds(same_set), _mean_epoch_seconds(other_sets),
                                       state.seconds_per_epoch) if s is not None), None)
         state.epochs_left += max(left, 0)
+        if left <= 0:  # trained, its evaluate job to come: nothing to time
+            continue
         if per_epoch is None:
             state.untimed += 1
         else:
