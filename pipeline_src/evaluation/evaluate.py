@@ -18,14 +18,14 @@ from pipeline_src.methods.registry import build_run_method
 from pipeline_src.provenance import code_version, git_state, write_json
 from pipeline_src.spec.config import RunConfig
 from pipeline_src.spec.predictions import predictions_path, save_predictions
-from pipeline_src.spec.run_record import FORMAT as RECORD_FORMAT, method_runtime, run_head
+from pipeline_src.spec.run_record import FORMAT as RECORD_FORMAT, method_runtime, run_head, trained_for, trained_path
 from pipeline_src.data.stream import to_input
 
 
 def check_trained(cfg: RunConfig, trained: dict, source: Path) -> None:
     """A trained record of another training identity is refused in one line, before any work."""
-    wanted = json.loads(json.dumps(cfg.training_identity().__dict__))
-    if trained.get("params") != wanted:
+    if not trained_for(trained, cfg):
+        wanted = json.loads(cfg.training_identity().to_json())
         differing = sorted(k for k in wanted if (trained.get("params") or {}).get(k) != wanted[k])
         raise ValueError(f"{source} was trained under other params than run {cfg.run_id} "
                          f"(differing: {', '.join(differing) or 'format'}); retrain it (delete its model.pt)")
@@ -36,7 +36,6 @@ def evaluate_run(cfg: RunConfig, data, model_path: Path, metrics_path: Path, thr
     """Evaluate one trained run; writes predictions.npz and metrics.json (the run's record, format 2) and
     returns the record. data: the prepared dataset the run trained on (PreparedFiles, or its folder)."""
     from pipeline_src.data.prepared import load_prepared
-    from pipeline_src.spec.run_record import trained_path
 
     model_path, metrics_path = Path(model_path), Path(metrics_path)
     trained = json.loads(trained_path(model_path).read_text())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.report import record_path, same_run
-from pipeline_src.spec.run_record import TRAINED_NAME
+from pipeline_src.spec.run_record import TRAINED_NAME, trained_for
 
 CHECKPOINT_NAME = "checkpoint.pt"  # train.CHECKPOINT_NAME (train imports torch; a test keeps them equal)
 TRAIN_LOG = "train.log"  # the train rule's log, in the run folder
@@ -57,7 +57,7 @@ def _trained(run: RunConfig, run_dir: Path) -> bool:
     path = run_dir / TRAINED_NAME
     if not path.is_file():
         return False
-    return json.loads(path.read_text()).get("params") == json.loads(run.training_identity().to_json())
+    return trained_for(json.loads(path.read_text()), run)
 
 
 def epochs_logged(run_dir: Path) -> int:

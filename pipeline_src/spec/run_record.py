@@ -39,6 +39,11 @@ def trained_path(model_path: str | Path) -> Path:
     return Path(model_path).with_name(TRAINED_NAME)
 
 
+def trained_for(trained: dict, cfg: RunConfig) -> bool:
+    """Whether a trained record is of this run's training identity (what its model.pt can be evaluated as)."""
+    return trained.get("params") == json.loads(cfg.training_identity().to_json())
+
+
 def run_head(cfg: RunConfig, rule: str) -> dict:
     """What names a run in its records and in MLflow, known before it trains."""
     return {"run_id": cfg.run_id, "experiment_set": cfg.experiment_set, "set_kind": cfg.set_kind,
