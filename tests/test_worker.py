@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_src.worker import SOCKET_ENV
+from pipeline_src.worker import PID_FILE, SOCKET_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT),
@@ -70,6 +71,31 @@ def test_an_edited_module_is_the_code_that_runs(worker, tmp_path):
     assert client(tmp_path, "job", socket_path=worker).stdout.startswith("out ")
     (tmp_path / "job.py").write_text(SCRIPT.replace('print("out"', 'print("edited"'))
     assert client(tmp_path, "job", socket_path=worker).stdout.startswith("edited ")
+
+
+def test_a_job_started_while_its_worker_imports_waits_for_it(tmp_path):
+    """The worker listens only once it has imported torch and the rest; a job started before then runs
+    through it, not in-process, and a job whose named worker is not running does not wait."""
+    folder = Path(tempfile.mkdtemp(prefix="pw-", dir="/tmp"))
+    path = str(folder / "w.sock")
+    (tmp_path / "job.py").write_text("import os\nprint('through' if 'PIPELINE_WORKER_SOCKET' not in os.environ else 'here')\n")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (folder / PID_FILE).write_text(str(gone.pid))
+    started = time.monotonic()
+    assert client(tmp_path, "job", socket_path=path).stdout == "here\n"
+    assert time.monotonic() - started < 20
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+                            env=ENV, stderr=subprocess.PIPE, text=True)
+    (folder / PID_FILE).write_text(str(proc.pid))
+    try:
+        assert not os.path.exists(path)  # it is still importing
+        early = client(tmp_path, "job", socket_path=path)
+        assert early.stdout == "through\n", early.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    shutil.rmtree(folder)
 
 
 def test_without_a_worker_the_command_runs_in_process(tmp_path):
@@ -189,5 +215,4 @@ def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
         time.sleep(0.1)
     # read only now: the job holds the client's stderr open while it lives
     assert b"the job's worker exited before the job ended" in proc.stderr.read()
-    os.unlink(path)
-    os.rmdir(folder)
+    shutil.rmtree(folder)  # a killed worker leaves its socket and PID_FILE there; stop() removes them

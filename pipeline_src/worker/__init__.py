@@ -6,6 +6,7 @@ itself, exactly as before. The child imports pipeline_src after the fork, so an 
 code that runs."""
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,12 +14,13 @@ from pathlib import Path
 
 SOCKET_ENV = "PIPELINE_WORKER_SOCKET"
 OFF_ENV = "PIPELINE_WORKER"  # "off" runs every job as its own process, as before the worker
+PID_FILE = "worker.pid"  # beside the socket: the worker that will listen there, while it imports
 
 
 def start(log_path) -> tuple[object, str] | None:
     """Start a worker for this workflow run and point the jobs at it ($PIPELINE_WORKER_SOCKET, which the
     jobs inherit); (process, socket path), or None when $PIPELINE_WORKER is "off". It listens once it has
-    imported its libraries; jobs started before then run in-process."""
+    imported its libraries; jobs started before then wait for it."""
     if os.environ.get(OFF_ENV, "").lower() in ("off", "0", "no", "false"):
         return None
     try:
@@ -35,6 +37,8 @@ def start(log_path) -> tuple[object, str] | None:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
                                  "--idle-exit", "3600", "--parent-pid", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    # the jobs Snakemake starts while the worker is still importing wait for it (client.py)
+    Path(folder, PID_FILE).write_text(str(proc.pid))
     os.environ[SOCKET_ENV] = path
     return proc, path
 
@@ -52,5 +56,4 @@ def stop(started) -> None:
         proc.kill()
     with contextlib.suppress(OSError):  # the worker removes its socket itself when it can
         os.unlink(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(path))
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # with what a killed worker left there

@@ -16,10 +16,12 @@ import signal
 import socket
 import struct
 import sys
+import time
 
-from pipeline_src.worker import SOCKET_ENV
+from pipeline_src.worker import PID_FILE, SOCKET_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STARTING_WAIT_S = 120.0
 
 
 def request(argv: list[str]) -> bytes:
@@ -27,8 +29,30 @@ def request(argv: list[str]) -> bytes:
     return struct.pack("!I", len(payload)) + payload
 
 
+def wait_for_starting_worker(path: str, limit_s: float = STARTING_WAIT_S) -> None:
+    """A worker imports torch and the rest before it listens (several seconds): the jobs started meanwhile
+    wait for its socket rather than each paying that import, while the process named in the PID_FILE
+    beside the socket is alive, and at most limit_s."""
+    deadline = time.monotonic() + limit_s
+    while not os.path.exists(path) and time.monotonic() < deadline and _starting(path):
+        time.sleep(0.05)
+
+
+def _starting(path: str) -> bool:
+    """The worker named beside `path` runs (Linux /proc: a dead one left unreaped is a zombie, which
+    os.kill(pid, 0) would call alive). Elsewhere nothing waits."""
+    try:
+        with open(os.path.join(os.path.dirname(path), PID_FILE)) as named:
+            pid = int(named.read())
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def run_in_worker(path: str, argv: list[str]) -> int | None:
     """The child's exit status, or None when no worker answers at `path` (nothing was run)."""
+    wait_for_starting_worker(path)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)

@@ -15,6 +15,7 @@ and its own jobs have ended; it removes its socket when it exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -26,7 +27,7 @@ import struct
 import sys
 import time
 
-from pipeline_src.worker import SOCKET_ENV
+from pipeline_src.worker import PID_FILE, SOCKET_ENV
 
 # What a training job imports beyond pipeline_src, heaviest first (benchmarks/bench_startup.py
 # measures the effect): importing them here is the start-up every job would otherwise pay.
@@ -254,7 +255,11 @@ def main() -> None:
     loaded = preload()
     print(f"worker: {os.getpid()} on {args.socket}, preloaded {', '.join(loaded)}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Worker(args.socket, args.idle_exit, args.parent_pid).serve()
+    try:
+        Worker(args.socket, args.idle_exit, args.parent_pid).serve()
+    finally:
+        with contextlib.suppress(OSError):  # the name start() gave the jobs to wait for (__init__.py)
+            os.unlink(os.path.join(os.path.dirname(args.socket), PID_FILE))
 
 
 if __name__ == "__main__":
