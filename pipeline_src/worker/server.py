@@ -31,8 +31,10 @@ from pipeline_src.worker import PID_FILE, SOCKET_ENV
 
 # What a training job imports beyond pipeline_src, heaviest first (benchmarks/bench_startup.py
 # measures the effect): importing them here is the start-up every job would otherwise pay.
+# matplotlib.pyplot (0.5 s of CPU) is for the jobs that draw: VPN evaluations, set tables, the audit.
 PRELOAD = ("torch", "timm", "torchvision", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "pandas",
-           "scipy.stats", "numpy", "PIL.Image", "yaml", "jsonschema", "filelock", "tenacity", "tqdm")
+           "matplotlib.pyplot", "seaborn", "scipy.stats", "numpy", "PIL.Image", "yaml", "jsonschema", "filelock",
+           "tenacity", "tqdm")
 GRACE_S = 10.0
 MAX_REQUEST = 64 << 20
 
