@@ -41,8 +41,9 @@ reproduce: data
 	$(PY) -m pipeline_src check --params $(PARAMS)
 	snakemake --cores $(CORES) --configfile $(PARAMS)
 
+# `make test`: all but the slow and SLURM tests (a few minutes); `make test ALL=1`: every test, as CI runs them
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(ALL),,-m "not slow and not slurm")
 
 report: setup
 	snakemake --configfile $(PARAMS) --report results/report.html

@@ -106,6 +106,7 @@ def test_make_data_on_a_fresh_clone_matches_the_committed_data_dvc(tmp_path):
             (DEBIAN_FASHION_MNIST / f"{name}.gz").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_changed_raw_file_reruns_prepare_and_its_runs_only(tmp_path):
     repo = repo_copy(tmp_path)
     raw = repo / "data/raw/fashion-mnist"
@@ -142,6 +143,7 @@ def test_a_changed_raw_file_reruns_prepare_and_its_runs_only(tmp_path):
     assert jobs[("prepare_data", "dataset=fmnist")].startswith("Params have changed")
 
 
+@pytest.mark.slow
 def test_adding_a_dataset_reruns_nothing_of_another(tmp_path):
     """CIFAR-10 joins a set next to Fashion-MNIST, with its own DVC file: the dry run schedules CIFAR-10's
     preparation and training and the set's tables, and no job of Fashion-MNIST (one data.dvc over all of

@@ -118,6 +118,7 @@ def test_switch_needs_a_server_and_stays_out_of_the_rules(tmp_path):
     assert live_store(local) is None
 
 
+@pytest.mark.slow
 def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp_path):
     port, results = _free_port(), tmp_path / "results"
     uri = f"http://127.0.0.1:{port}"
@@ -148,6 +149,7 @@ def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp
         assert len(_live_runs(client)) == 1
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
     port, results = _free_port(), tmp_path / "results"
     uri = f"http://127.0.0.1:{port}"
@@ -184,6 +186,7 @@ def _rest(uri: str, path: str, body: dict | None = None) -> dict:
         return json.loads(reply.read())
 
 
+@pytest.mark.slow
 def test_rest_api_lists_a_sets_dataset_inputs_and_the_audit_table(tmp_path):
     """The pipeline's own commands (track-init, track-set, track-audit) against a server; then only
     what the UI would read: the server's REST API."""

@@ -94,6 +94,7 @@ def store(tmp_path_factory):
     return results, info, ids
 
 
+@pytest.mark.slow
 def test_parallel_jobs_on_fresh_store_lose_nothing(tmp_path):
     results, go = tmp_path / "results", tmp_path / "go"
     expected = [make_metrics(seed=seed) for seed in range(8)]
@@ -150,6 +151,7 @@ track._log_dataset(client, run_id, metrics, results)
 """
 
 
+@pytest.mark.slow
 def test_first_inputs_of_one_dataset_at_once_all_land(tmp_path):
     """MLflow looks a dataset up, then inserts it: eight runs giving a new dataset as their input at
     the same moment must not collide on its unique key (this failed 1 run in 8 under load)."""

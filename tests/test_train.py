@@ -152,6 +152,7 @@ def _kill_after_first_checkpoint(cfg: RunConfig, data: Path, out: Path) -> None:
 SLOW = {"epochs": 6, "hidden": 2048}
 
 
+@pytest.mark.slow
 def test_killed_job_resumes_from_checkpoint_with_same_result(digits_dir, tmp_path):
     cfg = make_run(**SLOW)
     uninterrupted = train_and_evaluate(cfg, digits_dir, tmp_path / "whole")

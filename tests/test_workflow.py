@@ -73,6 +73,7 @@ def test_bad_params_stop_the_dag_with_one_line(tmp_path):
             "defined models: sr, dnn3\n") in out.stderr
 
 
+@pytest.mark.slow
 def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
     params = copy.deepcopy(TINY)
     params["results_dir"] = str(tmp_path / "results")
