@@ -91,11 +91,11 @@ def plot_test_batch_study(name: str, table: pd.DataFrame, path: Path) -> None:
             ax.scatter([1], single["top1_mean"], marker="s", color="grey", zorder=3, label="one image per batch")
         ax.axvline(10, color="grey", linestyle=":", lw=1)
         ax.set_xscale("log")
-        ax.set(xlabel="test batch size (log; dotted: the authors' 10)", title=f"{model}, {method.replace('_', ' ')}")
+        ax.set(xlabel="test batch size (log; dotted: 10, the NoisyNN ViT headline's)", title=f"{model}, {method.replace('_', ' ')}")
     axes[0][0].set_ylabel("test top-1 (%), mean ± sd over seeds")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, bbox_to_anchor=(0.5, -0.06))
-    fig.suptitle(f"{name}: optimal-Q noise at test time vs how test batches are formed")
+    fig.suptitle(f"{name}: test-time noise vs how test batches are formed")
     fig.tight_layout()
     save_figure(fig, path)
 
