@@ -4,7 +4,6 @@ client (client.py), which hands the worker its arguments, working directory, env
 stdin/stdout/stderr, and exits with the child's status. Without a worker the client runs the command
 itself, exactly as before. The child imports pipeline_src after the fork, so an edited module is the
 code that runs."""
-import contextlib
 import os
 import shutil
 import subprocess
@@ -54,6 +53,5 @@ def stop(started) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    with contextlib.suppress(OSError):  # the worker removes its socket itself when it can
-        os.unlink(path)
-    shutil.rmtree(os.path.dirname(path), ignore_errors=True)  # with what a killed worker left there
+    # the socket and worker.pid go with the folder (a worker killed above could not remove them itself)
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
