@@ -255,6 +255,11 @@ def expand_methods(methods: list[dict]) -> list[tuple[dict, dict, str]]:
     return out
 
 
+@functools.cache  # a set's method spec recurs across its datasets, models, readings and seeds
+def _resolved_method(method_json: str, batch_size: int, eval_batch_size: int) -> str:
+    return json.dumps(resolve_method(json.loads(method_json), batch_size, eval_batch_size))
+
+
 def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConfig]:
     """The run table: set x dataset x model x method (x grid) x seed."""
     runs = []
@@ -276,7 +281,8 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 model_cfg = {**family["model"], **model_cfg}
             run_id = format_run_id(dataset, model, method["label"], suffix, reading, seed)
             try:
-                resolved = resolve_method(method, training["batch_size"], training["eval_batch_size"])
+                resolved = json.loads(_resolved_method(json.dumps(method), training["batch_size"],
+                                                       training["eval_batch_size"]))
             except ValueError as err:
                 raise ParamsError(f"invalid params: experiment_sets.{set_name} run {run_id}: {err}") from None
             runs.append(RunConfig(
