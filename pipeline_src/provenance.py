@@ -1,6 +1,7 @@
 """Where a number came from: code version, environment, atomic file writes."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,16 +61,29 @@ def environment(device=None) -> dict:
 HARDWARE_KEYS = ("cuda_version", "cudnn_version", "gpu_driver_version", "gpu_model", "gpu_count")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def hardware(device) -> dict:
-    """CUDA, cuDNN and driver versions, the GPU model and how many GPUs the process sees, for a CUDA
-    device; every value None on any other device. A GPU rerun's numbers depend on all of them."""
+    """The CPU (its model, the vector instruction set torch's kernels use, and torch's thread count),
+    and for a CUDA device the CUDA, cuDNN and driver versions, the GPU model and how many GPUs the
+    process sees (None on any other device). A rerun's numbers depend on all of them: the same code and
+    seed on an AVX-512 and an AVX2 CPU sum in other orders, and a run that is chaotic goes elsewhere."""
     import torch
 
+    cpu = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch_threads": torch.get_num_threads()}
     device = torch.device(device)
     if device.type != "cuda":
-        return dict.fromkeys(HARDWARE_KEYS)
+        return {**cpu, **dict.fromkeys(HARDWARE_KEYS)}
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version(),
+    return {**cpu, "cuda_version": torch.version.cuda, "cudnn_version": torch.backends.cudnn.version(),
             "gpu_driver_version": nvidia_driver_version(), "gpu_model": torch.cuda.get_device_name(index),
             "gpu_count": torch.cuda.device_count()}
 

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,21 @@ def test_environment_names_the_hardware_of_the_device_and_none_on_cpu():
     assert not set(HARDWARE_KEYS) & set(environment())  # without a device: versions only
     on_cpu = environment("cpu")
     assert on_cpu["torch_version"] and {key: on_cpu[key] for key in HARDWARE_KEYS} == dict.fromkeys(HARDWARE_KEYS)
+
+
+def test_environment_names_the_cpu_kernels_and_threads_a_run_used():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        on_cpu = environment("cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert on_cpu["torch_threads"] == 1
+    assert on_cpu["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert on_cpu["cpu_model"] and (on_cpu["cpu_model"] in cpuinfo or not cpuinfo)
 
 
 def test_the_provenance_module_loads_without_torch():

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.spec.predictions import predictions_path
 from pipeline_src.spec.run_record import load_record, upgrade
 from pipeline_src.spec.schema import filled
-from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
+from pipeline_src.provenance import REPO_ROOT, cpu_model, write_atomic, write_json
 
 CLAIMS = REPO_ROOT / "params" / "claims.yaml"
 DEVIATIONS = REPO_ROOT / "params" / "deviations.yaml"
@@ -38,13 +37,7 @@ DEVIATIONS = REPO_ROOT / "params" / "deviations.yaml"
 
 def machine() -> str:
     """CPU model and core count (and the GPU when there is one): where the runs were collected."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    text = f"{cpu}, {os.cpu_count()} cores"
+    text = f"{cpu_model()}, {os.cpu_count()} cores"
     # nvidia-smi rather than torch: the results stage reads records and does not load torch
     smi = shutil.which("nvidia-smi")
     if smi:
