@@ -7,7 +7,7 @@ import pytest
 
 from pipeline_src.spec.config import REPO_ROOT, expand_runs, load_params
 from pipeline_src.__main__ import main
-from pipeline_src.results.report import build, collect, missing_runs, same_run, batch_size_table
+from pipeline_src.results.report import batch_size_table, build, collect, missing_runs, nearest_baselines, same_run
 
 REPORT = REPO_ROOT / "reports" / "fashion-mnist"
 PARAMS = REPO_ROOT / "params" / "fashion_mnist.yaml"
@@ -173,3 +173,24 @@ def _one_run_in_results_and_report(tmp_path):
     source = tmp_path / "results" / "runs" / key / "metrics.json"
     source.parent.mkdir(parents=True)
     return params, run, key, source, tmp_path / "report" / "runs" / key / "metrics.json"
+
+
+def test_the_nearest_reading_to_a_papers_baseline_is_named_per_column_and_reproduced_ones_listed():
+    rows = [  # table, row, column, reading, paper, mean, n, verdict
+        ("joint", "baseline", "fmnist/sr", "ours", 74.97, 84.34, 5, "differs (higher)"),
+        ("joint", "baseline", "fmnist/sr", "sgd_plain", 74.97, 75.92, 5, "inconclusive"),
+        ("frozen", "baseline", "fmnist/sr", "sgd_plain", 74.97, 75.92, 5, "inconclusive"),  # the same runs
+        ("joint", "baseline", "fmnist/dnn3", "ours", 81.57, 88.83, 5, "differs (higher)"),
+        ("joint", "baseline", "fmnist/dnn3", "sgd_code", 81.57, 81.40, 3, "reproduced"),
+        ("joint", "baseline", "fmnist/dnn3", "sgd_plain", 81.57, 73.07, 5, "differs (lower)"),
+        ("joint", "vpn_dnn3", "fmnist/dnn3", "sgd_plain", 82.00, 82.00, 5, "reproduced"),  # not a baseline row
+    ]
+    keyed = pd.DataFrame(rows, columns=["table", "row", "column", "reading", "paper", "mean", "n", "verdict"])
+    lines = nearest_baselines(keyed).splitlines()[2:]
+    assert lines == [
+        "- fmnist/dnn3: paper 81.57; nearest under `sgd_code`, 81.40 (-0.17, n=3) of 3 readings; "
+        "`reproduced` under `sgd_code`",
+        "- fmnist/sr: paper 74.97; nearest under `sgd_plain`, 75.92 (+0.95, n=5) of 2 readings; "
+        "`reproduced` under none",
+    ]
+    assert nearest_baselines(keyed[keyed["row"] != "baseline"]).startswith("No baseline row")

@@ -293,7 +293,23 @@ def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
                      for m, sd, n, v in zip(keyed["mean"], keyed["std"], keyed["n"], keyed["verdict"])]
     table = keyed.pivot_table(index=["table", "row", "column", "paper"], columns="reading", values="ours",
                               aggfunc="first").reset_index()
-    return table.fillna("no runs").to_markdown(index=False) + "\n\n" + key
+    return "\n\n".join([table.fillna("no runs").to_markdown(index=False), nearest_baselines(keyed), key])
+
+
+def nearest_baselines(keyed: pd.DataFrame) -> str:
+    """Per dataset/model column, the reading whose baseline mean lies nearest the paper's baseline, and
+    the readings whose baseline verdict is `reproduced` (a distance is a description; the verdict decides)."""
+    base = keyed[keyed["row"] == "baseline"].drop_duplicates(["column", "reading"])
+    lines = []
+    for column, cell in base.groupby("column"):
+        nearest = cell.loc[(cell["mean"] - cell["paper"]).abs().idxmin()]
+        reproduced = ", ".join(f"`{r}`" for r in sorted(cell.loc[cell["verdict"] == "reproduced", "reading"]))
+        lines.append(f"- {column}: paper {nearest['paper']:.2f}; nearest under `{nearest['reading']}`, "
+                     f"{nearest['mean']:.2f} ({nearest['mean'] - nearest['paper']:+.2f}, n={nearest['n']}) of "
+                     f"{len(cell)} readings; `reproduced` under {reproduced or 'none'}")
+    if not lines:
+        return "No baseline row has runs under a second reading yet."
+    return "The baseline rows, reading by reading:\n\n" + "\n".join(lines)
 
 
 def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame,
