@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from pipeline_src.results.aggregate import load_histories, load_runs, summarize
+import pandas as pd
+
+from pipeline_src.results.aggregate import SetFiles, load_histories, load_runs, summarize, write_table
 
 
 def write_run(tmp_path, seed, top1, diagnostics):
@@ -38,3 +40,13 @@ def test_histories_hold_every_epoch_of_every_run(tmp_path):
     assert history["train_loss"].tolist() == [1.0, 0.5, 1.0, 0.5]
     assert history["sigma_mean"].isna().tolist() == [False, False, True, True]
     assert set(history["method_name"]) == {"vpn"}
+
+
+def test_the_markdown_table_keeps_a_small_sigma_apart_from_none(tmp_path):
+    table = pd.DataFrame({"method": ["vpn"], "top1_mean": [82.944], "sigma_mean_mean": [0.00063],
+                          "sigma_zero_fraction_mean": [0.0]})
+    files = SetFiles.in_results(tmp_path, "s")
+    files.table.parent.mkdir(parents=True)
+    write_table(table, files, "s")
+    row = files.markdown.read_text().splitlines()[-1]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["vpn", "82.94", "0.0006", "0.0000"]

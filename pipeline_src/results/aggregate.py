@@ -105,7 +105,9 @@ class SetFiles(NamedTuple):
 def write_table(table: pd.DataFrame, files: SetFiles, title: str) -> None:
     write_atomic(files.table, table.to_csv(index=False, float_format="%.4f"))
     shown = table.drop(columns=[c for c in ("run_ids",) if c in table.columns])
-    write_atomic(files.markdown, f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=".2f") + "\n")
+    # a generator's sigma lives on [0, 1] pixels: 0.0006 is small noise, not none (that is sigma_zero_fraction)
+    formats = [".4f" if str(column).startswith("sigma_") else ".2f" for column in shown.columns]
+    write_atomic(files.markdown, f"# {title}\n\n" + shown.to_markdown(index=False, floatfmt=formats) + "\n")
 
 
 ID_COLUMNS = {"experiment_set", "kind", "dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
