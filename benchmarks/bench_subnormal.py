@@ -3,8 +3,9 @@ backward, with a given fraction of its weights subnormal (nonzero, below float32
 against the same weights with those entries set to 0 and against torch.set_flush_denormal(True).
 
 Adam-trained DNN3 runs of the Fashion-MNIST report end with 11 to 30% of that layer's weights
-subnormal (the default fraction is the low end). CPUs differ in what a subnormal operand costs (microcode assists on some), so the same run
-can take several times longer on one machine than on another; this measures the ratio here.
+subnormal (the default fraction is the low end). CPUs differ in what a subnormal operand costs
+(microcode assists on some), so the same run can take several times longer on one machine than on
+another; this measures the ratio here.
 
     .venv/bin/python benchmarks/bench_subnormal.py [--fraction 0.115] [--repeats 20]
 """
