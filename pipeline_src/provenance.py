@@ -73,8 +73,8 @@ def cpu_model() -> str:
 def hardware(device) -> dict:
     """The CPU (its model, the vector instruction set torch's kernels use, and torch's thread count),
     and for a CUDA device the CUDA, cuDNN and driver versions, the GPU model and how many GPUs the
-    process sees (None on any other device). A rerun's numbers depend on all of them: the same code and
-    seed on an AVX-512 and an AVX2 CPU sum in other orders, and a run that is chaotic goes elsewhere."""
+    process sees (None on any other device). A rerun's numbers can depend on all of them: the same code
+    and seed gave other DNN3 losses from epoch 1 on an Intel and an AMD CPU (README, reproducing the report)."""
     import torch
 
     cpu = {"cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
