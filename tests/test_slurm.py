@@ -28,6 +28,7 @@ VENV_BIN = Path(os.sys.executable).parent
 SNAKEMAKE = str(VENV_BIN / "snakemake")
 SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sinfo")
 PARTITION = "pipetest"
+STRAY_MARK = "PIPETEST_SLURM_ROOT"
 RESUME_RUN = "digits-wide-baseline-s0"
 RESUME_EPOCHS = 5
 
@@ -146,7 +147,9 @@ def cluster(tmp_path_factory):
     srun.write_text(f'#!/bin/sh\nexport SLURM_CONF={conf}\nexec {shutil.which("srun")} "$@"\n')
     srun.chmod(0o755)
 
-    env = {**os.environ, "SLURM_CONF": str(conf), "SLURM_PARTITION": PARTITION,
+    # STRAY_MARK reaches every process the cluster starts (sbatch exports the environment), so the
+    # teardown can find a job step that escaped its job
+    env = {**os.environ, "SLURM_CONF": str(conf), "SLURM_PARTITION": PARTITION, STRAY_MARK: str(root),
            "PATH": f"{root / 'bin'}:{VENV_BIN}:{os.environ['PATH']}:/usr/sbin:/sbin"}
     env.pop("SLURM_ACCOUNT", None)
     logs = {name: open(root / f"{name}.out", "w") for name in ("munged", "slurmctld", "slurmd")}
@@ -181,8 +184,31 @@ def cluster(tmp_path_factory):
             pass
         for proc in reversed(procs):
             _stop(proc)
+        _kill_strays(str(root))
         for log in logs.values():
             log.close()
+
+
+def _marked(root: str) -> dict[int, str]:
+    """pid -> command line of every process but this one that carries this cluster's mark."""
+    mark, found = f"{STRAY_MARK}={root}".encode(), {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) != os.getpid() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            pass  # gone meanwhile, or not ours to read
+    return found
+
+
+def _kill_strays(root: str) -> None:
+    """SIGKILL what still carries the mark. proctrack/linuxproc follows parent links only, so a job
+    step whose parent died first (reparented to init) escapes scancel; cgroup tracking would not."""
+    for pid in _marked(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _jobs(env, states="all") -> dict[str, dict]:
@@ -304,6 +330,8 @@ def test_cancelled_training_job_resumes_from_its_checkpoint(local_results, clust
         _wait_for(lambda: checkpoint.exists() or first.poll() is not None, 180, "the first checkpoint", 0.1)
         running = [i for i, job in _jobs(env, "RUNNING").items() if job["comment"].endswith(f"_resume_{RESUME_RUN}")]
         assert running, f"the training job was not running when its first checkpoint appeared: {_jobs(env)}"
+        steps = [cmd for cmd in _marked(str(cluster["root"])).values() if "--target-jobs" in cmd]
+        assert steps, "the job step does not carry the mark the teardown finds strays by"
         subprocess.run(["scancel", *running], env=env, check=True)
         first_log, _ = first.communicate(timeout=180)
     finally:
