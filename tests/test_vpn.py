@@ -156,6 +156,26 @@ def test_batched_enumeration_matches_loop_with_same_draws():
     assert scores.shape == (5, C) and (scores > 0).all() and (scores < 1).all()
 
 
+def test_label_free_enumeration_reuses_the_labelled_sigma_with_the_same_predictions(monkeypatch):
+    import pipeline_src.methods.vpn as vpn
+    method = scaled_up(VPNMethod(DNN3(64, C, 16), spec(c=5.0), info())).eval()
+    x, y = batch(n=37)
+    calls = []
+    method.generator.register_forward_hook(lambda *_: calls.append(1))
+
+    def predictions(cache_bytes):
+        monkeypatch.setattr(vpn, "ENUM_SIGMA_CACHE_BYTES", cache_bytes)
+        calls.clear()
+        torch.manual_seed(3)
+        return method.eval_predictions(x, y, batch_size=8), len(calls)
+
+    cached, g_passes = predictions(vpn.ENUM_SIGMA_CACHE_BYTES)
+    recomputed, g_passes_without = predictions(0)
+    assert cached.keys() == recomputed.keys()
+    assert all(torch.equal(cached[k], recomputed[k]) for k in cached)
+    assert g_passes_without == 2 * g_passes == 2 * math.ceil(37 / 8)  # one g pass per enumeration pass
+
+
 def test_evaluations_order_and_range():
     method = VPNMethod(DNN3(64, C, 16), spec(), info())
     x, y = batch()

@@ -22,6 +22,9 @@ from pipeline_src.methods.base import Method, predict
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
 # many rows (or one eval batch, whichever is larger) so memory stays bounded for large C.
 ENUM_MAX_ROWS = 4096
+# The label-free enumeration reuses the labelled one's sigma (g is the costly half of a pass) when
+# those C*N*D values fit in this many bytes, and runs g again otherwise; the numbers are the same.
+ENUM_SIGMA_CACHE_BYTES = 256 * 2**20
 
 
 # ----------------------------------------------------------------------------- generators
@@ -192,26 +195,37 @@ class VPNMethod(Method):
 
     @torch.inference_mode()
     def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
+        sigmas = [] if x.numel() * self.num_classes * x.element_size() <= ENUM_SIGMA_CACHE_BYTES else None
         with _eval_mode(self):
-            return {"class_enumeration": self.class_enumeration(x, batch_size),
+            return {"class_enumeration": self.class_enumeration(x, batch_size, sigmas=sigmas),
                     "no_noise": predict(self.model, x, batch_size),
-                    "class_enumeration_mean_sigma": self.class_enumeration(x, batch_size, label_free=True)}
+                    "class_enumeration_mean_sigma": self.class_enumeration(x, batch_size, label_free=True,
+                                                                           sigmas=sigmas)}
+
+    @torch.inference_mode()
+    def enumeration_sigma(self, x: torch.Tensor) -> torch.Tensor:
+        """sigma_k = g(x_i + c*k/(C-1)) for every candidate k, class-major: row k*b + i."""
+        num_classes, b = self.num_classes, len(x)
+        candidates = torch.arange(num_classes, device=x.device).repeat_interleave(b)
+        repeated = x.repeat(num_classes, *([1] * (x.dim() - 1)))
+        return self.generator(condition(repeated, candidates, num_classes, self.c))
 
     @torch.inference_mode()
     def enumeration_scores(self, x: torch.Tensor, z: torch.Tensor | None = None,
-                           label_free: bool = False) -> torch.Tensor:
+                           label_free: bool = False, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """score[i, k] = softmax(f(x_i + sigma_k * z_k))[k], sigma_k = g(x_i + c*k/(C-1)).
 
         All C candidates go through g and f in one pass: the batch is repeated class-major
-        (row k*b + i is image i under candidate k). z, if given, is (C, b, *in_shape).
+        (row k*b + i is image i under candidate k). z, if given, is (C, b, *in_shape); sigma, if
+        given, is enumeration_sigma(x).
         label_free: every candidate gets the mean of sigma_k over k, so the noise scale cannot
         carry the candidate label; the draws z_k still differ per candidate. The gap to the
         labelled scores is how much of the enumeration goes through the label.
         """
         num_classes, b = self.num_classes, len(x)
-        candidates = torch.arange(num_classes, device=x.device).repeat_interleave(b)
         repeated = x.repeat(num_classes, *([1] * (x.dim() - 1)))
-        sigma = self.generator(condition(repeated, candidates, num_classes, self.c))
+        if sigma is None:
+            sigma = self.enumeration_sigma(x)
         if label_free:
             per_class = sigma.view(num_classes, b, *sigma.shape[1:])
             sigma = per_class.mean(0, keepdim=True).expand_as(per_class).reshape(sigma.shape)
@@ -224,13 +238,22 @@ class VPNMethod(Method):
 
     @torch.inference_mode()
     def class_enumeration(self, x: torch.Tensor, batch_size: int, z: torch.Tensor | None = None,
-                          max_rows: int = ENUM_MAX_ROWS, label_free: bool = False) -> torch.Tensor:
-        """Predicted classes by class enumeration; z (C, N, *in_shape) fixes the draws."""
+                          max_rows: int = ENUM_MAX_ROWS, label_free: bool = False,
+                          sigmas: list | None = None) -> torch.Tensor:
+        """Predicted classes by class enumeration; z (C, N, *in_shape) fixes the draws.
+
+        sigmas: each pass's enumeration_sigma, appended while the list is shorter than the passes
+        and read back after, so a second enumeration of the same x and batch_size skips g."""
         rows = max(batch_size, min(batch_size * self.num_classes, max_rows))
         per_pass = max(1, rows // self.num_classes)
-        preds = [self.enumeration_scores(x[i:i + per_pass], None if z is None else z[:, i:i + per_pass],
-                                         label_free).argmax(1)
-                 for i in range(0, len(x), per_pass)]
+        preds = []
+        for j, i in enumerate(range(0, len(x), per_pass)):
+            xb = x[i:i + per_pass]
+            if sigmas is not None and len(sigmas) == j:
+                sigmas.append(self.enumeration_sigma(xb))
+            sigma = None if sigmas is None else sigmas[j]
+            preds.append(self.enumeration_scores(xb, None if z is None else z[:, i:i + per_pass], label_free,
+                                                 sigma).argmax(1))
         return torch.cat(preds)
 
     # ------------------------------------------------------------------ what g learned
