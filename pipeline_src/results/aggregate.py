@@ -43,7 +43,8 @@ def load_histories(metrics_paths: list[Path]) -> pd.DataFrame:
     for path in metrics_paths:
         metrics = load_record(path)
         head = {"run_id": metrics["run_id"], "dataset": metrics["dataset"], "model": metrics["model"],
-                "method": metrics["method"], "method_name": metrics.get("method_name"), "seed": metrics["seed"]}
+                "method": metrics["method"], "method_name": metrics.get("method_name"), "seed": metrics["seed"],
+                "reading": metrics.get("reading", "")}
         rows += [{**head, **entry} for entry in metrics["history"]]
     return pd.DataFrame(rows)
 

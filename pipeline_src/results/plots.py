@@ -133,13 +133,14 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
 
     A generator that writes the label into its noise shows as a training loss far below the baseline's
     with a clean accuracy that falls; one that switched itself off follows the baseline, and its share
-    of sigma = 0 climbs to 1."""
+    of sigma = 0 climbs to 1. Under protocol readings, each reading has its own line style."""
     data = history[(history["method"] == "baseline") | (history["method_name"] == "vpn")]
     models = list(dict.fromkeys(data["model"]))
     measures = {"train_loss": "training loss\n(inputs + generated noise)", "train_top1": "train top-1 (%)\nclean inputs"}
     if "sigma_zero_fraction" in data and data["sigma_zero_fraction"].notna().any():  # runs since 34a4ddd log it
         measures["sigma_zero_fraction"] = "generator off: share of\ntraining pixels with sigma = 0"
     colours = _method_colours(data["method"])
+    readings = sorted(data["reading"].unique()) if _has_readings(data) else []
     fig, axes = plt.subplots(len(measures), len(models), figsize=(5.5 * len(models), 3.25 * len(measures)),
                              squeeze=False, sharex=True, sharey="row")
     for col, model in enumerate(models):
@@ -147,21 +148,37 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
             ax = axes[row][col]
             part = data[(data["model"] == model) & data[measure].notna()]
             sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
-                         alpha=0.8, ax=ax, legend=row == 0 and col == 0,
-                         hue_order=list(colours), palette=colours)
+                         alpha=0.8, ax=ax, legend=row == 0 and col == 0, hue_order=list(colours), palette=colours,
+                         style="reading" if readings else None, style_order=readings or None)
+            if measure == "train_loss" and (part[measure] > 0).all() and part[measure].max() > 100 * part[measure].min():
+                ax.set_yscale("log")  # a diverging run would flatten every other curve
             ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
     fig.suptitle(f"{name}: training per epoch, one line per run")
     fig.tight_layout()
     save_figure(fig, path)
 
 
+def _has_readings(frame: pd.DataFrame) -> bool:
+    return "reading" in frame and frame["reading"].ne("").any()
+
+
 def plot_bars(name: str, long: pd.DataFrame, path: Path) -> None:
+    """Bars of mean top-1 per method; a set run under protocol readings gets one column of panels per
+    reading, so no bar averages runs of two readings."""
     hue = "eval_mode" if long["eval_mode"].nunique() > 1 else None
-    grid = sns.catplot(data=long, x="method", y="top1", hue=hue, col="dataset", row="model", kind="bar",
+    data, col = long, "dataset"
+    if _has_readings(long):
+        col = "reading"
+        if long["dataset"].nunique() > 1:
+            data = long.assign(method=long["dataset"] + "/" + long["method"])
+    grid = sns.catplot(data=data, x="method", y="top1", hue=hue, col=col, row="model", kind="bar",
                        errorbar="sd", capsize=0.1, height=3.2, aspect=1.6, sharey=False)
     grid.set_axis_labels("", "test top-1 (%)")
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", labelrotation=45)
+        if not ax.patches:  # a reading or dataset this model has no runs under yet
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", va="center", color="grey")
+            ax.set_yticks([])
     grid.figure.suptitle(f"{name}: test accuracy per method (mean ± sd over seeds)", y=1.02)
     save_figure(grid.figure, path)
 
