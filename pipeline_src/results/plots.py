@@ -150,7 +150,8 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
             sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
                          alpha=0.8, ax=ax, legend=row == 0 and col == 0, hue_order=list(colours), palette=colours,
                          style="reading" if readings else None, style_order=readings or None)
-            if measure == "train_loss" and (part[measure] > 0).all() and part[measure].max() > 100 * part[measure].min():
+            values = part[measure]
+            if measure == "train_loss" and (values > 0).all() and values.max() > 100 * values.min():
                 ax.set_yscale("log")  # a diverging run would flatten every other curve
             ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
     fig.suptitle(f"{name}: training per epoch, one line per run")
