@@ -9,6 +9,7 @@ both are offered (objective: noisy_ce = code, two_term = text).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -195,7 +196,9 @@ class VPNMethod(Method):
 
     @torch.inference_mode()
     def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-        sigmas = [] if x.numel() * self.num_classes * x.element_size() <= ENUM_SIGMA_CACHE_BYTES else None
+        # x may be an ImageStream, which has a length and a shape per sample but no numel
+        sigma_bytes = len(x) * math.prod(self.in_shape) * self.num_classes * 4  # float32
+        sigmas = [] if sigma_bytes <= ENUM_SIGMA_CACHE_BYTES else None
         with _eval_mode(self):
             return {"class_enumeration": self.class_enumeration(x, batch_size, sigmas=sigmas),
                     "no_noise": predict(self.model, x, batch_size),
