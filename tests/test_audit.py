@@ -382,6 +382,10 @@ def test_batch_dependent_evaluation_never_decides_linear_helps():
     effects_by_id = {e["id"]: e["test"] for e in audit.load_claims(CLAIMS)["effects"]}
     assert effects_by_id["noisynn.linear_helps"]["treatment"]["eval_modes"] == ["noise_shuffled", "noise_single"]
     assert effects_by_id["noisynn.linear_helps_class_sorted"]["treatment"]["eval_modes"] == ["noise_class_sorted"]
+    # a frozen run is measured against its own base (its no_noise evaluation), never a baseline record
+    frozen_control = effects_by_id["vpn.frozen_promotes"]["control"]
+    assert "kind" not in frozen_control and frozen_control["eval_modes"] == ["no_noise"]
+    assert "method" in effects_by_id["vpn.frozen_promotes"]["pair_on"]
 
 
 def test_row_mapping_follows_the_papers_protocols():
