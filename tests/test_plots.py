@@ -32,3 +32,31 @@ def test_training_curves_under_readings_name_each_reading_and_log_a_diverging_lo
     loss_axes = drawn[0].axes[0]
     assert {"adam_code", "sgd_plain"} <= {text.get_text() for text in loss_axes.get_legend().get_texts()}
     assert loss_axes.get_yscale() == "log"
+
+
+def test_an_eval_protocol_figure_draws_each_distinct_evaluation_once_named_by_its_batch(drawn, tmp_path):
+    """The method's own test batch (512) is also one of its extra sizes: one bar, not two."""
+    from pipeline_src.results.aggregate import eval_protocol_columns, summarize
+
+    modes = {"no_noise": ("-", 256), "noise_single": ("single", 1), "noise_class_sorted": ("class_sorted", 512),
+             "noise_class_sorted_b10": ("class_sorted", 10), "noise_class_sorted_b512": ("class_sorted", 512),
+             "noise_shuffled_b10": ("shuffled", 10)}
+    top1 = {"no_noise": 91.0, "noise_single": 91.0, "noise_class_sorted": 96.0, "noise_class_sorted_b10": 95.0,
+            "noise_class_sorted_b512": 96.0, "noise_shuffled_b10": 89.0}
+    long = pd.DataFrame([{"dataset": "fmnist", "model": "resnet18_w8", "method": "shift_train", "eval_mode": mode,
+                          "seed": seed, "top1": top1[mode] + seed, "run_id": f"r-s{seed}", "scale": "paper",
+                          "train_noise": True, "test_batches": how, "test_batch_size": size}
+                         for mode, (how, size) in modes.items() for seed in (0, 1)])
+    table = eval_protocol_columns(summarize(long, ["dataset", "model", "method", "eval_mode"],
+                                            extra_first=["train_noise", "test_batches", "test_batch_size"]))
+    assert "delta_vs_clean" not in table.columns  # no clean-trained model in this set to differ from
+    assert table.set_index("eval_mode")["test_batch_size"].to_dict() == {
+        "no_noise": "-", "noise_single": "1", "noise_class_sorted": "512", "noise_class_sorted_b10": "10",
+        "noise_class_sorted_b512": "512", "noise_shuffled_b10": "10"}
+    plots.plot_eval_protocol("cnn_shift", table, tmp_path / "bars.png")
+    ax = drawn[0].axes[0]
+    labels = [tick.get_text() for tick in ax.get_xticklabels()]
+    assert labels == ["noise at train\n(clean test)", "noise at both\none image at a time",
+                      "noise at both\nclass-sorted batches of 10", "noise at both\nclass-sorted batches of 512",
+                      "noise at both\nshuffled batches of 10"]
+    assert [round(bar.get_height(), 6) for bar in ax.patches] == [91.5, 91.5, 95.5, 96.5, 89.5]

@@ -68,7 +68,10 @@ def summarize(long: pd.DataFrame, keys: list[str], extra_first: list[str] = ()) 
 
 
 def eval_protocol_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """Name each row by where noise was applied and how test batches were formed; difference vs clean.
+    """Name each row by where noise was applied and how test batches were formed (the method's own
+    test batch and an extra size of the same protocol keep their eval modes, and read the same here);
+    difference vs the set's clean-trained model tested clean, a column left out of a set that trains
+    no clean model.
 
     Training noise comes from the method (apply_at of its spec), test noise from the eval mode.
     """
@@ -80,10 +83,12 @@ def eval_protocol_columns(table: pd.DataFrame) -> pd.DataFrame:
 
     table = table.copy()
     table["apply_at"] = table.apply(where, axis=1)
-    table["test_batches"] = table["eval_mode"].str.replace("noise_", "", regex=False).replace("no_noise", "-")
+    # a clean test is one pass in eval batches, whose size changes nothing
+    table["test_batch_size"] = table["test_batch_size"].astype(int).astype(str).mask(table["test_batches"] == "-", "-")
     clean = table[table["apply_at"] == "none"].set_index(["dataset", "model"])["top1_mean"]
-    table["delta_vs_clean"] = table["top1_mean"] - [clean.get((d, m), float("nan"))
-                                                   for d, m in zip(table["dataset"], table["model"])]
+    if len(clean):
+        table["delta_vs_clean"] = table["top1_mean"] - [clean.get((d, m), float("nan"))
+                                                       for d, m in zip(table["dataset"], table["model"])]
     return table.drop(columns="train_noise")
 
 
@@ -121,7 +126,8 @@ def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], fil
     long = load_runs(metrics_paths)
     readings = ["reading"] if long["reading"].ne("").any() else []  # a set without readings keeps its columns
     keys = ["dataset", "model", "method", *long.attrs["sweep"], *readings, "eval_mode"]
-    table = summarize(long, keys, extra_first=["train_noise"])
+    protocol = ["test_batches", "test_batch_size"] if kind == "eval_protocol" else []
+    table = summarize(long, keys, extra_first=["train_noise", *protocol])
     if kind == "eval_protocol":
         table = eval_protocol_columns(table)
     else:

@@ -55,11 +55,19 @@ def plot_strength_sweep(name: str, long: pd.DataFrame, path: Path) -> None:
 
 
 def plot_eval_protocol(name: str, table: pd.DataFrame, path: Path) -> None:
-    data = table.copy()
-    data["setting"] = "noise at " + data["apply_at"] + "\n" + data["test_batches"].replace("-", "") + " test batches"
+    """One bar per distinct evaluation: a method's own test batch is also among its extra sizes."""
+    data = table.drop_duplicates(["dataset", "model", "method", "apply_at", "test_batches", "test_batch_size"]).copy()
+    order = pd.DataFrame({"method": data["method"].map({m: i for i, m in enumerate(data["method"].unique())}),
+                          "protocol": data["test_batches"].map({"-": 0, "single": 1, "class_sorted": 2, "shuffled": 3}),
+                          "size": pd.to_numeric(data["test_batch_size"], errors="coerce")})
+    data = data.loc[order.sort_values(["method", "protocol", "size"]).index]
+    batches = data["test_batches"].str.replace("_", "-") + " batches of " + data["test_batch_size"]
+    data["setting"] = "noise at " + data["apply_at"] + "\n" + batches
+    data.loc[data["test_batches"] == "single", "setting"] = "noise at " + data["apply_at"] + "\none image at a time"
     data.loc[data["test_batches"] == "-", "setting"] = "noise at " + data["apply_at"] + "\n(clean test)"
     panels = data.groupby(["dataset", "model"], sort=False)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.2), squeeze=False)
+    width = max(6.5, 0.6 * panels.size().max())  # room for each bar's two-line label
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4.2), squeeze=False)
     for ax, ((dataset, model), part) in zip(axes[0], panels):
         ax.bar(part["setting"], part["top1_mean"], yerr=part["top1_std"], capsize=3,
                color=sns.color_palette("deep", len(part)))
