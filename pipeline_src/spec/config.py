@@ -10,6 +10,8 @@ import functools
 import hashlib
 import itertools
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -90,6 +92,24 @@ class ParamsError(ValueError):
     """A params problem, described in one line."""
 
 
+# results_dir may leave the project (absolute, or through '..') only when this is set to 1: a dry run
+# already writes there (the model check's cache), and as root `results_dir: /etc` would write into /etc
+RESULTS_ANYWHERE_ENV = "PIPELINE_RESULTS_ANYWHERE"
+# what a run id may hold: it is a folder name and a word of the rules' shell lines (the schema keeps names
+# to letters, digits and _; a sweep value adds its own characters)
+RUN_ID = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
+
+
+def check_results_dir(results_dir: str) -> None:
+    """results_dir stays inside the project (the working folder the rules run in) unless RESULTS_ANYWHERE_ENV
+    says otherwise; its characters were checked by the schema."""
+    if os.environ.get(RESULTS_ANYWHERE_ENV) == "1":
+        return
+    if Path(results_dir).is_absolute() or ".." in Path(results_dir).parts:
+        raise ParamsError(f"invalid params: results_dir: {results_dir!r} leaves the project; give a relative path "
+                          f"without '..' (or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)")
+
+
 def validate_params(params: dict) -> dict:
     """Validate against the schema, fill defaults, check cross-references. Returns a new dict."""
     raw_methods = {name: spec.get("methods") for name, spec in (params.get("experiment_sets") or {}).items()
@@ -98,6 +118,7 @@ def validate_params(params: dict) -> dict:
         params = filled(params)
     except SchemaError as err:
         raise ParamsError(f"invalid params: {err}") from None
+    check_results_dir(params["results_dir"])
     # methods stay as written: a run's method gets its defaults when it is resolved, after the
     # protocol's own values (authors_code) have filled what the spec leaves out
     for name, methods in raw_methods.items():
@@ -263,6 +284,7 @@ def _resolved_method(method_json: str, batch_size: int, eval_batch_size: int) ->
 def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConfig]:
     """The run table: set x dataset x model x method (x grid) x seed."""
     runs = []
+    cells: dict[tuple[str, str], str] = {}  # (set, run id) -> the cell it names, to refuse two cells under one id
     for set_name, spec in params["experiment_sets"].items():
         if experiment_set is not None and set_name != experiment_set:
             continue
@@ -280,6 +302,16 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 method = _fill_method(method, family["method"])
                 model_cfg = {**family["model"], **model_cfg}
             run_id = format_run_id(dataset, model, method["label"], suffix, reading, seed)
+            cell = (f"(dataset {dataset}, model {model}, method {method['label']}"
+                    + "".join(f", {k} {v!r}" for k, v in sweep.items()) + (f", reading {reading}" if reading else "")
+                    + f", seed {seed})")
+            if not RUN_ID.fullmatch(run_id):
+                raise ParamsError(f"invalid params: experiment_sets.{set_name}: run id {run_id!r} of {cell} may hold "
+                                  "only letters, digits, _, . and -: change the grid value that brings the others")
+            if (set_name, run_id) in cells:  # one would overwrite the other's files, and the table lose a row
+                raise ParamsError(f"invalid params: experiment_sets.{set_name}: run id {run_id} names two runs, "
+                                  f"{cells[set_name, run_id]} and {cell}: rename one, or drop one grid value")
+            cells[set_name, run_id] = cell
             try:
                 resolved = json.loads(_resolved_method(json.dumps(method), training["batch_size"],
                                                        training["eval_batch_size"]))

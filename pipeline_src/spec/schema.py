@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 import jsonschema
 import yaml
@@ -17,6 +18,27 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 class SchemaError(ValueError):
     """The first schema violation, in one line: where, what, what is allowed."""
+
+
+# torch takes integers as C int64 (seeds up to 2**64 - 1, sizes less): beyond this a job dies with "Overflow
+# when unpacking long long", naming no key
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _finite_numbers(value, where: str) -> None:
+    """NaN, infinity and integers torch cannot take, anywhere in a params value (the schema's minimum and
+    maximum let NaN through: every comparison with it is false). Raises SchemaError naming the key."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite_numbers(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _finite_numbers(item, f"{where}.{index}" if where else str(index))
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise SchemaError(f"{where or '(top level)'}: {value} is not a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise SchemaError(f"{where or '(top level)'}: {value} is out of range: integers lie in [-2**63, 2**63 - 1], "
+                          "what torch takes")
 
 
 def _with_defaults(validator_class):
@@ -45,6 +67,8 @@ def describe(error: jsonschema.ValidationError, root: str = "(top level)") -> st
     if error.validator == "enum" and "propertyNames" in error.schema_path:
         return (f"{where}: key {error.instance!r} does not apply here; allowed keys: "
                 f"{', '.join(map(str, error.validator_value))}")
+    if error.validator == "pattern" and error.schema.get("x-allowed"):
+        return f"{where}: {error.instance!r} is not allowed: {error.schema['x-allowed']}"
     if error.validator == "pattern" and error.schema.get("description"):
         return f"{where}: {error.instance!r} is not one of: {error.schema['description']}"
     if error.validator == "enum":
@@ -68,6 +92,7 @@ def filled(instance: dict, definition: str | None = None) -> dict:
     if definition is not None:
         schema = {"definitions": schema["definitions"], "$ref": f"#/definitions/{definition}"}
     instance = copy.deepcopy(instance)
+    _finite_numbers(instance, "" if definition is None else definition)
     errors = sorted(_Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         raise SchemaError(describe(errors[0], root=definition or "(top level)"))
