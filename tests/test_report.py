@@ -23,8 +23,10 @@ def test_rebuilding_the_committed_report_gives_its_verdicts(tmp_path):
         return pd.read_csv(folder / "audit.csv", keep_default_na=False)[columns]
 
     pd.testing.assert_frame_equal(read(tmp_path), read(REPORT))
-    for page in ("audit.md", "README.md"):
-        assert (tmp_path / page).read_text() == (REPORT / page).read_text()
+    pages = ["audit.md", "README.md", *(f"claims/{p.name}" for p in (REPORT / "claims").glob("*.md"))]
+    for page in pages:
+        assert (tmp_path / page).read_text() == (REPORT / page).read_text(), page
+    assert sorted(p.name for p in (tmp_path / "claims").glob("*.md")) == sorted(p.name for p in (REPORT / "claims").glob("*.md"))
     assert json.loads((tmp_path / "provenance.json").read_text()) == json.loads((REPORT / "provenance.json").read_text())
     # what the params leave out is listed with its reason, and those cells stay `not run`
     left_out = load_params(PARAMS)["left_out"]
@@ -194,3 +196,43 @@ def test_the_nearest_reading_to_a_papers_baseline_is_named_per_column_and_reprod
         "`reproduced` under none",
     ]
     assert nearest_baselines(keyed[keyed["row"] != "baseline"]).startswith("No baseline row")
+
+
+def test_the_committed_report_is_an_index_with_one_page_per_claim_and_links_that_resolve():
+    import re
+
+    from pipeline_src.results.audit import load_claims
+
+    index = REPORT / "README.md"
+    assert len(index.read_bytes()) <= 20_000
+    claims = load_claims(REPO_ROOT / "params" / "claims.yaml")
+    ids = [f"{spec['paper']}.{name}" for name, spec in claims["tables"].items()] + [c["id"] for c in claims["effects"]]
+    pages = sorted((REPORT / "claims").glob("*.md"))
+    assert sorted(p.stem for p in pages) == sorted(ids)
+    assert all(f"](claims/{claim_id}.md)" in index.read_text() for claim_id in ids)
+    for page in [index, *pages]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), f"{page.relative_to(REPORT)} links {target}, which is not there"
+
+
+def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs_says_where_it_is_declared():
+    runs = pd.read_csv(REPORT / "tables" / "vpn_joint_runs.csv")
+    seeds = runs[(runs["dataset"] == "fmnist") & (runs["model"] == "sr") & (runs["method"] == "baseline")
+                 & (runs["eval_mode"] == "no_noise")].sort_values("seed")["top1"]
+    assert len(seeds) == 5
+    page = (REPORT / "claims" / "vpn.joint_fmnist_cifar10.md").read_text()
+    assert ", ".join(f"{v:.2f}" for v in seeds) in page
+
+    from pipeline_src.results.claim_pages import not_run_reason
+
+    paper = {"device": "cuda", "datasets": {"inet": {"paper_name": "imagenet"}, "tiny": {}},
+             "models": {"vit": {"paper_name": "vit_b"}},
+             "experiment_sets": {"main": {"kind": "noisynn_main", "datasets": ["inet"], "models": ["vit"]},
+                                 "small": {"kind": "noisynn_main", "datasets": ["tiny"], "models": ["vit"]},
+                                 "other": {"datasets": ["tiny"], "models": ["vit"]}}}
+    assert not_run_reason(paper, {"noisynn_main"}) == \
+        "not run: needs imagenet, tiny and a GPU (params/paper.yaml, sets main, small)"
+    assert not_run_reason(paper, {"noisynn_main"}, ["imagenet/vit_b"]).endswith("(params/paper.yaml, set main)")
+    assert not_run_reason({**paper, "device": "auto"}, {"other"}) == "not run: needs tiny (params/paper.yaml, set other)"
+    assert not_run_reason(paper, {"vpn_joint"}) == "not run: no params file declares its runs"

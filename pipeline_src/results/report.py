@@ -313,36 +313,44 @@ def nearest_baselines(keyed: pd.DataFrame) -> str:
 
 
 def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path, audit: pd.DataFrame,
-                   cells: pd.DataFrame) -> str:
-    """The report's front page: the readings, the verdicts at a glance, how far each set is, what the numbers
-    rest on, every set table."""
-    from pipeline_src.results.pages import glance_table
-
+                   claim_table: str) -> str:
+    """The report's front page: every claim with its verdict per reading and a link to its page, the
+    scoreboard, the readings, the specification curve, how far each set is, what the numbers rest on, and
+    links to every set table and figure."""
     status = pd.DataFrame(prov["runs"]).T.rename_axis("set").reset_index()
     board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
     readings = readings_table(params, audit)
     spec_curve = report_dir / "figures" / "specification_curve.png"
+    sets = []
+    for table in sorted((report_dir / "tables").glob("*.md")):
+        if table.name.startswith("paper_"):
+            continue
+        title = table.read_text().split("\n", 1)[0].lstrip("# ").strip()
+        figures = [f"[{label}](figures/{table.stem}{suffix}.png)" for suffix, label in
+                   (("", "figure"), ("_training", "training curves"))
+                   if (report_dir / "figures" / f"{table.stem}{suffix}.png").exists()]
+        sets.append(f"- [{title}](tables/{table.name}) ([csv](tables/{table.stem}.csv)"
+                    + "".join(f", {f}" for f in figures) + ")")
     parts = [f"# Reproduction report: {_relative(params_path)}",
              "Rebuilt from the `metrics.json` files under `runs/` by "
              f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
-             "Verdicts, paper tables and the departures that apply to each cell: [audit.md](audit.md).",
+             "The rules every verdict follows, every cell and every departure: [audit.md](audit.md).",
+             "## Claims",
+             "One row per claim of `params/claims.yaml`: a table of published numbers (its cells' verdicts "
+             "counted per protocol reading) or an effect claim (its verdict per reading). Each links to its "
+             "page: cells, per-seed values, figures, departures and runs.",
+             claim_table,
+             "## Verdicts so far", board.to_markdown(index=False),
              *(["## The paper's numbers under each protocol reading", readings] if readings else []),
-             *(["![specification curve](figures/specification_curve.png)"] if spec_curve.exists() else []),
-             "## Verdicts at a glance", glance_table(audit, cells),
+             *(["## Specification curve", "![specification curve](figures/specification_curve.png)"]
+               if spec_curve.exists() else []),
              "## Runs done", status.to_markdown(index=False),
              *(["## Left out, and why", "\n".join(f"- {what}: {why}" for what, why in params["left_out"].items())]
                if params["left_out"] else []),
-             "## Verdicts so far", board.to_markdown(index=False),
              "## What the numbers rest on",
              "\n".join(f"- {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
-                       for key, value in prov.items() if key != "runs")]
-    for table in sorted((report_dir / "tables").glob("*.md")):
-        if not table.name.startswith("paper_"):
-            text = table.read_text().strip()
-            parts.append("#" + text if text.startswith("# ") else text)
-            for figure in (report_dir / "figures" / f"{table.stem}{suffix}.png" for suffix in ("", "_training")):
-                if figure.exists():
-                    parts.append(f"![{figure.stem}](figures/{figure.name})")
+                       for key, value in prov.items() if key != "runs"),
+             "## Set tables and figures", "\n".join(sets) or "None."]
     return "\n\n".join(parts) + "\n"
 
 
@@ -384,15 +392,30 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
     # the pages quote the written tables, so a page rebuilt from the committed files is the same page
-    written, cells = (read_audit_table(report_dir / name) for name in ("audit.csv", "effects_cells.csv"))
+    cells = read_audit_table(report_dir / "effects_cells.csv")
     from pipeline_src.results.plots import plot_specification_curve
 
     plot_specification_curve(cells, report_dir / "figures" / "specification_curve.png")
     prov = provenance(params_path, params, by_set, report_dir)
     write_json(report_dir / "provenance.json", prov)
-    write_atomic(report_dir / "README.md", index_markdown(params_path, params, prov, report_dir, written, cells))
-    update_readme_glance(report_dir, written, cells)
+    write_pages(params_path, params, prov, report_dir, claims, deviations)
     return audit
+
+
+def write_pages(params_path: Path, params: dict, prov: dict, report_dir: Path, claims: Path = CLAIMS,
+                deviations: Path = DEVIATIONS) -> None:
+    """From the written audit.csv, effects_cells.csv and tables: one page per claim under claims/, the
+    report's README (its index) and the repository README's claim table of this report."""
+    from pipeline_src.results.audit import load_claims, load_deviations
+    from pipeline_src.results.claim_pages import claim_rows, claim_table, write_claim_pages
+
+    audit, cells = (read_audit_table(report_dir / name) for name in ("audit.csv", "effects_cells.csv"))
+    registry = load_claims(claims)
+    write_claim_pages(report_dir, audit, cells, registry, load_deviations(deviations))
+    rows = claim_rows(audit, cells, registry)
+    write_atomic(report_dir / "README.md",
+                 index_markdown(params_path, params, prov, report_dir, audit, claim_table(rows, "claims/")))
+    update_readme_claims(report_dir, claim_table(rows, f"{_relative(report_dir)}/claims/"))
 
 
 def read_audit_table(path: Path) -> pd.DataFrame:
@@ -401,20 +424,17 @@ def read_audit_table(path: Path) -> pd.DataFrame:
     return table.assign(reading=table["reading"].fillna("")) if "reading" in table else table
 
 
-GLANCE_BEGIN, GLANCE_END = "<!-- verdicts at a glance: {report} (written by the report command) -->", "<!-- /verdicts -->"
+CLAIMS_BEGIN = "<!-- claim table: {report} (written by the report command) -->"
+CLAIMS_END = "<!-- /claim table -->"
 
 
-def update_readme_glance(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame,
-                         readme: Path = REPO_ROOT / "README.md") -> bool:
-    """Rewrite the README's verdicts-at-a-glance block of this report, if the README has one."""
-    from pipeline_src.results.pages import glance_table
-
-    begin = GLANCE_BEGIN.format(report=_relative(report_dir))
+def update_readme_claims(report_dir: Path, table: str, readme: Path = REPO_ROOT / "README.md") -> bool:
+    """Rewrite the README's claim-table block of this report, if the README has one."""
+    begin = CLAIMS_BEGIN.format(report=_relative(report_dir))
     text = readme.read_text() if readme.exists() else ""
     if begin not in text:
         return False
     head, rest = text.split(begin, 1)
-    _, tail = rest.split(GLANCE_END, 1)
-    link = f"{_relative(report_dir)}/audit.md"
-    write_atomic(readme, f"{head}{begin}\n{glance_table(audit, cells, link)}\n{GLANCE_END}{tail}")
+    _, tail = rest.split(CLAIMS_END, 1)
+    write_atomic(readme, f"{head}{begin}\n{table}\n{CLAIMS_END}{tail}")
     return True
