@@ -37,7 +37,11 @@ rule audit:
         cells=f"{RESULTS}/effects_cells.csv",
         markdown=report(f"{RESULTS}/audit.md", category="Audit", caption="../report/audit.rst"),
         figure=report(f"{RESULTS}/figures/audit.png", category="Audit", caption="../report/audit.rst"),
-        tables=expand(f"{RESULTS}/tables/paper_{{table}}.{{ext}}", table=AUDIT_TABLES, ext=["csv", "md", "tex"]),
+        # each paper table's csv is a report item whose caption shows it as a table (one caption per table:
+        # a caption cannot tell which of a rule's outputs it describes)
+        tables=[report(path, category="Paper tables", caption=f"../report/paper_tables/{table}.rst") if ext == "csv"
+                else path for table in AUDIT_TABLES for ext in ("csv", "md", "tex")
+                for path in [f"{RESULTS}/tables/paper_{table}.{ext}"]],
     log:
         f"{RESULTS}/logs/audit.log",
     params:
