@@ -46,7 +46,15 @@ def stage(module: str) -> str | None:
 
 def test_every_module_is_in_a_stage_package_but_the_cli_and_provenance():
     loose = {m for m in package_modules() if stage(m) is None and m.removeprefix("pipeline_src.") not in STAGES}
-    assert loose == {"pipeline_src.__main__", "pipeline_src.provenance"}
+    assert loose == {"pipeline_src", "pipeline_src.__main__", "pipeline_src.provenance"}
+
+
+def test_the_package_is_a_regular_one_that_imports_nothing_of_itself():
+    """pipeline_src/__init__.py exists (no namespace package spanning two checkouts) and every job, the
+    worker's client first, imports it: it imports nothing of the package."""
+    assert (code_hash.PACKAGE_DIR / "__init__.py").is_file()
+    assert package_modules()["pipeline_src"] == frozenset()
+    assert {m for m in package_modules()["pipeline_src.worker"] if stage(m) != "worker"} == set()
 
 
 def test_no_module_imports_itself_back():
