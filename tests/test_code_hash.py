@@ -64,12 +64,12 @@ def package_copy(tmp_path, monkeypatch):
 def test_a_hash_follows_its_closure_and_nothing_else(package_copy):
     before = {command: command_code(command) for command in STAGES}
     with open(package_copy / "training" / "distributed.py", "a") as module:
-        module.write("\n# an edit\n")
+        module.write("\nEDITED = 1\n")
     after = {command: command_code(command) for command in STAGES}
     assert after["train"] != before["train"] and after["aggregate"] == before["aggregate"]
 
     aggregate = package_copy / "results" / "aggregate.py"
-    aggregate.write_text(aggregate.read_text() + "\n# an edit\n")
+    aggregate.write_text(aggregate.read_text() + "\nEDITED = 1\n")
     assert command_code("aggregate") != after["aggregate"] and command_code("train") == after["train"]
 
 
@@ -88,8 +88,22 @@ def test_the_cli_function_of_another_command_is_not_training_code(package_copy):
     before = command_code("train")
     main.write_text(main.read_text().replace('print(f"{args.set}: {len(table)} rows', 'print(f"{args.set}: {len(table)} rows!'))
     assert command_code("train") == before
-    main.write_text(main.read_text().replace("def cmd_train(args) -> None:\n", "def cmd_train(args) -> None:\n    # edited\n"))
+    main.write_text(main.read_text().replace("def cmd_train(args) -> None:\n", "def cmd_train(args) -> None:\n    edited = 1\n"))
     assert command_code("train") != before
+
+
+def test_comments_docstrings_and_layout_rerun_nothing_a_changed_constant_does(package_copy):
+    evaluate = package_copy / "evaluation" / "evaluate.py"
+    text = evaluate.read_text()
+    before = {command: command_code(command) for command in STAGES}
+    first_def = text.index("\ndef ")
+    evaluate.write_text("# a comment\n" + text[:first_def]
+                        + "\n\n# another comment, and blank lines\n\n" + text[first_def:].replace('"""', '"""Edited: ', 1))
+    assert {command: command_code(command) for command in STAGES} == before
+    assert "workers=threads or 1)" in text
+    evaluate.write_text(text.replace("workers=threads or 1)", "workers=threads or 2)", 1))
+    after = {command: command_code(command) for command in STAGES}
+    assert after["evaluate"] != before["evaluate"] and after["aggregate"] == before["aggregate"]
 
 
 def test_hashing_imports_nothing():
@@ -136,10 +150,10 @@ def test_each_edit_reruns_the_stages_it_changes_and_nothing_else(tmp_path):
     write_params()
     run(SNAKEMAKE, "--cores", "2", "--configfile", str(params), cwd=repo)
 
-    def jobs_after_editing(module):
+    def jobs_after_editing(module, edit=b"\nEDITED = 1\n"):
         path = repo / "pipeline_src" / module
         original = path.read_bytes()
-        path.write_bytes(original + b"\n# an edit\n")
+        path.write_bytes(original + edit)
         try:
             return dry_run()
         finally:
@@ -148,6 +162,7 @@ def test_each_edit_reruns_the_stages_it_changes_and_nothing_else(tmp_path):
     assert jobs_after_editing("results/report.py") == {}  # no rule runs it
     for module in ("data/stream.py", "training/distributed.py", "training/train.py", "methods/noisynn.py"):
         assert jobs_after_editing(module).get("train") == 2, module  # stream, distributed: missed by a hand list
+    assert jobs_after_editing("evaluation/evaluate.py", b"\n# a comment cannot change a number\n") == {}
     measuring = jobs_after_editing("evaluation/evaluate.py")
     assert measuring.get("evaluate") == 2 and "train" not in measuring and "prepare_data" not in measuring
     results_only = jobs_after_editing("results/aggregate.py")

@@ -16,6 +16,7 @@ pass reruns nothing.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 import re
 from functools import cache
@@ -111,14 +112,30 @@ def command_modules(command: str) -> list[Path]:
     return sorted(module_file(name) for name in seen)
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """The tree with the docstring of every module, class and function left out (in place)."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@cache
+def _code_of_source(text: str, name: str) -> str:
+    return ast.dump(_without_docstrings(ast.parse(text, name)))
+
+
 def command_code(command: str) -> str:
-    """Hash of what `python -m pipeline_src <command>` runs: its __main__ functions' source and every
-    package file it may import (name and bytes)."""
+    """Hash of what `python -m pipeline_src <command>` runs: its __main__ functions and every package file
+    it may import (name and parsed code). Parsed code, not text: comments, docstrings and layout cannot
+    change a number, so editing them reruns nothing, while any change to a statement or a constant does."""
     digest = hashlib.sha256()
-    main_source = MAIN.read_text()
     for function in _command_functions(command):
-        digest.update(ast.get_source_segment(main_source, function).encode())
+        digest.update(ast.dump(_without_docstrings(copy.deepcopy(function))).encode())
     for path in command_modules(command):
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_of_source(path.read_text(), str(path)).encode())
     return digest.hexdigest()[:16]
