@@ -133,3 +133,12 @@ def test_the_howtos_claims_table_example_is_a_shortened_copy_of_the_registry():
     for example in examples:
         for name, shown in example.items():
             assert covered({k: v for k, v in shown.items() if k != "source"}, tables[name]), name
+
+
+def test_links_of_the_readme_and_docs_resolve():
+    import re
+
+    for page in [README, *(REPO_ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not target.startswith(("http://", "https://", "mailto:")):
+                assert (page.parent / target).exists(), f"{page.relative_to(REPO_ROOT)} links {target}, which is not there"

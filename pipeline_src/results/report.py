@@ -1,5 +1,6 @@
 """A published reproduction report: the runs' metrics.json files kept in a committed folder, and
-everything else rebuilt from them alone (set tables, the audit, the test-batch study, provenance).
+everything else rebuilt from them alone (set tables, the audit, the test-batch study, provenance, the
+index README and one page per claim under claims/, and the repository README's claim table).
 
     python -m pipeline_src report --params params/fashion_mnist.yaml --results results/fashion_mnist \
         --out reports/fashion-mnist
