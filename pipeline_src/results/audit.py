@@ -26,18 +26,18 @@ import yaml
 
 from pipeline_src.results.pages import audit_markdown, write_paper_table
 from pipeline_src.spec.config import run_configuration
-from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE, correct
+from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE, correct, load_predictions
 from pipeline_src.provenance import write_atomic
-from pipeline_src.results.verdicts import (PAPER_SCALE, cell_stats, decide_cells, decide_claim, effect_gate, join_scales,
+from pipeline_src.results.verdicts import (PAPER_SCALE, _counting_mask as counting_mask, cell_stats, decide_cells, decide_claim, effect_gate, join_scales,
                                    leave_one_out, number_verdict, pooled_description, rule_text,
                                    variance_cell_stats)
 
 AUDIT_COLUMNS = ["claim_id", "reading", "table", "row", "column", "metric", "paper", "expected", "mean", "std", "n",
-                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "verdict", "scale", "uncertainty",
+                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "gated", "verdict", "scale", "uncertainty",
                  "split", "rule", "pooled", "pooled_i2", "sensitivity", "note", "evidence", "deviations"]
 CELL_COLUMNS = ["claim_id", "reading", "cell", "dataset", "model", "treatment", "control", "n", "seeds", "mean", "std",
-                "ci_low", "ci_high", "uncertainty", "p_value", "p_adj", "paper_effect", "p_paper_adj", "counts",
-                "verdict", "split", "scale", "test_type", "note", "evidence"]
+                "ci_low", "ci_high", "uncertainty", "test", "p_value", "p_adj", "paper_effect", "p_paper_adj", "counts",
+                "verdict", "manipulation_check", "manipulation", "split", "scale", "test_type", "note", "evidence"]
 DEFAULT_READING = "declared"  # the schema's own_reading default: runs of a params file without readings
 DEVIATION_KEYS = ("id", "what", "paper", "code", "ours", "why", "affects")
 
@@ -63,7 +63,15 @@ def load_claims(path: Path) -> dict:
             continue
         for name, spec in section.get("tables", {}).items():
             tables[name] = {"paper": paper, **spec}
-        effects += [{"paper": paper, **claim} for claim in section.get("qualitative", [])]
+        check = section.get("manipulation_check")
+        if check:
+            missing = [k for k in ("name", "reason", "generator_methods", "min_sigma_mean", "min_changed_share",
+                                   "base_margin_points") if k not in check]
+            if missing:
+                raise ValueError(f"{paper}.manipulation_check lacks {', '.join(missing)}")
+        effects += [{"paper": paper, **({"manipulation": check} if check and claim.get("manipulation", True) else {}),
+                     **{k: v for k, v in claim.items() if k != "manipulation"}}
+                    for claim in section.get("qualitative", [])]
     settings = {**raw["settings"], "min_seeds": min_seeds_by_scale(raw["settings"])}
     variance = settings.get("variance_min_seeds", settings["min_seeds"]["default"])
     if not isinstance(variance, int) or variance < 3:
@@ -188,13 +196,23 @@ def _correct_of(path: str, mode: str) -> np.ndarray | None:
 
 
 def image_variance(per_seed: list[np.ndarray | None]) -> float | None:
-    """The test set's share of a seed mean's variance, points^2: per image, the paired difference (-1/0/1)
-    averaged over seeds, its variance over the N images, / N. None when a seed has no stored predictions
-    (the interval is then over seeds only)."""
+    """The test set's share of a seed mean's variance, points^2, from the seeds x images table of paired
+    differences (-1/0/1 per image, x 100). The variance over the N images of each image's seed-averaged
+    difference also holds the seed x image interaction / n, which the seeds' own spread already carries:
+    the unbiased two-way estimate takes it out, (s_images^2 - MS_interaction / n) / N, floored at 0 (a
+    negative estimate means the images add nothing the seeds do not). None when a seed has no stored
+    predictions (the interval is then over seeds only)."""
     if not per_seed or any(v is None for v in per_seed):
         return None
-    per_image = np.mean(np.stack([np.asarray(v, dtype=float) for v in per_seed]), axis=0) * 100.0
-    return float(per_image.var(ddof=1) / len(per_image))
+    table = np.stack([np.asarray(v, dtype=float) for v in per_seed]) * 100.0  # seeds x images
+    n, images = table.shape
+    per_image = table.mean(axis=0)
+    between_images = per_image.var(ddof=1)
+    if n < 2:
+        return float(between_images / images)
+    residual = table - table.mean(axis=1, keepdims=True) - per_image + table.mean()
+    interaction = (residual ** 2).sum() / ((n - 1) * (images - 1))
+    return float(max(0.0, between_images - interaction / n) / images)
 
 
 def _with_run_columns(runs: pd.DataFrame) -> pd.DataFrame:
@@ -409,8 +427,91 @@ def paper_effect(claim: dict, tables: dict, cell: dict) -> float | None:
     return round(table["rows"][rows["treatment"]][at] - table["rows"][rows["control"]][at], 6)
 
 
-def _cell_table(claim: dict, values: pd.DataFrame, settings: dict, tables: dict) -> pd.DataFrame:
-    """Each cell's statistics (verdicts.cell_stats / variance_cell_stats) and whether it counts."""
+# ---- gates: a cell counts only where the claimed mechanism is at work --------------------------
+
+@functools.lru_cache(maxsize=4096)
+def _changed_share(path: str, treated: str, plain: str) -> float | None:
+    """The share of test images whose prediction under `treated` differs from under `plain` (one run)."""
+    preds, _ = load_predictions(Path(path))
+    if treated not in preds or plain not in preds:
+        return None
+    return float((preds[treated] != preds[plain]).mean())
+
+
+def generator_state(rows: pd.DataFrame, check: dict) -> dict:
+    """One generator run (all its eval-mode lines): sigma_mean, the share of test predictions its noise
+    changes, and whether it is active (either measure at its threshold), inert (both measured below) or
+    unknown. Without predictions the share is bounded below by the accuracy gap of the two eval modes; a
+    sigma of exactly 0 changes no prediction (the noise is sigma * z)."""
+    treated, plain = check.get("eval_modes", ["class_enumeration", "no_noise"])
+    sigma = rows["sigma_mean"].dropna() if "sigma_mean" in rows else pd.Series(dtype=float)
+    sigma = float(sigma.iloc[0]) if len(sigma) else None
+    path = next((p for p in rows["predictions"].fillna("") if p), "") if "predictions" in rows else ""
+    share = _changed_share(path, treated, plain) if path else None
+    measured = share is not None or sigma == 0.0
+    if share is None and sigma == 0.0:
+        share = 0.0
+    if share is None:
+        top1 = rows.groupby("eval_mode")["top1"].first()
+        if treated in top1 and plain in top1:
+            share = abs(top1[treated] - top1[plain]) / 100.0  # at least this many predictions moved
+    active = ((sigma is not None and sigma >= check["min_sigma_mean"])
+              or (share is not None and share >= check["min_changed_share"]))
+    state = "active" if active else ("inert" if sigma is not None and measured else "unknown")
+    return {"sigma": sigma, "share": share if measured else None, "state": state}
+
+
+def _span(values, fmt) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "not recorded"
+    low, high = min(values), max(values)
+    return fmt(low) if low == high else f"{fmt(low)} to {fmt(high)}"
+
+
+def cell_gate(evidence: list[str], runs: pd.DataFrame, check: dict | None, settings: dict,
+              dataset: str | None) -> dict:
+    """The gates of one cell (its runs named by evidence), in order: base at chance, then the generator
+    inert, then no manipulation data. `gate` is '' when the cell passes every one, else the reason it reads
+    `not applicable (...)`; `manipulation` the outcome with its numbers. No declared check: no gate."""
+    if not check:
+        return {"gate": "", "manipulation_check": "", "manipulation": ""}
+    mine = runs[runs["evidence"].isin(evidence)]
+    classes = (settings.get("num_classes") or {}).get(dataset)
+    outcome = []
+    gate = ""
+    base = mine[mine["eval_mode"] == check.get("base_eval_mode", "no_noise")]
+    if classes:
+        floor = 100.0 / classes + check["base_margin_points"]
+        means = base.groupby(["set", "config"], sort=False)["top1"].mean()
+        low = means[means < floor]
+        outcome.append(f"base (no noise) {_span(list(means), lambda v: f'{v:.2f}')} against chance + "
+                       f"{check['base_margin_points']:g} = {floor:.2f}")
+        if len(low):
+            gate = "base at chance"
+    else:
+        outcome.append(f"chance level unknown: settings.num_classes names no {dataset}")
+    generators = mine[mine["method"].map(lambda m: any(fnmatch.fnmatchcase(str(m), p)
+                                                       for p in check["generator_methods"]))]
+    states = [generator_state(rows, check) for _, rows in generators.groupby("evidence", sort=True)]
+    if states:
+        count = {k: sum(s["state"] == k for s in states) for k in ("active", "inert", "unknown")}
+        outcome.append(f"generator active in {count['active']} of {len(states)} runs"
+                       + (f", inert in {count['inert']}" if count["inert"] else "")
+                       + (f", without data in {count['unknown']}" if count["unknown"] else "")
+                       + f"; sigma_mean {_span([s['sigma'] for s in states], lambda v: f'{v:.2g}')}"
+                       + f"; predictions changed {_span([s['share'] for s in states], lambda v: f'{100 * v:.2f}%')}")
+        if not gate and count["inert"]:
+            gate = "generator inert"
+        elif not gate and count["unknown"]:
+            gate = "no manipulation data"
+    return {"gate": gate, "manipulation_check": check["name"],
+            "manipulation": ("not applicable: " if gate else "passes: ") + "; ".join(outcome)}
+
+
+def _cell_table(claim: dict, values: pd.DataFrame, settings: dict, tables: dict,
+                runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each cell's statistics (verdicts.cell_stats / variance_cell_stats), its gates and whether it counts."""
     test, alpha = claim["test"], settings["alpha"]
     variance = test["type"] == "seed_variance"
     rows = []
@@ -418,23 +519,50 @@ def _cell_table(claim: dict, values: pd.DataFrame, settings: dict, tables: dict)
         part = part.sort_values("seed")
         first = part.iloc[0].to_dict()
         scale = join_scales(part["scale"])
+        note = ""
         if variance:
             result = variance_cell_stats(part["t"], part["c"])
             needed = settings["variance_min_seeds"]
         else:
-            per_seed = None
+            per_seed, per_image = None, None
             if "pred_t" in part:
                 pairs = [(_correct_of(*t.split("::")) if t else None, _correct_of(*c.split("::")) if c else None)
                          for t, c in zip(part["pred_t"], part["pred_c"])]
                 if all(a is not None and b is not None for a, b in pairs):
                     per_seed = [a.astype(float) - b.astype(float) for a, b in pairs]
+                    per_image = np.mean(per_seed, axis=0) * 100.0
+                else:
+                    note = _missing_predictions(part)
             image_var = image_variance(per_seed) if per_seed else None
-            result = cell_stats(part["value"], image_var, alpha, test, paper_effect(claim, tables, first))
+            result = cell_stats(part["value"], image_var, alpha, test, paper_effect(claim, tables, first), per_image)
             needed = settings["min_seeds"].get(scale, settings["min_seeds"]["default"])
+        evidence = list(dict.fromkeys(" ".join(part["evidence"]).split()))
+        gate = cell_gate(evidence, runs, claim.get("manipulation"), settings,
+                         first.get("dataset_paper") or _dataset_paper(runs, evidence)) if runs is not None else {}
         rows.append({"cell": cell, **{k: first.get(k) for k in ("dataset", "model", "reading", "treatment", "control")},
-                     **result, "needed": needed, "counts": result["n"] >= needed, "scale": scale,
-                     "evidence": " ".join(dict.fromkeys(" ".join(part["evidence"]).split()))})
+                     **result, **gate, "needed": needed, "counts": result["n"] >= needed, "scale": scale,
+                     "note": "; ".join(filter(None, [result.get("note", ""), note])),
+                     "evidence": " ".join(evidence)})
     return pd.DataFrame(rows)
+
+
+def _dataset_paper(runs: pd.DataFrame, evidence: list[str]) -> str | None:
+    names = runs.loc[runs["evidence"].isin(evidence), "dataset_paper"]
+    return names.iloc[0] if len(names) else None
+
+
+def _missing_predictions(part: pd.DataFrame) -> str:
+    """Why a cell's interval is over seeds only: which of its runs have no predictions file (a run of
+    several records, the same setting in two sets, names no one file either)."""
+    lacking, runs = [], 0
+    for evidence, t, c in zip(part["evidence"], part["pred_t"], part["pred_c"]):
+        names = evidence.split()
+        runs += 2
+        lacking += ([names[0]] if not t else []) + ([names[-1]] if not c else [])
+    if len(lacking) == runs:
+        return f"seeds only: no run of this cell has a {PREDICTIONS_FILE}"
+    return (f"seeds only: {len(lacking)} of {runs} runs have no {PREDICTIONS_FILE} ({'; '.join(lacking)}), "
+            "so the others' predictions go unused")
 
 
 def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, family: set | None = None,
@@ -461,7 +589,7 @@ def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, famil
         values = values_by_claim[claim["id"]]
         for reading in readings:
             part = values[values["reading"] == reading] if reading else values.iloc[0:0]
-            cells = _cell_table({**claim, "test": test}, part, settings, tables or {})
+            cells = _cell_table({**claim, "test": test}, part, settings, tables or {}, _with_run_columns(runs))
             line = {"claim_id": claim["id"], "reading": reading, "table": "effects", "row": claim["id"], "column": "",
                     "metric": "top1", "expected": _expected(test, band), "rule": rule_text(rule),
                     "evidence": " ".join(dict.fromkeys(" ".join(part["evidence"]).split()))}
@@ -472,18 +600,21 @@ def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, famil
             cells = decide_cells(cells, test["type"], sign, alpha)
             decided = decide_claim(cells, test["type"], sign, rule, alpha, family_size)
             gate = effect_gate(len(cells), join_scales(cells["scale"]))
-            counting = cells[cells["counts"] & cells["applicable"]]
+            counting = cells[counting_mask(cells)]
             shown = counting if len(counting) else cells
             one = shown.iloc[0] if len(shown) == 1 else None
             pooled = pooled_description(cells)
             splits = "; ".join(f"{c}: seeds split, {s}" for c, s in zip(cells["cell"], cells["split"]) if s)
             needed = (settings["variance_min_seeds"] if test["type"] == "seed_variance"
                       else int(cells["needed"].max()))
-            cell_notes = cells["note"].dropna() if "note" in cells else []
+            # cells' own notes (exact tests, missing predictions) stay on their rows; a claim line names only
+            # the cells that cannot be compared at all
+            cell_notes = cells.loc[~cells["applicable"].astype(bool), "note"].dropna() if "note" in cells else []
             note = "; ".join(dict.fromkeys(filter(None, [decided["note"], splits, *cell_notes])))
             lines.append({**line, "verdict": gate or decided["verdict"], "p_value": decided["p_value"],
                           "p_family": decided["p_family"],  # at smoke scale shown, never decisive
-                          "cells": f"{len(counting)}/{len(cells)}", "scale": join_scales(cells["scale"]),
+                          "cells": f"{len(counting)}/{len(cells)}", "gated": gated_text(cells),
+                          "scale": join_scales(cells["scale"]),
                           "n": int(shown["n"].min()),
                           # with several cells no one number stands for the claim: pooled is descriptive
                           "mean": one["mean"] if one is not None else np.nan, "pooled": pooled["pooled"],
@@ -499,6 +630,14 @@ def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, famil
     frame = pd.DataFrame(lines)
     cell_table = pd.concat(cell_tables, ignore_index=True) if cell_tables else pd.DataFrame()
     return frame.reindex(columns=AUDIT_COLUMNS), cell_table.reindex(columns=CELL_COLUMNS)
+
+
+def gated_text(cells: pd.DataFrame) -> str:
+    """How many cells each gate took out of a claim: 'generator inert 2; base at chance 1' ('' for none)."""
+    if "gate" not in cells:
+        return ""
+    counts = cells["gate"].fillna("").astype(str).value_counts()
+    return "; ".join(f"{gate} {n}" for gate, n in counts.items() if gate)
 
 
 def claim_family(effects: list[dict], set_info: dict) -> set[tuple[str, str]]:

@@ -11,21 +11,29 @@ protocol reading; its seeds are paired only within it. Each cell gets its own es
 
 - Its standard error covers the seeds and, when the runs stored per-image predictions, the test set too:
   every seed is scored on the same test images, so the seed-to-seed spread misses the test set's own
-  sampling error. se^2 = s_seeds^2 / n + s_images^2 / N, with s_images^2 the variance over the N test
-  images of each image's seed-averaged difference (in points). This counts the seed x image interaction
-  twice, so it errs wide. t with n - 1 df. Runs without predictions: seeds only, and the cell says so.
+  sampling error. The seeds x images table of paired differences is a two-way layout; the unbiased
+  estimate of its grand mean's variance is s_seeds^2 / n + (s_images^2 - MS_interaction / n) / N, the
+  images term floored at 0 (s_seeds^2: variance of the seed means; s_images^2: variance over the N test
+  images of each image's seed-averaged difference; MS_interaction: the residual mean square). t with
+  n - 1 df. Runs without predictions: seeds only, and the cell says so.
+- A cell with no variance over seeds, or whose seeds split into two groups (seed_split), gets no t-test
+  and no t-interval: an exact sign-flip permutation test over seeds (over test images, McNemar's sign
+  test, when a no-variance cell has predictions); equivalence then uses exact sign tests at each edge.
 - Directional claims: a two-sided t-test against 0; where the paper's own tables imply an effect, also a
-  test against that effect. Equivalence claims: two one-sided tests (TOST) at the band. Variance claims
-  ("more stable"): a paired Brown-Forsythe test (each side's absolute deviations from its median,
-  differenced per seed, t-tested), which holds its level far better than Pitman-Morgan on heavy-tailed
-  data; a side constant over seeds has no variance to compare: `not applicable`.
+  test against that effect, whose variance adds the paper's own run-to-run spread (our seed sd over the
+  paper's seed count, the paper gives none) and whose distance first gives up the paper's 2-decimal
+  rounding. Equivalence claims: two one-sided tests (TOST) at the band. Variance claims ("more stable"):
+  a paired Brown-Forsythe test (each side's absolute deviations from its median, differenced per seed,
+  t-tested), which holds its level far better than Pitman-Morgan on heavy-tailed data; a side constant
+  over seeds has no variance to compare: `not applicable`.
 
 A cell's own verdict is Holm-adjusted over the claim's counting cells. The claim's verdict follows from its
 cells by the rule it declares (`holds_in`): `all` (intersection-union: the claim's p is the largest cell p)
 or a share of the cells (partial conjunction, Bonferroni form: (m - u + 1) times the u-th smallest p).
-Cells whose estimates disagree in sign while one of them is significant give `mixed`, never a pooled
-number. The claim's p is then Bonferroni-corrected over a family fixed in advance (audit.py), so runs
-arriving for one claim cannot move another claim's verdict, which Holm's step-down would allow.
+The claim's p is then Bonferroni-corrected over a family fixed in advance (audit.py), so runs arriving for
+one claim cannot move another claim's verdict, which Holm's step-down would allow. `mixed` needs cells of
+both signs that are each decisive after that family correction; a null cell's sign never decides it, and
+cells are never pooled into a number.
 """
 from __future__ import annotations
 
@@ -46,6 +54,12 @@ DIRECTION = {1: "higher", -1: "lower"}
 # benchmarks/sim_verdict_rules.py measures both errors.
 SPLIT_RATIO = 3.0
 SPLIT_MIN_GAP = 5.0
+# The paper's effect is a difference of two table values, each a mean of the paper's seeds printed to 2
+# decimals: its own spread is taken as our cell's seed sd over PAPER_SEEDS (the paper reports none), and
+# the rounding can move it by up to PAPER_ROUNDING points (0.005 per value).
+PAPER_SEEDS = 5
+PAPER_ROUNDING = 0.01
+SHORT_OF_PAPER = "short of the paper's effect"
 
 
 def _quiet(test, *args, **kwargs):
@@ -158,6 +172,26 @@ def paired_variance_p(x, y) -> float:
     return float(_quiet(stats.ttest_1samp, d, 0.0).pvalue)
 
 
+def sign_flip_p(values, centre: float = 0.0, alternative: str = "two-sided") -> float:
+    """Exact sign-flip permutation test of the mean of (values - centre) over seeds: every one of the 2^n
+    sign patterns. Needs no variance estimate and no normality; n seeds cannot give less than 2 / 2^n."""
+    d = np.asarray(values, dtype=float) - centre
+    if not len(d) or np.all(d == 0):
+        return 1.0
+    return float(_quiet(stats.permutation_test, (d,), np.mean, permutation_type="samples",
+                        n_resamples=np.inf, alternative=alternative).pvalue)
+
+
+def image_sign_p(per_image) -> float:
+    """McNemar's exact test over test images (a sign test on the images the two sides score differently;
+    with several seeds, on each image's seed-averaged difference)."""
+    d = np.asarray(per_image, dtype=float)
+    moved = d[d != 0]
+    if not len(moved):
+        return 1.0
+    return float(stats.binomtest(int((moved > 0).sum()), len(moved), 0.5).pvalue)
+
+
 def seed_split(values) -> str | None:
     """'3 seeds near 26.9, 2 near 84.0' when the seeds fall into two groups: the largest gap between sorted
     values is at least SPLIT_RATIO times the pooled sd within the two groups it leaves (and SPLIT_MIN_GAP);
@@ -177,19 +211,25 @@ def seed_split(values) -> str | None:
 
 
 def cell_stats(values, image_var: float | None = None, alpha: float = 0.05, test: dict | None = None,
-               paper_effect: float | None = None) -> dict:
+               paper_effect: float | None = None, per_image=None) -> dict:
     """One cell of an effect claim: values are its per-seed effects (points, or a diagnostic); image_var the
-    test set's share of the mean's variance (None: seeds only). test: the claim's test (type, band)."""
+    test set's share of the mean's variance (None: seeds only); per_image each test image's seed-averaged
+    difference (None without predictions). test: the claim's test (type, band, paper_effect spec)."""
     test = test or {"type": "paired"}
+    values = np.asarray(values, dtype=float)
     mean, std, n, low, high = t_interval(values, alpha, image_var or 0.0)
     se = math.sqrt(std ** 2 / n + (image_var or 0.0)) if n >= 2 else np.nan
+    split = seed_split(values) or ""
     out = {"n": n, "mean": mean, "std": std, "se": se, "ci_low": low, "ci_high": high, "p_value": np.nan,
            "p_paper": np.nan, "p_outside": np.nan, "paper_effect": np.nan if paper_effect is None else paper_effect,
            "direction": int(np.sign(mean)) if n else 0, "uncertainty": uncertainty_label(image_var),
-           "split": seed_split(values) or "", "seeds": _seed_text(values), "applicable": True}
+           "split": split, "seeds": _seed_text(values), "applicable": True, "test": "", "note": ""}
     if n < 2:
         return out
+    if std == 0 or split:
+        return {**out, **_exact_cell(values, test, per_image if std == 0 else None, split)}
     df = n - 1
+    out["test"] = "t"
     if test["type"] == "equivalence":
         lo, hi = test["band"]
         out["p_value"] = max(_t_sf(_ratio(mean - lo, se), df), _t_sf(_ratio(hi - mean, se), df))  # TOST
@@ -202,8 +242,36 @@ def cell_stats(values, image_var: float | None = None, alpha: float = 0.05, test
         return out
     out["p_value"] = two_sided_p(mean, se, df)
     if paper_effect is not None:
-        out["p_paper"] = two_sided_p(mean - paper_effect, se, df)
+        spec = test.get("paper_effect") or {}
+        # the paper's own seed spread (our sd as its proxy) widens the test; its rounding shortens the distance
+        se_paper = math.sqrt(se ** 2 + std ** 2 / spec.get("seeds", PAPER_SEEDS))
+        distance = mean - paper_effect
+        shrunk = math.copysign(max(0.0, abs(distance) - spec.get("rounding", PAPER_ROUNDING)), distance)
+        out["p_paper"] = two_sided_p(shrunk, se_paper, df)
     return out
+
+
+def _exact_cell(values: np.ndarray, test: dict, per_image, split: str) -> dict:
+    """A cell without a usable seed variance (none, or two groups of seeds): exact tests, no t-interval. No
+    test against the paper's effect: its spread allowance needs a seed sd that describes one population."""
+    n, mean = len(values), float(values.mean())
+    why = f"seeds split ({split})" if split else "no variance over seeds"
+    out = {"ci_low": np.nan, "ci_high": np.nan, "p_paper": np.nan}
+    if test["type"] == "equivalence":
+        lo, hi = test["band"]
+        # exact TOST: a one-sided sign-flip test at each edge
+        p = max(sign_flip_p(values, lo, "greater"), sign_flip_p(values, hi, "less"))
+        outside = mean > hi or mean < lo
+        edge = hi if mean > hi else lo
+        return {**out, "test": "exact sign-flip over seeds", "p_value": p,
+                "p_outside": sign_flip_p(values, edge) if outside else 1.0,
+                "direction": (1 if mean > hi else -1) if outside else 0,
+                "note": f"{why}: exact sign-flip tests over seeds at the band's edges, no t-interval"}
+    if per_image is not None:
+        return {**out, "test": "exact McNemar over test images", "p_value": image_sign_p(per_image),
+                "note": f"{why}: McNemar's exact test over the test images, no t-interval"}
+    return {**out, "test": "exact sign-flip over seeds", "p_value": sign_flip_p(values),
+            "note": f"{why}: exact sign-flip test over seeds (smallest possible p {2 / 2 ** n:.3g}), no t-interval"}
 
 
 def variance_cell_stats(t, c) -> dict:
@@ -235,6 +303,8 @@ def _seed_text(values) -> str:
 
 def cell_verdict(cell: dict, test_type: str, sign: str, alpha: float) -> str:
     """From the cell's within-claim adjusted p-values (p_adj, p_paper_adj, p_outside_adj)."""
+    if cell.get("gate"):
+        return f"not applicable ({cell['gate']})"
     if not cell["applicable"]:
         return "not applicable"
     if not cell["counts"]:
@@ -248,7 +318,7 @@ def cell_verdict(cell: dict, test_type: str, sign: str, alpha: float) -> str:
     if cell["p_adj"] < alpha:
         return _signed(cell["direction"], sign)
     if cell["p_paper_adj"] < alpha and _short_of_paper(cell, sign):
-        return "contradicted (paper's effect excluded)"
+        return SHORT_OF_PAPER
     return "inconclusive"
 
 
@@ -264,10 +334,16 @@ def _short_of_paper(cell: dict, sign: str) -> bool:
     return towards * (cell["mean"] - cell["paper_effect"]) < 0
 
 
+def _counting_mask(cells: pd.DataFrame) -> pd.Series:
+    """Cells that take part in a claim's verdict: enough seeds, applicable, and through every gate."""
+    gated = cells["gate"].fillna("").astype(str) != "" if "gate" in cells else False
+    return cells["counts"] & cells["applicable"] & ~gated
+
+
 def decide_cells(cells: pd.DataFrame, test_type: str, sign: str, alpha: float) -> pd.DataFrame:
     """Within-claim Holm over the counting cells, then each cell's own verdict."""
     cells = cells.copy()
-    counting = cells["counts"] & cells["applicable"]
+    counting = _counting_mask(cells)
     for column in ("p_value", "p_paper", "p_outside"):
         adjusted = np.full(len(cells), np.nan)
         adjusted[counting.to_numpy()] = holm(cells.loc[counting, column])
@@ -294,43 +370,61 @@ def rule_text(rule) -> str:
 
 def decide_claim(cells: pd.DataFrame, test_type: str, sign: str, rule, alpha: float, family_size: int) -> dict:
     """The claim's verdict from its decided cells (decide_cells) for one reading. Returns p (combined, before
-    the family correction), p_family (Bonferroni over family_size), verdict and a note. Gates first."""
-    counting = cells[cells["counts"] & cells["applicable"]]
+    the family correction), p_family (Bonferroni over family_size), verdict and a note. Gates first.
+
+    `mixed` needs cells of both signs that are each decisive after the family correction (their within-claim
+    Holm p times family_size below alpha); a cell that decides nothing never makes a claim mixed. A
+    signed verdict needs the cells its rule rests on (all, or the u with the smallest p) to agree in sign."""
+    counting = cells[_counting_mask(cells)]
     out = {"p_value": np.nan, "p_family": 1.0, "verdict": None, "note": ""}
     if cells.empty:
         return {**out, "verdict": "not run"}
     if counting.empty:
+        gates = set(cells["gate"].fillna("").astype(str)) - {""} if "gate" in cells else set()
+        if gates and (cells["gate"].fillna("").astype(str) != "").all():
+            return {**out, "verdict": f"not applicable ({gates.pop()})" if len(gates) == 1
+                    else "not applicable (every cell gated)", "note": "no cell passes its gates"}
         if not cells["applicable"].any():
             return {**out, "verdict": "not applicable", "note": "every cell has a side constant over seeds"}
         return {**out, "verdict": "too few seeds"}
     name = lambda frame: "; ".join(frame["cell"])  # noqa: E731
-    significant = counting["p_adj"] < alpha
-    directions = set(counting.loc[counting["direction"] != 0, "direction"])
     if test_type == "equivalence":
-        outside = counting[counting["verdict"].str.startswith("contradicted (")]
-        if {1, -1} <= set(outside["direction"]):
-            return {**out, "verdict": "mixed", "note": _mixed_note(outside)}
-    elif len(directions) > 1 and significant.any():
-        return {**out, "verdict": "mixed", "note": _mixed_note(counting)}
+        decisive = counting[(family_size * counting["p_outside_adj"] < alpha) & (counting["direction"] != 0)]
+    else:
+        decisive = counting[(family_size * counting["p_adj"] < alpha) & (counting["direction"] != 0)]
+    if {1, -1} <= set(decisive["direction"]):
+        return {**out, "verdict": "mixed", "note": _mixed_note(decisive)}
     out["p_value"] = combined_p(counting["p_value"], rule)
     out["p_family"] = min(1.0, family_size * out["p_value"])
     if test_type == "equivalence":
         if out["p_family"] < alpha:
             return {**out, "verdict": "supported"}
         p_out = min(1.0, family_size * combined_p(counting["p_outside"], rule))
-        if p_out < alpha and len(directions) == 1:
+        directions = set(_carriers(counting, "p_outside", rule)["direction"])
+        if p_out < alpha and len(directions) == 1 and 0 not in directions:
             return {**out, "verdict": f"contradicted ({DIRECTION[directions.pop()]})",
                     "note": f"outside the band in {rule_text(rule)} (p_family {p_out:.2g})"}
         return {**out, "verdict": "inconclusive"}
-    if out["p_family"] < alpha and len(directions) == 1:
-        return {**out, "verdict": _signed(directions.pop(), sign)}
+    if out["p_family"] < alpha:
+        directions = set(_carriers(counting, "p_value", rule)["direction"])
+        if len(directions) == 1 and 0 not in directions:
+            return {**out, "verdict": _signed(directions.pop(), sign)}
+        return {**out, "verdict": "inconclusive", "note": "the cells the rule rests on disagree in sign"}
     if counting["p_paper"].notna().all() and all(_short_of_paper(c, sign) for c in counting.to_dict("records")):
         p_paper = min(1.0, family_size * combined_p(counting["p_paper"], rule))
         if p_paper < alpha:
-            return {**out, "verdict": "contradicted (paper's effect excluded)",
-                    "note": f"the paper's effect lies outside our interval in {rule_text(rule)} "
-                            f"(p_family {p_paper:.2g}): {name(counting)}"}
+            return {**out, "verdict": SHORT_OF_PAPER,
+                    "note": f"our effect lies short of the paper's, allowing for the paper's seed spread and "
+                            f"rounding, in {rule_text(rule)} (p_family {p_paper:.2g}): {name(counting)}"}
     return {**out, "verdict": "inconclusive"}
+
+
+def _carriers(cells: pd.DataFrame, column: str, rule) -> pd.DataFrame:
+    """The cells a rule's combined p rests on: all of them, or the u = ceil(q m) with the smallest p."""
+    if rule == "all":
+        return cells
+    u = max(1, math.ceil(rule["share"] * len(cells) - 1e-9))
+    return cells.sort_values(column, kind="stable").head(u)
 
 
 def _mixed_note(cells: pd.DataFrame) -> str:
@@ -347,7 +441,7 @@ def leave_one_out(cells: pd.DataFrame, verdict: str, test_type: str, sign: str, 
                   family_size: int) -> str:
     """The counting cells whose removal changes the claim's verdict (decided on all cells: `verdict`);
     '' when none does, or < 2 cells."""
-    counting = cells[cells["counts"] & cells["applicable"]]
+    counting = cells[_counting_mask(cells)]
     if len(counting) < 2:
         return ""
     changes = []
@@ -371,7 +465,7 @@ def effect_gate(cells_all: int, scale: str) -> str | None:
 def pooled_description(cells: pd.DataFrame) -> dict:
     """A descriptive pooled mean over the counting cells (inverse-variance weights) with Cochran's Q and
     I^2; it decides nothing."""
-    part = cells[cells["counts"] & cells["applicable"] & (cells["se"] > 0)]
+    part = cells[_counting_mask(cells) & (cells["se"] > 0)]
     if len(part) < 2:
         return {"pooled": np.nan, "i2": np.nan}
     w = 1 / part["se"] ** 2
