@@ -33,8 +33,8 @@ TINY = {
 }
 
 
-def snakemake(*args, check=True):
-    out = subprocess.run([SNAKEMAKE, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=ENV)
+def snakemake(*args, check=True, env=None):
+    out = subprocess.run([SNAKEMAKE, *args], capture_output=True, text=True, cwd=REPO_ROOT, env={**ENV, **(env or {})})
     if check and out.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
@@ -46,9 +46,25 @@ def job_counts(dry_run_output: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
 
 
+def fake_hub_cache(folder: Path, repos: list[str]) -> Path:
+    """A Hugging Face Hub cache in which these repositories' weights look downloaded (empty files: a dry
+    run never loads them, and the model check asks only whether they are there)."""
+    for repo in repos:
+        entry = folder / f"models--{repo.replace('/', '--')}"
+        (entry / "refs").mkdir(parents=True)
+        (entry / "refs" / "main").write_text("0" * 40)
+        (entry / "snapshots" / ("0" * 40)).mkdir(parents=True)
+        (entry / "snapshots" / ("0" * 40) / "model.safetensors").write_bytes(b"")
+    return folder
+
+
 @pytest.mark.parametrize("params", ["params/default.yaml", "params/paper.yaml"])
 def test_dry_run_of_shipped_params(params, tmp_path):
-    out = snakemake("-n", "-p", "--cores", "2", "--configfile", params, "--config", f"results_dir={tmp_path}")
+    # paper.yaml's pretrained ViTs take timm's weights, which the check wants on this machine
+    hub = fake_hub_cache(tmp_path / "hub", ["timm/vit_base_patch16_224.augreg_in21k_ft_in1k",
+                                            "timm/vit_base_patch16_384.augreg_in21k_ft_in1k"])
+    out = snakemake("-n", "-p", "--cores", "2", "--configfile", params, "--config", f"results_dir={tmp_path}",
+                    env={"HF_HUB_CACHE": str(hub)})
     counts = job_counts(out.stdout + out.stderr)
     assert counts["train"] > 0 and counts["aggregate_set"] > 0 and counts["prepare_data"] > 0
     if params == "params/paper.yaml":  # ImageNet is planned as streamed: decoded batch by batch, never whole
@@ -94,6 +110,14 @@ def test_tiny_run_then_nothing_then_only_changed_jobs(tmp_path):
 
     again = snakemake("-n", "--cores", "2", "--configfile", str(path))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # a lost predictions.npz is made again (the audit's per-image intervals read it), not silently skipped
+    predictions = next((tmp_path / "results" / "runs" / "baseline").glob("*/predictions.npz"))
+    aside = predictions.rename(tmp_path / "aside.npz")
+    lost = snakemake("-n", "--cores", "2", "--configfile", str(path))
+    assert job_counts(lost.stdout + lost.stderr) == {"evaluate": 1, "track_set": 1, "aggregate_set": 1, "audit": 1,
+                                                     "track_audit": 1, "all": 1}
+    aside.rename(predictions)
 
     params["experiment_sets"]["noisynn_main"]["methods"][0]["noise"]["strength"] = 0.2
     path.write_text(yaml.safe_dump(params, sort_keys=False))

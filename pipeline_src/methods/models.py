@@ -1,9 +1,11 @@
 """Classifiers by name: softmax regression, DNN3, and any timm model.
 
 timm is the factory for everything convolutional or attention-based, so a new
-architecture needs a name in params, not code here. Small inputs (8-32 px) get
-a small-image stem: ResNets lose their stride-2 7x7 stem and max-pool, ViTs get
-a patch size that fits the image.
+architecture needs a name in params, not code here. A model whose constructor takes
+img_size (ViTs, Swin) is built for the dataset's image size; one that takes none
+(ResNets, FastViT, ConvNeXt) runs at any size as it is. small_stem: ResNets lose
+their stride-2 7x7 stem and max-pool, models taking a patch_size get one that fits
+the image; any other model has no stem to change, and small_stem is an error.
 """
 from __future__ import annotations
 
@@ -56,6 +58,21 @@ def _small_patch_size(img_size: int) -> int:
     return 1
 
 
+def _create_model(timm, arch: str, kwargs: dict, optional: dict):
+    """timm.create_model with the optional keyword arguments the model's constructor takes, and those taken:
+    timm passes keywords through to the class, whose TypeError names the one it does not take. Asked of
+    the constructor, not guessed from the name (FastViT has "vit" in its name and takes no img_size)."""
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(arch, **kwargs, **optional), optional
+        except TypeError as err:
+            refused = next((key for key in optional if f"'{key}'" in str(err)), None)
+            if refused is None:
+                raise
+            del optional[refused]
+
+
 def add_input_norm(model: nn.Module, mean, std) -> None:
     """Inputs in [0, 1] become (x - mean) / std per channel, by a forward pre-hook on the model root,
     so module paths (noise sites) stay those of the timm model. Registered at build time, it runs
@@ -95,16 +112,20 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     kwargs.setdefault("pretrained", False)
     if weights_file:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights_path(weights_file))})
-    if arch.startswith("vit") or arch.startswith("deit") or "vit" in arch.split("_")[0]:
-        kwargs.setdefault("img_size", height)
-        if small_stem:
-            kwargs.setdefault("patch_size", _small_patch_size(height))
+    optional = {} if "img_size" in kwargs else {"img_size": height}
+    if small_stem and "patch_size" not in kwargs:
+        optional["patch_size"] = _small_patch_size(height)
     try:
-        model = timm.create_model(arch, in_chans=chans, num_classes=num_classes, **kwargs)
+        model, taken = _create_model(timm, arch, {"in_chans": chans, "num_classes": num_classes, **kwargs}, optional)
     except RuntimeError as err:  # timm's "Unknown model" error
         raise ValueError(f"model arch '{arch}' is not sr, dnn3 or a timm model name ({err})") from None
     if small_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
         _small_resnet_stem(model, chans)
+    elif small_stem and not ({"img_size", "patch_size"} <= set(taken) | set(kwargs)):
+        # a patch size is a stem only where the model is built for an image size (ViT, Swin); ConvNeXt's
+        # patch_size is its 4x4 stride-4 stem, which the small default leaves as it is
+        raise ValueError(f"small_stem: {type(model).__name__} ({arch}) has no stem this pipeline changes (a ResNet's "
+                         "conv1 and max-pool, or a ViT's patch size); remove small_stem")
     if isinstance(input_norm, dict):
         add_input_norm(model, input_norm["mean"], input_norm["std"])
     elif input_norm == "auto" and kwargs["pretrained"]:

@@ -16,10 +16,10 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline_src.spec.code_hash import command_code
-from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
+from pipeline_src.spec.config import REPO_ROOT, ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
 from pipeline_src.provenance import write_json
 from pipeline_src.spec.datasets import DataError
-from pipeline_src.spec.datasets import input_shape, resolve_spec
+from pipeline_src.spec.datasets import given_path_problem, input_shape, resolve_spec
 
 
 def base_run_of(run: RunConfig) -> tuple[str, str] | None:
@@ -50,6 +50,8 @@ def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None
             datasets[name] = resolve_spec(name, dataset_spec(params, name))
         except DataError as err:
             raise ParamsError(f"invalid params: {err}") from None
+        if problem := given_path_problem(name, datasets[name], REPO_ROOT):
+            raise ParamsError(f"invalid params: {problem}")
     for name, model in params["models"].items():
         if model.get("weights_file") and not weights_path(model["weights_file"]).is_file():
             raise ParamsError(f"invalid params: models.{name}.weights_file: {model['weights_file']} does not exist; "
@@ -70,9 +72,12 @@ def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None
 
 
 def model_requests(runs: list[RunConfig], datasets: dict[str, dict]) -> list[dict]:
-    """One request per distinct (model entry, input shape), with the NoisyNN sites its runs name
-    (each site once, with the first run that names it)."""
+    """One request per distinct (model entry, input shape), with the NoisyNN sites its runs name: each
+    [set, run id, site, cell] once per set and cell, with the first run (seed) that names it. A cell is
+    the run less its site and seed: two sites of one cell that resolve to the same module are one
+    experiment under two run ids (model_check refuses them)."""
     requests: dict[str, dict] = {}
+    seen: set[tuple[str, str, str, str]] = set()
     for run in runs:
         shape = list(input_shape(datasets[run.dataset]))
         key = json.dumps([run.model_cfg, shape], sort_keys=True)
@@ -80,8 +85,11 @@ def model_requests(runs: list[RunConfig], datasets: dict[str, dict]) -> list[dic
                                             "in_shape": shape, "sites": []})
         if run.method["name"] == "noisynn":
             site = run.method["site"]
-            if site not in {s for _, _, s in request["sites"]}:
-                request["sites"].append([run.experiment_set, run.run_id, site])
+            cell = json.dumps([run.dataset, run.reading, {k: v for k, v in run.method.items() if k != "site"}],
+                              sort_keys=True)
+            if (key, run.experiment_set, site, cell) not in seen:
+                seen.add((key, run.experiment_set, site, cell))
+                request["sites"].append([run.experiment_set, run.run_id, site, cell])
     return list(requests.values())
 
 

@@ -214,6 +214,9 @@ def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None 
         started = time.perf_counter()
         train_loss = train_epoch(method, optimizer, x_train, y_train, cfg.batch_size,
                                  desc=f"{cfg.run_id} epoch {epoch + 1}/{cfg.epochs}", world=world, step=step)
+        if not math.isfinite(train_loss):  # diverged: no checkpoint of it, and no model.pt or result
+            raise ValueError(f"run {cfg.run_id}: the training loss became {train_loss} in epoch {epoch + 1}; "
+                             "nothing written for this run (try a lower lr)")
         schedule.step()
         method.eval()
         with torch.inference_mode(), autocast:

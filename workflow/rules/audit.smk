@@ -30,6 +30,8 @@ rule audit:
     localrule: True
     input:
         runs=expand(rules.aggregate_set.output.runs, experiment_set=SETS),
+        # read through the runs tables' paths: as inputs, a deleted one is made again, not silently skipped
+        predictions=get_all_predictions,
         claims=AUDIT_CLAIMS,
         deviations=AUDIT_DEVIATIONS,
     output:

@@ -77,7 +77,7 @@ AGGREGATE_CODE = command_code("aggregate")
 wildcard_constraints:
     experiment_set="[A-Za-z0-9_]+",
     run_id="[A-Za-z0-9_.\-]+",
-    dataset="[A-Za-z0-9_.\-]+",
+    dataset="[A-Za-z0-9_]+",  # the schema's names
 
 
 def get_run(wildcards):
@@ -156,6 +156,11 @@ def get_train_threads(wildcards):
 def get_set_metrics(wildcards):
     return [expand(rules.evaluate.output.metrics, experiment_set=s, run_id=r)[0]
             for (s, r) in RUNS if s == wildcards.experiment_set]
+
+
+def get_all_predictions(wildcards):
+    """Every run's predictions.npz: the audit's per-image intervals read them."""
+    return [expand(rules.evaluate.output.predictions, experiment_set=s, run_id=r)[0] for (s, r) in RUNS]
 
 
 def get_set_kind(wildcards):

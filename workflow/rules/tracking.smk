@@ -6,7 +6,7 @@ rule init_tracking:
     log:
         f"{RESULTS}/logs/init_tracking.log",
     params:
-        sets=" ".join(SETS),
+        sets=" ".join(map(shlex.quote, SETS)),  # names are checked (schema); quoted all the same
         store=lambda wildcards, output: Path(output.info).parent,  # the MLflow store's folder, indexed by tracking.json
     conda:
         "../envs/pipeline.yaml"
