@@ -1,5 +1,6 @@
 """The README and docs say what the code and the committed report hold: every departure of the registry,
 only numbers the report holds, the report's claim table, and how-to examples that pass `check`."""
+import pytest
 import yaml
 
 from pipeline_src.spec.config import REPO_ROOT
@@ -88,6 +89,7 @@ def _yaml_blocks(path):
             for body in re.findall(r"^[ \t]*```yaml\n(.*?)^[ \t]*```", path.read_text(), re.M | re.S)]
 
 
+@pytest.mark.slow  # three checks, each building its models in a subprocess: about 40 s
 def test_every_params_example_of_the_howto_passes_check(tmp_path):
     """Each params example, merged into the embedded default, passes `python -m pipeline_src check`; a new
     dataset or model is used by a set of the example, so check builds it at that dataset's shape."""
@@ -142,3 +144,17 @@ def test_links_of_the_readme_and_docs_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if not target.startswith(("http://", "https://", "mailto:")):
                 assert (page.parent / target).exists(), f"{page.relative_to(REPO_ROOT)} links {target}, which is not there"
+
+
+@pytest.mark.slow  # imports torch and timm in a subprocess
+def test_the_howtos_site_listing_command_prints_what_the_page_says():
+    """The one-line command that lists a model's noise sites, run as written, prints the comment under it."""
+    import re
+    import subprocess
+
+    block = re.search(r"```bash\n\s*(\.venv/bin/python -c .*valid_sites.*)\n\s*# (.*)\n", HOWTO.read_text())
+    assert block, "the how-to's site-listing command is gone"
+    command, said = block.group(1).strip(), block.group(2).strip()
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == said
