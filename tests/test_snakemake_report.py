@@ -24,6 +24,18 @@ def test_every_paper_table_of_the_registry_has_its_caption_and_no_other():
         assert f'{{% set table = "{name}" %}}' in (CAPTIONS / "paper_tables" / f"{name}.rst").read_text()
 
 
+def test_the_audit_caption_names_the_verdicts_the_code_gives():
+    """The audit item's caption states the rules in words; each verdict the code can give is named there."""
+    from pipeline_src.results import verdicts
+
+    caption = (CAPTIONS / "audit.rst").read_text()
+    words = [*verdicts.NUMBER_VERDICTS.values(), verdicts.SHORT_OF_PAPER, "mixed", "not applicable", "too few seeds",
+             "not run", "Bonferroni"]
+    missing = [w for w in words if w not in " ".join(caption.split())]
+    assert not missing, f"workflow/report/audit.rst does not name {missing}"
+    assert "Holm-adjusted p-values across all effect claims" not in caption
+
+
 def _captions(html: str) -> dict[str, str]:
     """Report item file name -> its rendered caption (the report embeds its results as one JSON object)."""
     for match in re.finditer(r"(\{\"[^\n]*?\"caption\":.*?\})\s*;?\s*$", html, re.M):
