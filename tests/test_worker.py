@@ -190,10 +190,9 @@ def test_a_worker_leaves_when_the_snakemake_that_started_it_is_killed(tmp_path):
     parent.kill()
     parent.wait(timeout=30)
     deadline = time.time() + 30
-    while os.path.exists(path):
-        assert time.time() < deadline, "the worker outlived its Snakemake"
+    while os.path.exists(os.path.dirname(path)):  # its socket, and the folder start() made for it
+        assert time.time() < deadline, "the worker outlived its Snakemake, or left its folder behind"
         time.sleep(0.1)
-    os.rmdir(os.path.dirname(path))
 
 
 def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
@@ -216,3 +215,68 @@ def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
     # read only now: the job holds the client's stderr open while it lives
     assert b"the job's worker exited before the job ended" in proc.stderr.read()
     shutil.rmtree(folder)  # a killed worker leaves its socket and PID_FILE there; stop() removes them
+
+
+def as_a_rule_runs_it(tmp_path: Path, *args: str) -> list[str]:
+    """The job's command line as a rule's shell line runs it: output and errors into its log."""
+    return ["bash", "-c", f"{sys.executable} -m pipeline_src.worker.client {' '.join(args)} > job.log 2>&1"]
+
+
+def test_a_job_killed_by_a_signal_says_so_in_its_log(worker, tmp_path):
+    """A plain process killed by SIGSEGV writes nothing to its log; through the worker, the child writes its
+    Python stack (faulthandler) and the client names the signal."""
+    (tmp_path / "job.py").write_text("import os, signal\nprint('started', flush=True)\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    done = subprocess.run(as_a_rule_runs_it(tmp_path, "job"), cwd=tmp_path, env={**ENV, SOCKET_ENV: worker}, timeout=120)
+    assert done.returncode == 128 + signal.SIGSEGV
+    log = (tmp_path / "job.log").read_text()
+    assert log.startswith("started\n") and "Fatal Python error: Segmentation fault" in log
+    assert log.splitlines()[-1].startswith("error: the job (pid ")
+    assert log.splitlines()[-1].endswith(") was killed by SIGSEGV (exit status 139)")
+
+
+def test_a_job_ends_when_its_shell_is_killed(worker, tmp_path):
+    """The client follows its parent, the job's shell: killed with SIGKILL (nothing can forward it), the
+    job still ends, and its log says how."""
+    (tmp_path / "job.py").write_text(SCRIPT)
+    shell = subprocess.Popen(as_a_rule_runs_it(tmp_path, "job", "sleep"), cwd=tmp_path,
+                             env={**ENV, "EXPECT_CWD": str(tmp_path), SOCKET_ENV: worker})
+    child = int(wait_for(tmp_path / "child.pid"))
+    shell.kill()
+    shell.wait(timeout=30)
+    deadline = time.time() + 30
+    while alive(child):
+        assert time.time() < deadline, "the job outlived its shell"
+        time.sleep(0.1)
+    deadline = time.time() + 30
+    while "killed by SIGTERM" not in (tmp_path / "job.log").read_text():
+        assert time.time() < deadline, (tmp_path / "job.log").read_text()
+        time.sleep(0.1)
+
+
+def test_a_hard_kill_of_the_snakemake_that_started_the_worker_ends_its_jobs(tmp_path):
+    """What onstart does, then a job through the worker, then a kill -9 of the parent: the job, its client
+    and its shell end, the worker exits and its /tmp/pw-* folder goes with it."""
+    (tmp_path / "job.py").write_text(SCRIPT)
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\nfrom pipeline_src import worker\n"
+                               f"print(worker.start({str(tmp_path / 'worker.log')!r})[1], flush=True)\n"
+                               f"shell = subprocess.Popen({as_a_rule_runs_it(tmp_path, 'job', 'sleep')!r}, "
+                               f"cwd={str(tmp_path)!r})\nprint(shell.pid, flush=True)\ntime.sleep(300)"],
+                              cwd=REPO_ROOT, env={**ENV, "EXPECT_CWD": str(tmp_path)}, stdout=subprocess.PIPE, text=True)
+    path, shell = parent.stdout.readline().strip(), int(parent.stdout.readline())
+    child = int(wait_for(tmp_path / "child.pid", 120))  # the job runs in the worker
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.time() + 30
+    while alive(child) or os.path.exists(os.path.dirname(path)) or not zombie_or_gone(shell):
+        assert time.time() < deadline, (f"after the kill: job alive {alive(child)}, shell alive {not zombie_or_gone(shell)}, "
+                                        f"folder left {os.path.exists(os.path.dirname(path))}")
+        time.sleep(0.1)
+    assert "killed by SIGTERM" in (tmp_path / "job.log").read_text()
+
+
+def zombie_or_gone(pid: int) -> bool:
+    """A process whose parent was killed is reaped by init, or stays a zombie in a container without one."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True

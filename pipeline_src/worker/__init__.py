@@ -32,9 +32,10 @@ def start(log_path) -> tuple[object, str] | None:
     path = os.path.join(folder, "worker.sock")
     with log:
         # its own session, so that a Ctrl-C to Snakemake's terminal reaches the jobs through their
-        # clients, not the worker; it leaves once this process is gone, however that ended
+        # clients, not the worker; once this process is gone, however that ended, it ends the jobs it
+        # runs, exits and removes its folder
         proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
-                                 "--idle-exit", "3600", "--parent-pid", str(os.getpid())],
+                                 "--idle-exit", "3600", "--parent-pid", str(os.getpid()), "--own-folder"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     # the jobs Snakemake starts while the worker is still importing wait for it (client.py)
     Path(folder, PID_FILE).write_text(str(proc.pid))

@@ -6,7 +6,10 @@ other import), and runs the command in-process when no worker answers;
 Standard library only: this is what each job starts.
 
 The client stays until the child ends: SIGTERM, SIGINT and SIGHUP sent to it (Snakemake cancelling a
-job, SLURM ending one) go on to the child, and if the client itself dies the worker ends the child.
+job, SLURM ending one) go on to the child, and if the client itself dies the worker ends the child. On
+Linux the client also follows its parent, the job's shell: once that is gone (killed), the child gets
+SIGTERM. A child ended by a signal is named in the job's log (the client's stderr): a plain process
+killed so writes nothing there, and only the shell's exit status would tell.
 """
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ import time
 from pipeline_src.worker import PID_FILE, SOCKET_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# what the kernel sends the client when its parent dies (prctl PR_SET_PDEATHSIG): a signal of its own,
+# since it also comes when the parent's forking thread ends, which the handler tells apart
+PARENT_DEATH = signal.SIGUSR2
+PR_SET_PDEATHSIG = 1
 STARTING_WAIT_S = 120.0
 
 
@@ -74,6 +81,7 @@ def run_in_worker(path: str, argv: list[str]) -> int | None:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
+    _follow_parent(lambda: forward(signal.SIGTERM, None))
     while True:
         try:
             line = replies.readline()
@@ -84,7 +92,31 @@ def run_in_worker(path: str, argv: list[str]) -> int | None:
             return 1
         kind, _, value = line.partition(" ")
         if kind == "exit":
-            return int(value)
+            code, _, killed_by = value.strip().partition(" ")
+            if killed_by:
+                print(f"error: the job (pid {started[1]}) was killed by {killed_by} (exit status {code})",
+                      file=sys.stderr, flush=True)
+            return int(code)
+
+
+def _follow_parent(stop) -> None:
+    """Linux: call stop() once this process's parent has died (the kernel's parent-death signal), and
+    at once if it died already. Elsewhere nothing: the worker still ends the child if the client dies."""
+    parent = os.getppid()
+
+    def parent_died(_signum, _frame):
+        if os.getppid() != parent:  # reparented: the parent itself is gone, not just its forking thread
+            stop()
+
+    signal.signal(PARENT_DEATH, parent_died)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, PARENT_DEATH)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        stop()
 
 
 def main() -> None:

@@ -8,14 +8,18 @@ One thread only: the loop waits on the listening socket and the clients' connect
 children between waits (forking a process with other threads running is unsafe).
 
 A client's connection closing before its child has ended means the client was killed: the child gets
-SIGTERM, then SIGKILL after GRACE_S. With --idle-exit, the worker exits after that many seconds with no
-job running, and with --parent-pid once that process is gone (a Snakemake killed too hard to stop it)
-and its own jobs have ended; it removes its socket when it exits.
+SIGTERM, then SIGKILL after GRACE_S. A child killed by a signal is reported to its client as such (which
+says so in the job's log), and a child that crashes in C (SIGSEGV) first writes its Python stack there.
+With --idle-exit, the worker exits after that many seconds with no job running. With --parent-pid, once
+that process is gone (a Snakemake killed too hard to stop it) its jobs are ended the same way, since no
+one counts their results any more, and the worker exits once they have; it removes its socket when it
+exits, and with --own-folder the socket's folder too.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import importlib
 import json
 import os
@@ -78,6 +82,13 @@ def _end_with_worker() -> None:
         pass
 
 
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal-{signum}"
+
+
 def run_child(request: dict, fds: list[int]) -> None:
     """In the forked child: become the job, run it, and never return."""
     status = 1
@@ -88,6 +99,7 @@ def run_child(request: dict, fds: list[int]) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
+        faulthandler.enable()  # a crash in C (SIGSEGV, SIGBUS, ...) writes the Python stack to the job's log
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
@@ -119,6 +131,9 @@ def run_child(request: dict, fds: list[int]) -> None:
 class Worker:
     def __init__(self, path: str, idle_exit: float | None, parent_pid: int | None = None):
         self.path, self.idle_exit, self.parent_pid = path, idle_exit, parent_pid
+        # started by that process (worker.start): it is gone once this one is someone else's child, even
+        # while it waits unreaped as a zombie, and a PID reused since cannot pass for it
+        self.parent_is_ppid = parent_pid == os.getppid()
         self.selector = selectors.DefaultSelector()
         self.jobs: dict[int, socket.socket] = {}  # child pid -> its client's connection
         self.killing: dict[int, float] = {}  # child pid -> when it was sent SIGTERM
@@ -153,8 +168,17 @@ class Worker:
         return time.monotonic() - self.idle_since > self.idle_exit
 
     def _orphaned(self) -> bool:
-        if self.jobs or self.parent_pid is None:
+        """The --parent-pid process is gone: its jobs are stopped (nothing counts their results, and a rerun
+        would train the same runs beside them); True once they have all ended."""
+        if self.parent_pid is None or not self._parent_gone():
             return False
+        for pid in self.jobs:
+            self._stop(pid)
+        return not self.jobs
+
+    def _parent_gone(self) -> bool:
+        if self.parent_is_ppid:
+            return os.getppid() != self.parent_pid
         try:
             os.kill(self.parent_pid, 0)
         except ProcessLookupError:
@@ -234,9 +258,10 @@ class Worker:
             if conn is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            code = 128 - code if code < 0 else code  # killed by a signal: as a shell reports it
+            # killed by a signal: the status as a shell reports it, and the signal's name for the job's log
+            reply = f"exit {128 - code} {_signal_name(-code)}" if code < 0 else f"exit {code}"
             try:
-                conn.sendall(f"exit {code}\n".encode())
+                conn.sendall(f"{reply}\n".encode())
             except OSError:
                 pass
             try:
@@ -250,7 +275,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="the unix socket to listen on")
     parser.add_argument("--idle-exit", type=float, help="exit after this many seconds with no job")
-    parser.add_argument("--parent-pid", type=int, help="exit, once idle, when this process has gone")
+    parser.add_argument("--parent-pid", type=int, help="end the jobs and exit when this process has gone")
+    parser.add_argument("--own-folder", action="store_true", help="remove the socket's folder on exit (it was "
+                        "made for this worker)")
     args = parser.parse_args()
     if len(os.fsencode(args.socket)) > 100:
         sys.exit(f"error: socket path {args.socket} is longer than a unix socket allows (100 bytes)")
@@ -260,8 +287,12 @@ def main() -> None:
     try:
         Worker(args.socket, args.idle_exit, args.parent_pid).serve()
     finally:
+        folder = os.path.dirname(args.socket)
         with contextlib.suppress(OSError):  # the name start() gave the jobs to wait for (__init__.py)
-            os.unlink(os.path.join(os.path.dirname(args.socket), PID_FILE))
+            os.unlink(os.path.join(folder, PID_FILE))
+        if args.own_folder:  # a Snakemake killed too hard to stop() this worker leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
 
 
 if __name__ == "__main__":
