@@ -95,10 +95,14 @@ def rules_text(claims: dict, family_size: int) -> str:
         f"({settings.get('variance_min_seeds_reason', '')}); fewer gives `too few seeds` (numbers kept).",
         "- **Effect intervals cover the seeds and the test set.** Every seed is scored on the same test images, "
         "so the spread over seeds misses the test set's own sampling error. Where the runs stored per-image "
-        "predictions, an effect's squared standard error is s_seeds² / n + s_images² / N (s_images²: the "
-        "variance over the N test images of each image's seed-averaged paired difference); t with n - 1 df. "
-        "This counts the seed × image interaction twice, so it errs wide. Runs without predictions (made before "
-        "runs stored them): seeds only; the `uncertainty` column says which.",
+        "predictions, the seeds × images table of paired differences is a two-way layout, and an effect's "
+        "squared standard error is its unbiased two-way estimate s_seeds² / n + (s_images² - MS_interaction / n) "
+        "/ N, the images term floored at 0 (s_seeds²: variance of the seed means; s_images²: the variance over "
+        "the N test images of each image's seed-averaged difference; MS_interaction: the residual mean square, "
+        "which the images' variance also holds and the seeds' already carry, so it is counted once); t with "
+        "n - 1 df. Runs without predictions: seeds only; the `uncertainty` column says which, and a cell that "
+        "falls back to seeds only says why in its note (no run of it stored predictions.npz, or which runs "
+        "lack it).",
         f"- **Number claims:** the {level} t-interval of our mean over seeds against the band paper ± tolerance "
         "(over seeds only: the paper measured its number on the same test set, so that set's sampling error is "
         "no part of the difference): "
@@ -113,11 +117,19 @@ def rules_text(claims: dict, family_size: int) -> str:
         "paper's tables imply an effect, against that effect); equivalence claims two one-sided tests (TOST) at "
         "the band; variance claims a paired Brown-Forsythe test (absolute deviations from each side's median, "
         "differenced per seed, t-tested); a side constant over seeds makes the cell `not applicable`. A cell's "
-        "verdict uses its p Holm-adjusted over its claim's counting cells (`p_adj`).",
+        "verdict uses its p Holm-adjusted over its claim's counting cells (`p_adj`); `test` names the test.",
+        "- **No t-test without a variance that describes one population.** A cell whose seeds do not vary "
+        "(every seed the same difference), or whose seeds split into two groups (below), gets no t-test and no "
+        "t-interval: an exact sign-flip permutation test over seeds (n seeds cannot give p below 2 / 2^n: 0.0625 "
+        "at 5 seeds, 0.002 at 10), or, for a cell without seed variance whose runs stored predictions, McNemar's "
+        "exact test over the test images it moves; equivalence then uses exact sign-flip tests at each edge of "
+        "the band. Such a cell is never tested against the paper's effect.",
         "- **A claim's verdict comes from its cells, by the rule it declares (`rule`).** `all cells` "
         "(intersection-union): the claim's p is its largest cell p. `at least q of cells`: (m - u + 1) times "
-        "the u-th smallest cell p, u = ceil(q m) (partial conjunction). Cells whose estimates disagree in sign, "
-        "one of them significant, give `mixed`, naming the cells; cells are never pooled into a verdict. The "
+        "the u-th smallest cell p, u = ceil(q m) (partial conjunction); a signed verdict needs the cells the rule "
+        "rests on (all, or those u) to agree in sign. `mixed` needs cells of both signs that are each decisive "
+        "after the family correction (their Holm p times the family size below alpha): a cell that decides "
+        "nothing never makes a claim mixed. Cells are never pooled into a verdict. The "
         "claim-level `mean` is the cell's own with one cell; with several, an inverse-variance pooled mean shown "
         "for description only, beside its heterogeneity I² (`pooled_i2`).",
         f"- **Multiple testing, fixed in advance:** Bonferroni over a family of {family_size} (claim, reading) "
@@ -128,14 +140,35 @@ def rules_text(claims: dict, family_size: int) -> str:
         "one claim could change another's verdict; here they cannot.",
         "- **Directions.** A hypothesis worded \"differently\" (expected `±`) is two-sided, and its verdict "
         "names the direction the data shows: `supported (higher)` / `supported (lower)`. A directional claim "
-        "significant the other way is `contradicted`. Where the paper's own tables imply an effect (a row "
-        "difference) and our interval excludes it on the near side in every counting cell (p_family < alpha), "
-        "the claim is `contradicted (paper's effect excluded)`, distinct from `inconclusive`.",
-        "- **Split seeds** (descriptive, decides nothing): a cell whose sorted seed values leave a gap of at "
-        "least 5 points and 3 pooled within-group sds is flagged, and its verdict's note names the split "
-        "(benchmarks/sim_verdict_rules.py measures the rule's errors).",
+        "significant the other way is `contradicted`.",
+        "- **Short of the paper's effect.** Where the paper's own tables imply an effect (a row difference), each "
+        "cell is also tested against it: the paper gives no run-to-run spread, so our cell's seed sd over the "
+        "paper's 5 seeds stands in for it (added to our standard error), and the distance first gives up 0.01, "
+        "the most the rounding of the paper's two 2-decimal table values can move it. Where our effect lies on "
+        "the near side in every counting cell and that test holds after the family correction, the claim reads "
+        "`short of the paper's effect`: our effect is smaller than the paper's beyond the paper's own spread, "
+        "which says nothing on whether the effect is zero (that is the test against 0).",
+        "- **Split seeds:** a cell whose sorted seed values leave a gap of at least 5 points and 3 pooled "
+        "within-group sds is flagged (benchmarks/sim_verdict_rules.py measures the rule's errors); it gets the "
+        "exact tests above, never a t-interval.",
+        *manipulation_rules(claims),
         "- **Sensitivity:** `sensitivity` lists, per claim, the cells whose removal alone changes its verdict.",
         "- Runs not at paper scale: `smoke scale`, numbers kept, nothing decided."])
+
+
+def manipulation_rules(claims: dict) -> list[str]:
+    """The gates each paper section declares (claims.yaml `manipulation_check`), one rule line each."""
+    checks = {e["paper"]: e["manipulation"] for e in claims["effects"] if e.get("manipulation")}
+    return [f"- **Manipulation check ({paper.upper()} effect cells): {check['name']}.** A cell counts only "
+            f"when its mechanism is measurably at work; otherwise it is shown, reads `not applicable (<gate>)` and "
+            f"decides nothing; `gated` in the claim table counts the cells each gate took out, and each cell's "
+            f"`manipulation` column gives the measured outcome. A generator run ({', '.join(check['generator_methods'])}) "
+            f"is active when its mean sigma over the test set is at least {check['min_sigma_mean']:g} or its noise "
+            f"changes at least {check['min_changed_share']:.0%} of test predictions (class enumeration against no "
+            f"noise); gates: `base at chance` (a configuration's no-noise mean below 100 / C + "
+            f"{check['base_margin_points']:g} points), `generator inert` (a generator run with both measured "
+            f"below), `no manipulation data` (a generator run that recorded neither). Why: {check['reason']}"
+            for paper, check in checks.items()]
 
 
 def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table_md: list[str],
@@ -145,19 +178,22 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
     texts = {e["id"]: e["claim"] for e in claims["effects"]}
     shown = effects.assign(claim=effects["claim_id"].map(texts))[
-        ["claim_id", "reading", "claim", "expected", "rule", "mean", "ci_low", "ci_high", "n", "cells", "p_value",
-         "p_family", "verdict", "scale", "uncertainty", "deviations", "sensitivity", "note"]]
-    cell_cols = ["claim_id", "reading", "cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "p_value",
-                 "p_adj", "paper_effect", "verdict", "split", "scale"]
+        ["claim_id", "reading", "claim", "expected", "rule", "mean", "ci_low", "ci_high", "n", "cells", "gated",
+         "p_value", "p_family", "verdict", "scale", "uncertainty", "deviations", "sensitivity", "note"]]
+    cell_cols = ["claim_id", "reading", "cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_value",
+                 "p_adj", "paper_effect", "verdict", "manipulation", "split", "scale"]
     return "\n\n".join([
         "# Audit of the published numbers and claims",
         rules_text(claims, family_size),
         "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv.",
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
-        "## Effect claims", _clean(shown).to_markdown(index=False, floatfmt=".3g"),
+        "## Effect claims", "cells: counting / all; gated: the cells each gate took out (shown, never deciding).",
+        _clean(shown).to_markdown(index=False, floatfmt=".3g"),
         "## Effect claims per cell", "seeds: the per-seed values (variance claims: treatment vs control); mean: "
-        "treatment - control over seeds (variance claims: log var ratio); p_value: the cell's own test; p_adj: "
-        "Holm-adjusted over its claim's counting cells; paper_effect: the effect the paper's table implies.",
+        "treatment - control over seeds (variance claims: log var ratio); test: t, or the exact test of a cell "
+        "without a usable seed variance; p_value: the cell's own test; p_adj: Holm-adjusted over its claim's "
+        "counting cells; paper_effect: the effect the paper's table implies; manipulation: the outcome of the "
+        "cell's manipulation check (blank where none is declared).",
         _clean(cells[cell_cols]).to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
         "## Claims one by one", claim_sections(effects, cells, claims),
         "## Paper tables", *table_md,
@@ -179,10 +215,17 @@ def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> 
     parts = []
     for _, line in effects[effects["verdict"] != "not run"].iterrows():
         mine = cells[(cells["claim_id"] == line["claim_id"]) & (cells["reading"] == line["reading"])]
-        shown = mine[["cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "p_adj", "paper_effect", "verdict"]]
+        shown = mine[["cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_adj", "paper_effect",
+                      "verdict"]]
+        gated = line.get("gated")
         facts = [f"**{line['verdict']}** (rule: {line['rule']}; {line['cells']} cells count; p_family "
-                 f"{line['p_family']:.3g})", *(f"{key}: {line[key]}" for key in ("note", "sensitivity", "deviations")
-                                              if isinstance(line[key], str) and line[key])]
+                 f"{line['p_family']:.3g})",
+                 f"cells lost to gates: {gated if isinstance(gated, str) and gated else 'none'}",
+                 *(f"{key}: {line[key]}" for key in ("note", "sensitivity", "deviations")
+                   if isinstance(line[key], str) and line[key])]
+        # per cell: the manipulation check's outcome, and why an interval is over seeds only or has no t-test
+        facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine["manipulation"]) if isinstance(text, str) and text]
+        facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine["note"]) if isinstance(text, str) and text]
         parts += [f"### {claim_heading(line['claim_id'], line['reading'])}", texts.get(line["claim_id"], ""),
                   "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g")]
     return "\n\n".join(parts) if parts else "No effect claim has runs."
