@@ -541,7 +541,7 @@ def test_paper_tables_keep_the_layout_and_say_not_run(fixture_runs):
     assert r"vpn\_dnn3\_no\_noise" in tex and r"$\pm$" in tex and r"embedded\_default" in tex
     assert "±" not in tex and "Δ" not in tex
     report = (out / "audit.md").read_text()
-    headings = ["Scoreboard", "Effect claims", "Effect claims per cell", "Paper tables",
+    headings = ["Scoreboard", "Effect claims", "Manipulation check by reading", "Effect claims per cell", "Paper tables",
                 "Deviations from the papers and the authors' code"]
     positions = [report.index(f"## {heading}\n") for heading in headings]
     assert positions == sorted(positions)
@@ -749,13 +749,13 @@ GATE = {"name": "generator active", "reason": "test", "generator_methods": ["vpn
 GATE_SETTINGS = {**SETTINGS, "num_classes": {"d": 10}}
 
 
-def _generator_runs(base, gain, sigma, method="vpn_dnn3", folder=None, moved=3):
+def _generator_runs(base, gain, sigma, method="vpn_dnn3", folder=None, moved=3, model="m"):
     """folder: store each generator run's predictions there, its noise moving `moved` of 1,000 test images."""
     from pipeline_src.spec.predictions import save_predictions
 
     lines = []
     for s, b in enumerate(base):
-        lines.append(run_line("d", "m", "baseline", "no_noise", s, b))
+        lines.append(run_line("d", model, "baseline", "no_noise", s, b))
         extra = {"sigma_mean": sigma[s]}
         if folder is not None:
             target = np.arange(1000) % 10
@@ -763,7 +763,7 @@ def _generator_runs(base, gain, sigma, method="vpn_dnn3", folder=None, moved=3):
             extra["predictions"] = str(folder / f"{method}-s{s}.npz")
             save_predictions(Path(extra["predictions"]), {"class_enumeration": noisy, "no_noise": target}, target)
         for mode, value in (("class_enumeration", b + gain[s]), ("no_noise", b + gain[s] - 0.05)):
-            lines.append({**run_line("d", "m", method, mode, s, value), **extra})
+            lines.append({**run_line("d", model, method, mode, s, value), **extra})
     return lines
 
 
@@ -827,3 +827,14 @@ def test_a_cell_that_falls_back_to_seeds_only_says_which_runs_lack_predictions(t
     cell = effects(lines, [paired_claim()])[1].iloc[0]
     assert cell["uncertainty"] == "seeds only"
     assert "1 of 10 runs have no predictions.npz (k/d-m-noisy-s4)" in str(cell["note"])
+
+
+def test_audit_md_counts_each_gates_cells_per_reading_and_tells_claim_from_cell_verdicts(tmp_path):
+    base, gain = [80.0, 80.1, 79.9, 80.2, 80.0], [0.6, 0.7, 0.5, 0.65, 0.55]
+    runs = _generator_runs(base, gain, [0.3] * 5) + _generator_runs([10.0] * 5, gain, [0.3] * 5, model="n")
+    _, cells = effects(runs, [_gated_claim()], GATE_SETTINGS)
+    summary = audit_pages.gate_summary(cells)
+    row = next(line for line in summary.splitlines() if line.startswith("| declared"))
+    assert [cell.strip() for cell in row.strip("|").split("|")] == ["declared", "1", "1"]
+    assert "not applicable (base at chance)" in summary and "passes" in summary
+    assert audit_pages.gate_summary(cells.assign(manipulation_check="")) == "No cell has a manipulation check."

@@ -189,7 +189,10 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
         "## Effect claims", "cells: counting / all; gated: the cells each gate took out (shown, never deciding).",
         _clean(shown).to_markdown(index=False, floatfmt=".3g"),
-        "## Effect claims per cell", "seeds: the per-seed values (variance claims: treatment vs control); mean: "
+        "## Manipulation check by reading", gate_summary(cells),
+        "## Effect claims per cell", "A cell's verdict is its own (Holm over its claim's cells, no family "
+        "correction): it describes the cell and is never a claim's verdict, which is the family-corrected one "
+        "above. seeds: the per-seed values (variance claims: treatment vs control); mean: "
         "treatment - control over seeds (variance claims: log var ratio); test: t, or the exact test of a cell "
         "without a usable seed variance; p_value: the cell's own test; p_adj: Holm-adjusted over its claim's "
         "counting cells; paper_effect: the effect the paper's table implies; manipulation: the outcome of the "
@@ -198,6 +201,19 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         "## Claims one by one", claim_sections(effects, cells, claims),
         "## Paper tables", *table_md,
         "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
+
+
+def gate_summary(cells: pd.DataFrame) -> str:
+    """Per reading, how many cells under a manipulation check pass it and how many each gate takes out
+    (counted over every claim: one set of runs used by three claims is three cells)."""
+    checked = cells[cells["manipulation_check"].fillna("").astype(str) != ""] if "manipulation_check" in cells else cells.iloc[0:0]
+    if checked.empty:
+        return "No cell has a manipulation check."
+    outcome = checked["verdict"].where(checked["verdict"].str.startswith("not applicable ("), "passes")
+    table = pd.crosstab(checked["reading"], outcome.rename("outcome"))
+    return ("Cells under a manipulation check, per protocol reading, over all claims (a set of runs that three "
+            "claims use counts three times): those that pass take part in the verdicts; the others are shown and "
+            "decide nothing.\n\n" + table.rename_axis(index="reading", columns=None).to_markdown())
 
 
 def claim_heading(claim_id: str, reading: str) -> str:
@@ -218,7 +234,7 @@ def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> 
         shown = mine[["cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_adj", "paper_effect",
                       "verdict"]]
         gated = line.get("gated")
-        facts = [f"**{line['verdict']}** (rule: {line['rule']}; {line['cells']} cells count; p_family "
+        facts = [f"claim-level (family-corrected): **{line['verdict']}** (rule: {line['rule']}; {line['cells']} cells count; p_family "
                  f"{line['p_family']:.3g})",
                  f"cells lost to gates: {gated if isinstance(gated, str) and gated else 'none'}",
                  *(f"{key}: {line[key]}" for key in ("note", "sensitivity", "deviations")
