@@ -204,6 +204,11 @@ def _fmt(value, digits: int = 3) -> str:
     return "" if pd.isna(value) else f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.2f}"
 
 
+def _interval(low, high) -> str:
+    """A 95% CI, or '-' for a cell tested without one (exact tests)."""
+    return "-" if pd.isna(low) and pd.isna(high) else f"{_fmt(low)} to {_fmt(high)}"
+
+
 def _per_seed(report_dir: Path, evidence: str, eval_mode: str, metric: str, tables: dict) -> str:
     """A number cell's per-seed values, read from its sets' run tables (tables: path -> frame, read once)."""
     values = []
@@ -234,16 +239,20 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
         return "\n\n".join(parts) + "\n"
     text = lambda value: value if isinstance(value, str) else ""  # noqa: E731  (a blank csv cell is NaN)
     parts.append(_table([{"reading": r["reading"] or "-", "verdict": r["verdict"], "rule": r["rule"],
-                          "cells counting": r["cells"], "p_family": _fmt(r["p_family"]), "note": text(r["note"]),
+                          "cells counting": r["cells"], **({"gated": text(r["gated"])} if "gated" in r else {}),
+                          "p_family": _fmt(r["p_family"]), "note": text(r["note"]),
                           "sensitivity": text(r["sensitivity"])} for _, r in lines.iterrows()]))
     mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
     parts += ["## Cells", "seeds: the per-seed values (treatment - control; a variance claim: treatment vs "
-              "control); mean and 95% CI over seeds (and test images where runs stored predictions); p_adj: "
-              "the cell's p adjusted within its claim; paper: the effect the paper's table implies.",
+              "control); mean and 95% CI over seeds (and test images where runs stored predictions); test: the "
+              "cell's test; p_adj: its p adjusted within its claim; paper: the effect the paper's table implies; "
+              "manipulation: whether the mechanism was at work, measured (where the claim declares a check).",
               _table([{"reading": c["reading"] or "-", "cell": c["cell"], "n": c["n"], "seeds": c["seeds"],
-                       "mean": _fmt(c["mean"]), "95% CI": f"{_fmt(c['ci_low'])} to {_fmt(c['ci_high'])}",
+                       "mean": _fmt(c["mean"]), "95% CI": _interval(c["ci_low"], c["ci_high"]),
+                       **({"test": text(c["test"])} if "test" in c else {}),
                        "p_adj": _fmt(c["p_adj"]), "paper": _fmt(c["paper_effect"]), "verdict": c["verdict"],
-                       "split": c["split"] if isinstance(c["split"], str) else ""}
+                       **({"manipulation": text(c["manipulation"])} if "manipulation" in c else {}),
+                       "split": text(c["split"]), "note": text(c["note"])}
                       for _, c in mine.iterrows()]) or "No cell has runs."]
     sets = _sets_of(mine["evidence"] if len(mine) else ran["evidence"])
     figures = _figures(report_dir, sets)
@@ -273,7 +282,7 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
     if len(ran):
         parts.append(_table([{"row": r["row"], "column": r["column"], "reading": r["reading"] or "-",
                               "paper": f"{r['paper']:g}", "ours": f"{r['mean']:.2f} ± {r['std']:.2f}",
-                              "95% CI": f"{r['ci_low']:.2f} to {r['ci_high']:.2f}", "n": int(r["n"]),
+                              "95% CI": _interval(r["ci_low"], r["ci_high"]), "n": int(r["n"]),
                               "per seed": _per_seed(report_dir, r["evidence"], spec["row_map"][r["row"]][1],
                                                     spec.get("metric", "top1"), tables),
                               "verdict": r["verdict"], "departures": r["deviations"] or "",
