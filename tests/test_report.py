@@ -236,3 +236,7 @@ def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs
     assert not_run_reason(paper, {"noisynn_main"}, ["imagenet/vit_b"]).endswith("(params/paper.yaml, set main)")
     assert not_run_reason({**paper, "device": "auto"}, {"other"}) == "not run: needs tiny (params/paper.yaml, set other)"
     assert not_run_reason(paper, {"vpn_joint"}) == "not run: no params file declares its runs"
+    from pipeline_src.results.claim_pages import smoke_text
+
+    assert smoke_text(paper, {"noisynn_main"}).endswith("smoke scale in `make reproduce` (imagenet, tiny)")
+    assert smoke_text(paper, {"noisynn_main"}, ["cifar10/vit_b"]) == "none"  # its sets run other columns

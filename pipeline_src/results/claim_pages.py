@@ -19,6 +19,7 @@ import yaml
 from pipeline_src.provenance import REPO_ROOT, write_atomic
 
 PAPER_PARAMS = REPO_ROOT / "params" / "paper.yaml"  # where the full protocol of both papers is declared
+SMOKE_PARAMS = REPO_ROOT / "params" / "default.yaml"  # the embedded default: every method at smoke scale
 SHORT = 70  # characters of a claim's sentence in the claim table
 
 
@@ -61,13 +62,19 @@ def declared_in(paper: dict, kinds: set[str]) -> list[tuple[str, list[str], list
     return out
 
 
-def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = None) -> str:
-    """Why a claim (or a table's cells, `columns` as dataset/model) has no runs in this report: the sets of
-    params/paper.yaml that declare it, their datasets, and the device that file asks for."""
-    sets = declared_in(paper, kinds)
+def _declared_for(params: dict, kinds: set[str], columns: list[str] | None) -> list:
+    """declared_in, narrowed to sets that run one of these table columns (dataset/model) when given."""
+    sets = declared_in(params, kinds)
     if columns is not None:
         wanted = {tuple(c.split("/", 1)) for c in columns}
         sets = [(n, d, m) for n, d, m in sets if any((x, y) in wanted for x in d for y in m)]
+    return sets
+
+
+def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = None) -> str:
+    """Why a claim (or a table's cells, `columns` as dataset/model) has no runs in this report: the sets of
+    params/paper.yaml that declare it, their datasets, and the device that file asks for."""
+    sets = _declared_for(paper, kinds, columns)
     if not sets:
         return "not run: no params file declares its runs"
     datasets = list(dict.fromkeys(d for _, ds, _ in sets for d in ds))
@@ -75,6 +82,16 @@ def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = Non
     gpu = " and a GPU" if device == "cuda" else ""
     return (f"not run: needs {', '.join(datasets)}{gpu} (params/paper.yaml, "
             f"set{'s' if len(sets) > 1 else ''} {', '.join(n for n, _, _ in sets)})")
+
+
+def smoke_text(smoke: dict, kinds: set[str], columns: list[str] | None = None) -> str:
+    """For a claim without runs here: whether the embedded default runs its sets, at smoke scale, and on what
+    (smoke numbers decide nothing, so this is where to see it run, not evidence)."""
+    sets = _declared_for(smoke, kinds, columns)
+    if not sets:
+        return "none"
+    datasets = ", ".join(dict.fromkeys(d for _, ds, _ in sets for d in ds))
+    return f"none here; its sets run at smoke scale in `make reproduce` ({datasets})"
 
 
 def _effect_kinds(test: dict) -> set[str]:
@@ -120,10 +137,12 @@ def _verdicts_by_reading(lines: pd.DataFrame, count: bool) -> str:
     return "; ".join(parts)
 
 
-def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: dict | None = None) -> list[dict]:
+def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: dict | None = None,
+               smoke: dict | None = None) -> list[dict]:
     """One row per claim of the registry, tables of published numbers first per paper as the registry
     orders them: what it says, our best evidence, the verdict per reading or why it is not run, its page."""
     paper = _load_paper_params() if paper is None else paper
+    smoke = _load_paper_params(SMOKE_PARAMS) if smoke is None else smoke
     rows = []
     for name, spec in claims["tables"].items():
         claim_id = f"{spec['paper']}.{name}"
@@ -140,14 +159,15 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
         verdict = _verdicts_by_reading(ran, count=True) if len(ran) else not_run_reason(paper, kinds, not_run)
         if len(ran) and not_run:
             verdict += f"; {len(lines[lines['verdict'] == 'not run'])} cells not run"
-        rows.append({"claim": claim_id, "what": what, "evidence": _evidence_text(ran) if len(ran) else "none",
+        rows.append({"claim": claim_id, "what": what,
+                     "evidence": _evidence_text(ran) if len(ran) else smoke_text(smoke, kinds, not_run),
                      "verdict": verdict, "page": page_name(claim_id)})
     for claim in claims["effects"]:
         lines = audit[(audit["table"] == "effects") & (audit["claim_id"] == claim["id"])]
         ran = lines[lines["verdict"] != "not run"]
         mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
         rows.append({"claim": claim["id"], "what": short_text(claim["claim"]),
-                     "evidence": _evidence_text(ran, mine) if len(ran) else "none",
+                     "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, _effect_kinds(claim["test"])),
                      "verdict": _verdicts_by_reading(ran, count=False) if len(ran)
                      else not_run_reason(paper, _effect_kinds(claim["test"])),
                      "page": page_name(claim["id"])})
