@@ -233,6 +233,9 @@ def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs
                                  "other": {"datasets": ["tiny"], "models": ["vit"]}}}
     assert not_run_reason(paper, {"noisynn_main"}) == \
         "not run: needs imagenet, tiny and a GPU (params/paper.yaml, sets main, small)"
+    # datasets this report has runs on are not what it lacks; a table cell names its own dataset only
+    assert not_run_reason(paper, {"noisynn_main"}, have=frozenset({"tiny"})).startswith("not run: needs imagenet and a GPU")
+    assert not_run_reason(paper, {"noisynn_main"}, ["tiny/vit_b"], frozenset({"tiny"})).startswith("not run: needs a GPU")
     assert not_run_reason(paper, {"noisynn_main"}, ["imagenet/vit_b"]).endswith("(params/paper.yaml, set main)")
     assert not_run_reason({**paper, "device": "auto"}, {"other"}) == "not run: needs tiny (params/paper.yaml, set other)"
     assert not_run_reason(paper, {"vpn_joint"}) == "not run: no params file declares its runs"

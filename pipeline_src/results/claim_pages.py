@@ -71,17 +71,28 @@ def _declared_for(params: dict, kinds: set[str], columns: list[str] | None) -> l
     return sets
 
 
-def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = None) -> str:
+def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = None,
+                   have: frozenset[str] = frozenset()) -> str:
     """Why a claim (or a table's cells, `columns` as dataset/model) has no runs in this report: the sets of
-    params/paper.yaml that declare it, their datasets, and the device that file asks for."""
+    params/paper.yaml that declare it, the datasets they need beyond those this report has runs on (`have`),
+    and the GPU when that file asks for one."""
     sets = _declared_for(paper, kinds, columns)
     if not sets:
         return "not run: no params file declares its runs"
-    datasets = list(dict.fromkeys(d for _, ds, _ in sets for d in ds))
-    device = paper.get("device", "auto")
-    gpu = " and a GPU" if device == "cuda" else ""
-    return (f"not run: needs {', '.join(datasets)}{gpu} (params/paper.yaml, "
-            f"set{'s' if len(sets) > 1 else ''} {', '.join(n for n, _, _ in sets)})")
+    datasets = {c.split("/", 1)[0] for c in columns} if columns is not None else None
+    needs = [d for d in dict.fromkeys(d for _, ds, _ in sets for d in ds)
+             if d not in have and (datasets is None or d in datasets)]
+    if paper.get("device", "auto") == "cuda":
+        needs.append("a GPU")
+    what = ", ".join(needs[:-1]) + f" and {needs[-1]}" if len(needs) > 1 else "".join(needs)
+    where = f"params/paper.yaml, set{'s' if len(sets) > 1 else ''} {', '.join(n for n, _, _ in sets)}"
+    return f"not run: needs {what} ({where})" if needs else f"not run here ({where})"
+
+
+def datasets_run(audit: pd.DataFrame) -> frozenset[str]:
+    """The datasets (papers' names) this report has number cells with runs on."""
+    ran = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
+    return frozenset(str(c).split("/", 1)[0] for c in ran["column"])
 
 
 def smoke_text(smoke: dict, kinds: set[str], columns: list[str] | None = None) -> str:
@@ -143,6 +154,7 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
     orders them: what it says, our best evidence, the verdict per reading or why it is not run, its page."""
     paper = _load_paper_params() if paper is None else paper
     smoke = _load_paper_params(SMOKE_PARAMS) if smoke is None else smoke
+    have = datasets_run(audit)
     rows = []
     for name, spec in claims["tables"].items():
         claim_id = f"{spec['paper']}.{name}"
@@ -156,7 +168,7 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
             what += f": {len(values)} published numbers"
         not_run = lines.loc[lines["verdict"] == "not run", "column"].unique().tolist()
         kinds = {spec["kind"], *spec.get("row_kind", {}).values()}
-        verdict = _verdicts_by_reading(ran, count=True) if len(ran) else not_run_reason(paper, kinds, not_run)
+        verdict = _verdicts_by_reading(ran, count=True) if len(ran) else not_run_reason(paper, kinds, not_run, have)
         if len(ran) and not_run:
             verdict += f"; {len(lines[lines['verdict'] == 'not run'])} cells not run"
         rows.append({"claim": claim_id, "what": what,
@@ -169,7 +181,7 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
         rows.append({"claim": claim["id"], "what": short_text(claim["claim"]),
                      "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, _effect_kinds(claim["test"])),
                      "verdict": _verdicts_by_reading(ran, count=False) if len(ran)
-                     else not_run_reason(paper, _effect_kinds(claim["test"])),
+                     else not_run_reason(paper, _effect_kinds(claim["test"]), have=have),
                      "page": page_name(claim["id"])})
     return rows
 
@@ -254,7 +266,7 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
              f"`{test['kind']}`. [Back to the report](../README.md); every rule: [audit.md](../audit.md).",
              "## Verdict per reading"]
     if not len(ran):
-        parts += [not_run_reason(paper, _effect_kinds(test)) + ".",
+        parts += [not_run_reason(paper, _effect_kinds(test), have=datasets_run(audit)) + ".",
                   "## Departures from the papers", _departures(list(lines["deviations"]), deviations)]
         return "\n\n".join(parts) + "\n"
     text = lambda value: value if isinstance(value, str) else ""  # noqa: E731  (a blank csv cell is NaN)
@@ -315,7 +327,7 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
     if len(missing):
         kinds = {spec["kind"], *spec.get("row_kind", {}).values()}
         parts += ["## Cells not run", "\n".join(
-            f"- {column} (cells: {len(part)}): {not_run_reason(paper, kinds, [column])}"
+            f"- {column} (cells: {len(part)}): {not_run_reason(paper, kinds, [column], datasets_run(audit))}"
             for column, part in missing.groupby("column", sort=False))]
     parts += ["## Departures from the papers", _departures(list(lines["deviations"]), deviations)]
     return "\n\n".join(parts) + "\n"
