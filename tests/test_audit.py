@@ -653,7 +653,8 @@ def test_mixed_needs_cells_decisive_after_the_family_correction():
             + two_sides([-1.0, -2.5, -0.6, -1.8, -0.8], model="b"))
     line, cells = effects(runs, [paired_claim()], family=_family(29))
     assert cells.set_index("model")["p_value"]["b"] == pytest.approx(0.019419, abs=1e-5)
-    assert line.loc["c", "verdict"] == "inconclusive" and line.loc["c", "p_family"] == pytest.approx(29 * 0.019419, abs=1e-3)
+    assert line.loc["c", "verdict"] == "inconclusive"
+    assert line.loc["c", "p_family"] == pytest.approx(29 * 0.019419, abs=1e-3)
     # in a family of one both cells are decisive: mixed, naming them
     assert effects(runs, [paired_claim()], family=_family(1))[0].loc["c", "verdict"] == "mixed"
 
@@ -741,7 +742,8 @@ def test_the_papers_effect_is_excluded_only_beyond_its_own_spread_and_rounding()
     tables = {"t": {"columns": ["d/m"], "rows": {"noisy": [81.60], "base": [81.57]}}}  # paper effect +0.03
     tight = [0.02, 0.021, 0.019, 0.0205, 0.0195]
     line, cells = effects(two_sides(tight, base=[80.0] * 5), [claim], tables=tables)
-    assert cells.loc[0, "p_paper_adj"] == pytest.approx(1.0) and line.loc["c", "verdict"] != "short of the paper's effect"
+    assert cells.loc[0, "p_paper_adj"] == pytest.approx(1.0)
+    assert line.loc["c", "verdict"] != "short of the paper's effect"
 
 
 GATE = {"name": "generator active", "reason": "test", "generator_methods": ["vpn_*"], "min_sigma_mean": 1 / 255,
@@ -781,7 +783,8 @@ def test_a_cell_whose_base_is_at_chance_never_decides():
                           GATE_SETTINGS)
     assert cells.loc[0, "verdict"] == "not applicable (base at chance)"
     assert cells.loc[0, "manipulation_check"] == "generator active" and "15.00" in cells.loc[0, "manipulation"]
-    assert line.loc["g", "verdict"] == "not applicable (base at chance)" and line.loc["g", "gated"] == "base at chance 1"
+    assert line.loc["g", "verdict"] == "not applicable (base at chance)"
+    assert line.loc["g", "gated"] == "base at chance 1"
     # the same effect on a trained base counts
     trained = effects(_generator_runs([80.0, 80.1, 79.9, 80.2, 80.0], gain, [0.3] * 5), [_gated_claim()], GATE_SETTINGS)
     assert trained[0].loc["g", "verdict"] == "supported" and trained[1].loc[0, "manipulation"].startswith("passes")

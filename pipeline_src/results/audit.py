@@ -28,13 +28,13 @@ from pipeline_src.results.pages import audit_markdown, write_paper_table
 from pipeline_src.spec.config import run_configuration
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE, correct, load_predictions
 from pipeline_src.provenance import write_atomic
-from pipeline_src.results.verdicts import (PAPER_SCALE, _counting_mask as counting_mask, cell_stats, decide_cells, decide_claim, effect_gate, join_scales,
-                                   leave_one_out, number_verdict, pooled_description, rule_text,
-                                   variance_cell_stats)
+from pipeline_src.results.verdicts import (PAPER_SCALE, cell_stats, counting_mask, decide_cells, decide_claim,
+                                           effect_gate, join_scales, leave_one_out, number_verdict,
+                                           pooled_description, rule_text, variance_cell_stats)
 
 AUDIT_COLUMNS = ["claim_id", "reading", "table", "row", "column", "metric", "paper", "expected", "mean", "std", "n",
-                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "gated", "verdict", "scale", "uncertainty",
-                 "split", "rule", "pooled", "pooled_i2", "sensitivity", "note", "evidence", "deviations"]
+                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "gated", "verdict", "scale",
+                 "uncertainty", "split", "rule", "pooled", "pooled_i2", "sensitivity", "note", "evidence", "deviations"]
 CELL_COLUMNS = ["claim_id", "reading", "cell", "dataset", "model", "treatment", "control", "n", "seeds", "mean", "std",
                 "ci_low", "ci_high", "uncertainty", "test", "p_value", "p_adj", "paper_effect", "p_paper_adj", "counts",
                 "verdict", "manipulation_check", "manipulation", "split", "scale", "test_type", "note", "evidence"]

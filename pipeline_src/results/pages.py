@@ -162,7 +162,8 @@ def manipulation_rules(claims: dict) -> list[str]:
     return [f"- **Manipulation check ({paper.upper()} effect cells): {check['name']}.** A cell counts only "
             f"when its mechanism is measurably at work; otherwise it is shown, reads `not applicable (<gate>)` and "
             f"decides nothing; `gated` in the claim table counts the cells each gate took out, and each cell's "
-            f"`manipulation` column gives the measured outcome. A generator run ({', '.join(check['generator_methods'])}) "
+            f"`manipulation` column gives the measured outcome. A generator run "
+            f"({', '.join(check['generator_methods'])}) "
             f"is active when its mean sigma over the test set is at least {check['min_sigma_mean']:g} or its noise "
             f"changes at least {check['min_changed_share']:.0%} of test predictions (class enumeration against no "
             f"noise); gates: `base at chance` (a configuration's no-noise mean below 100 / C + "
@@ -206,7 +207,9 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
 def gate_summary(cells: pd.DataFrame) -> str:
     """Per reading, how many cells under a manipulation check pass it and how many each gate takes out
     (counted over every claim: one set of runs used by three claims is three cells)."""
-    checked = cells[cells["manipulation_check"].fillna("").astype(str) != ""] if "manipulation_check" in cells else cells.iloc[0:0]
+    if "manipulation_check" not in cells:
+        return "No cell has a manipulation check."
+    checked = cells[cells["manipulation_check"].fillna("").astype(str) != ""]
     if checked.empty:
         return "No cell has a manipulation check."
     outcome = checked["verdict"].where(checked["verdict"].str.startswith("not applicable ("), "passes")
@@ -234,14 +237,14 @@ def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> 
         shown = mine[["cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_adj", "paper_effect",
                       "verdict"]]
         gated = line.get("gated")
-        facts = [f"claim-level (family-corrected): **{line['verdict']}** (rule: {line['rule']}; {line['cells']} cells count; p_family "
-                 f"{line['p_family']:.3g})",
+        facts = [f"claim-level (family-corrected): **{line['verdict']}** (rule: {line['rule']}; {line['cells']} "
+                 f"cells count; p_family {line['p_family']:.3g})",
                  f"cells lost to gates: {gated if isinstance(gated, str) and gated else 'none'}",
                  *(f"{key}: {line[key]}" for key in ("note", "sensitivity", "deviations")
                    if isinstance(line[key], str) and line[key])]
         # per cell: the manipulation check's outcome, and why an interval is over seeds only or has no t-test
-        facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine["manipulation"]) if isinstance(text, str) and text]
-        facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine["note"]) if isinstance(text, str) and text]
+        for column in ("manipulation", "note"):
+            facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine[column]) if isinstance(text, str) and text]
         parts += [f"### {claim_heading(line['claim_id'], line['reading'])}", texts.get(line["claim_id"], ""),
                   "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g")]
     return "\n\n".join(parts) if parts else "No effect claim has runs."

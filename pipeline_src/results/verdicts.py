@@ -334,7 +334,7 @@ def _short_of_paper(cell: dict, sign: str) -> bool:
     return towards * (cell["mean"] - cell["paper_effect"]) < 0
 
 
-def _counting_mask(cells: pd.DataFrame) -> pd.Series:
+def counting_mask(cells: pd.DataFrame) -> pd.Series:
     """Cells that take part in a claim's verdict: enough seeds, applicable, and through every gate."""
     gated = cells["gate"].fillna("").astype(str) != "" if "gate" in cells else False
     return cells["counts"] & cells["applicable"] & ~gated
@@ -343,7 +343,7 @@ def _counting_mask(cells: pd.DataFrame) -> pd.Series:
 def decide_cells(cells: pd.DataFrame, test_type: str, sign: str, alpha: float) -> pd.DataFrame:
     """Within-claim Holm over the counting cells, then each cell's own verdict."""
     cells = cells.copy()
-    counting = _counting_mask(cells)
+    counting = counting_mask(cells)
     for column in ("p_value", "p_paper", "p_outside"):
         adjusted = np.full(len(cells), np.nan)
         adjusted[counting.to_numpy()] = holm(cells.loc[counting, column])
@@ -375,7 +375,7 @@ def decide_claim(cells: pd.DataFrame, test_type: str, sign: str, rule, alpha: fl
     `mixed` needs cells of both signs that are each decisive after the family correction (their within-claim
     Holm p times family_size below alpha); a cell that decides nothing never makes a claim mixed. A
     signed verdict needs the cells its rule rests on (all, or the u with the smallest p) to agree in sign."""
-    counting = cells[_counting_mask(cells)]
+    counting = cells[counting_mask(cells)]
     out = {"p_value": np.nan, "p_family": 1.0, "verdict": None, "note": ""}
     if cells.empty:
         return {**out, "verdict": "not run"}
@@ -441,7 +441,7 @@ def leave_one_out(cells: pd.DataFrame, verdict: str, test_type: str, sign: str, 
                   family_size: int) -> str:
     """The counting cells whose removal changes the claim's verdict (decided on all cells: `verdict`);
     '' when none does, or < 2 cells."""
-    counting = cells[_counting_mask(cells)]
+    counting = cells[counting_mask(cells)]
     if len(counting) < 2:
         return ""
     changes = []
@@ -465,7 +465,7 @@ def effect_gate(cells_all: int, scale: str) -> str | None:
 def pooled_description(cells: pd.DataFrame) -> dict:
     """A descriptive pooled mean over the counting cells (inverse-variance weights) with Cochran's Q and
     I^2; it decides nothing."""
-    part = cells[_counting_mask(cells) & (cells["se"] > 0)]
+    part = cells[counting_mask(cells) & (cells["se"] > 0)]
     if len(part) < 2:
         return {"pooled": np.nan, "i2": np.nan}
     w = 1 / part["se"] ** 2
