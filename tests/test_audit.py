@@ -784,7 +784,7 @@ def test_a_cell_whose_base_is_at_chance_never_decides():
     assert cells.loc[0, "verdict"] == "not applicable (base at chance)"
     assert cells.loc[0, "manipulation_check"] == "generator active" and "15.00" in cells.loc[0, "manipulation"]
     assert line.loc["g", "verdict"] == "not applicable (base at chance)"
-    assert line.loc["g", "gated"] == "base at chance 1"
+    assert line.loc["g", "gated"] == "base at chance 1" and line.loc["g", "manipulation_check"] == "generator active"
     # the same effect on a trained base counts
     trained = effects(_generator_runs([80.0, 80.1, 79.9, 80.2, 80.0], gain, [0.3] * 5), [_gated_claim()], GATE_SETTINGS)
     assert trained[0].loc["g", "verdict"] == "supported" and trained[1].loc[0, "manipulation"].startswith("passes")

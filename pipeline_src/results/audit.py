@@ -33,8 +33,8 @@ from pipeline_src.results.verdicts import (PAPER_SCALE, cell_stats, counting_mas
                                            pooled_description, rule_text, variance_cell_stats)
 
 AUDIT_COLUMNS = ["claim_id", "reading", "table", "row", "column", "metric", "paper", "expected", "mean", "std", "n",
-                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "gated", "verdict", "scale",
-                 "uncertainty", "split", "rule", "pooled", "pooled_i2", "sensitivity", "note", "evidence", "deviations"]
+                 "ci_low", "ci_high", "delta", "p_value", "p_family", "cells", "manipulation_check", "gated",
+                 "verdict", "scale", "uncertainty", "split", "rule", "pooled", "pooled_i2", "sensitivity", "note", "evidence", "deviations"]
 CELL_COLUMNS = ["claim_id", "reading", "cell", "dataset", "model", "treatment", "control", "n", "seeds", "mean", "std",
                 "ci_low", "ci_high", "uncertainty", "test", "p_value", "p_adj", "paper_effect", "p_paper_adj", "counts",
                 "verdict", "manipulation_check", "manipulation", "split", "scale", "test_type", "note", "evidence"]
@@ -614,6 +614,7 @@ def audit_effects(effects: list[dict], runs: pd.DataFrame, settings: dict, famil
             lines.append({**line, "verdict": gate or decided["verdict"], "p_value": decided["p_value"],
                           "p_family": decided["p_family"],  # at smoke scale shown, never decisive
                           "cells": f"{len(counting)}/{len(cells)}", "gated": gated_text(cells),
+                          "manipulation_check": (claim.get("manipulation") or {}).get("name", ""),
                           "scale": join_scales(cells["scale"]),
                           "n": int(shown["n"].min()),
                           # with several cells no one number stands for the claim: pooled is descriptive
