@@ -2,6 +2,7 @@
 collide, numbers are finite, and what would fail late (or be ignored) stops at `check` with one line
 naming the key. Each case here passed `check` on b9881d5."""
 import copy
+import os
 import re
 import subprocess
 from dataclasses import replace
@@ -11,11 +12,12 @@ import pytest
 import yaml
 
 from pipeline_src.__main__ import main
-from pipeline_src.spec.config import REPO_ROOT, RESULTS_ANYWHERE_ENV, RunConfig, expand_runs, validate_params
+from pipeline_src.spec.config import REPO_ROOT, RunConfig, expand_runs, validate_params
 from pipeline_src.spec.method_spec import resolve_method
 
 from test_workflow import ENV, SNAKEMAKE, TINY, snakemake
 
+RESULTS_ANYWHERE_ENV = "PIPELINE_RESULTS_ANYWHERE"  # spec/config.py; spelled out, so this file runs on older code
 NAME_RULE = "letters, digits and _ only (names become folders, shell words and run ids, which '-' separates)"
 
 
@@ -78,14 +80,6 @@ CASES = {
         tiny(results_dir="results_x$(touch INJECTED)"),
         "error: invalid params: results_dir: 'results_x$(touch INJECTED)' is not allowed: a relative path of folder "
         "names made of letters, digits, _, . and - (not first), separated by /"),
-    "results_dir absolute": (
-        tiny(results_dir="/etc"),
-        f"error: invalid params: results_dir: '/etc' leaves the project; give a relative path without '..' (or set "
-        f"{RESULTS_ANYWHERE_ENV}=1 to write results outside it)"),
-    "results_dir climbs out": (
-        tiny(results_dir="results/../../elsewhere"),
-        f"error: invalid params: results_dir: 'results/../../elsewhere' leaves the project; give a relative path "
-        f"without '..' (or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)"),
     "set name with a command": (
         _set_renamed("x$(touch INJECTED)"),
         f"error: invalid params: experiment_sets: 'x$(touch INJECTED)' is not allowed: {NAME_RULE}"),
@@ -141,13 +135,22 @@ def test_bad_params_stop_at_check_with_one_line(case, tmp_path, capsys, monkeypa
     assert code == 2 and lines == [expected]
 
 
-def test_results_outside_the_project_need_the_explicit_switch(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("how", ["absolute", "climbing out"])
+def test_results_outside_the_project_need_the_explicit_switch(how, tmp_path, capsys, monkeypatch):
+    """(b9881d5 took both, and its check wrote its model cache there: as root, results_dir /etc made /etc/preflight;
+    these point into tmp_path, so that a regression writes nowhere else.)"""
+    outside = tmp_path / "results"
+    results_dir = str(outside) if how == "absolute" else os.path.relpath(outside, Path.cwd())
+    assert ".." in Path(results_dir).parts or Path(results_dir).is_absolute()
     monkeypatch.setenv(RESULTS_ANYWHERE_ENV, "1")
-    params = tiny(results_dir=str(tmp_path / "results"))
-    assert validate_params(params)["results_dir"] == str(tmp_path / "results")
+    params = tiny(results_dir=results_dir)
+    assert validate_params(params)["results_dir"] == results_dir
     monkeypatch.delenv(RESULTS_ANYWHERE_ENV)
     code, lines = check(tmp_path, params, capsys)
-    assert code == 2 and lines[0].startswith(f"error: invalid params: results_dir: '{tmp_path}/results' leaves")
+    assert code == 2 and lines == [
+        f"error: invalid params: results_dir: '{results_dir}' may leave the project; give a relative path without '..' "
+        f"(or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)"]
+    assert not outside.exists()
 
 
 def test_committed_params_keep_their_names_and_run_ids(monkeypatch):
@@ -304,3 +307,17 @@ def test_the_audit_takes_every_runs_predictions_as_input(tmp_path):
                          if p.endswith("predictions.npz"))
     assert predictions == sorted(f"{s}/{r}/predictions.npz" for s, r in
                                  {(run.experiment_set, run.run_id) for run in expand_runs(validate_params(params))})
+
+
+def test_dry_run_with_results_outside_the_project_writes_nothing_there(tmp_path):
+    """b9881d5's dry run wrote the model check's cache into results_dir/preflight wherever it pointed."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny(), sort_keys=False))
+    outside = tmp_path / "outside"
+    env = {k: v for k, v in ENV.items() if k != RESULTS_ANYWHERE_ENV}
+    out = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(path), "--config",
+                          f"results_dir={outside}"], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert out.returncode != 0 and not outside.exists()
+    assert [line for line in out.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: invalid params: results_dir: '{outside}' may leave the project; give a relative path without '..' "
+        f"(or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)"]

@@ -106,7 +106,7 @@ def check_results_dir(results_dir: str) -> None:
     if os.environ.get(RESULTS_ANYWHERE_ENV) == "1":
         return
     if Path(results_dir).is_absolute() or ".." in Path(results_dir).parts:
-        raise ParamsError(f"invalid params: results_dir: {results_dir!r} leaves the project; give a relative path "
+        raise ParamsError(f"invalid params: results_dir: {results_dir!r} may leave the project; give a relative path "
                           f"without '..' (or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)")
 
 

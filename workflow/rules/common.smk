@@ -168,5 +168,7 @@ def get_set_kind(wildcards):
 
 
 def get_final_outputs():
+    # the predictions too: Snakemake remakes a deleted file only when a job to run needs it, and the audit,
+    # which reads them, may well be up to date
     return (expand(rules.aggregate_set.output.table, experiment_set=SETS) + list(rules.audit.output)
-            + list(rules.track_audit.output))
+            + list(rules.track_audit.output) + get_all_predictions(None))
