@@ -166,8 +166,47 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
+def read_json(path: str | Path, remedy: str):
+    """A JSON file's content. A damaged one (cut short, overwritten) is a ValueError naming the file, what
+    is wrong with it and `remedy`, what to do; a missing one stays a FileNotFoundError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # json.JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+        raise ValueError(f"{path}: not valid JSON ({_first_line(err)}); {remedy}") from None
+
+
+def read_csv(path: str | Path, remedy: str, **kwargs):
+    """pandas.read_csv, with a damaged table a ValueError naming the file, what is wrong and `remedy`."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **kwargs)
+    except ValueError as err:  # pandas' ParserError and EmptyDataError are ValueErrors, as is a bad encoding
+        raise ValueError(f"{path}: not a readable CSV table ({_first_line(err)}); {remedy}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def torch_load(path: str | Path, remedy: str):
+    """torch.load of a file of tensors (weights_only: nothing else is unpickled), on the CPU. An unreadable
+    one (cut short, not PyTorch's, holding other objects) is a ValueError naming the file, what is wrong
+    and `remedy`, what to do; a missing one stays a FileNotFoundError."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - RuntimeError (PytorchStreamReader), EOFError, UnpicklingError, ...
+        raise ValueError(f"{path}: not a readable PyTorch file ({' '.join(str(err).split())[:200] or type(err).__name__}); "
+                         f"{remedy}") from None
 
 
 def torch_save_atomic(obj, path: str | Path) -> None:

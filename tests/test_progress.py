@@ -18,12 +18,16 @@ from test_workflow import TINY as WORKFLOW_TINY
 TINY = {**WORKFLOW_TINY, "training": {**WORKFLOW_TINY["training"], "epochs": 3}}
 
 
-def finished(folder, run, seconds, **changed):
+def finished(folder, run, seconds, outputs=True, **changed):
+    """A run's metrics.json, with the other files a results folder holds for a finished run (outputs);
+    a report folder keeps the record alone."""
     path = record_path(folder, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     params = {**json.loads(run.to_json()), **changed}
     history = [{"epoch": e + 1, "train_loss": 1.0, "seconds": s} for e, s in enumerate(seconds)]
     path.write_text(json.dumps({"params": params, "history": history}))
+    for name in ("model.pt", TRAINED_NAME, "predictions.npz") if outputs else ():
+        (path.parent / name).write_text("{}")
 
 
 @pytest.fixture
@@ -35,7 +39,7 @@ def fake(tmp_path):
     runs = {(r.experiment_set, r.model, r.seed): r for r in expand_runs(params)}
     results, report = tmp_path / "results", tmp_path / "report"
     finished(results, runs["baseline", "sr", 0], [2.0, 2.0, 2.0])
-    finished(report, runs["baseline", "dnn3", 0], [4.0, 4.0, 4.0])
+    finished(report, runs["baseline", "dnn3", 0], [4.0, 4.0, 4.0], outputs=False)
     running = record_path(results, runs["baseline", "sr", 1]).parent
     running.mkdir(parents=True)
     (running / CHECKPOINT_NAME).write_bytes(b"state")
@@ -48,6 +52,7 @@ def fake(tmp_path):
         trained = record_path(results, runs[key]).with_name(TRAINED_NAME)
         trained.parent.mkdir(parents=True)
         trained.write_text(json.dumps({"params": json.loads(identity.training_identity().to_json())}))
+        trained.with_name("model.pt").write_bytes(b"")
     return params, report
 
 

@@ -190,16 +190,20 @@ def load_prepared(where: "Path | PreparedFiles", workers: int = 1) -> Prepared:
     """The prepared arrays as tensors, after checking data.npz against the manifest's data_version.
     A streamed dataset gives ImageStreams for x, each decoding with `workers` threads."""
     npz_path, manifest_path = PreparedFiles.of(where)
+    # both files are the prepare_data rule's outputs: once one is gone, Snakemake prepares the dataset anew
+    reprepare = (f"re-prepare it: delete {npz_path} and run Snakemake again (its prepare_data job writes it "
+                 f"and {manifest_path.name} anew; the runs on it train again)")
     try:
         manifest = json.loads(manifest_path.read_text())
         actual = sha256_file(npz_path)
     except FileNotFoundError as err:
         raise DataError(f"{err.filename} does not exist: run prepare for this dataset first") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{manifest_path}: not valid JSON ({err})") from None
-    if actual != manifest.get("data_version"):
-        raise DataError(f"{npz_path}: sha256 {actual} does not match the manifest's data_version "
-                        f"{manifest.get('data_version')}: the file changed after prepare; prepare it again")
+    except ValueError as err:  # json.JSONDecodeError, or bytes that are not text
+        raise DataError(f"{manifest_path}: not valid JSON ({' '.join(str(err).split())}); {reprepare}") from None
+    expected = manifest.get("data_version") if isinstance(manifest, dict) else None
+    if actual != expected:
+        raise DataError(f"{npz_path}: sha256 {actual} does not match the manifest's data_version {expected}: the "
+                        f"file changed or was cut short after prepare; {reprepare}")
     with np.load(npz_path, allow_pickle=False) as npz:
         if manifest.get("streaming"):
             arrays = {key: torch.from_numpy(npz[key]) for key in npz.files if key.startswith("y_")}

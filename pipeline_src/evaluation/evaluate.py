@@ -15,10 +15,11 @@ import torch
 from pipeline_src.methods.base import top1
 from pipeline_src.methods.device import autocast, select_device
 from pipeline_src.methods.registry import build_run_method
-from pipeline_src.provenance import code_version, git_state, write_json
+from pipeline_src.provenance import code_version, git_state, read_json, torch_load, write_json
 from pipeline_src.spec.config import RunConfig
 from pipeline_src.spec.predictions import predictions_path, save_predictions
-from pipeline_src.spec.run_record import FORMAT as RECORD_FORMAT, method_runtime, run_head, trained_for, trained_path
+from pipeline_src.spec.run_record import (FORMAT as RECORD_FORMAT, TRAINED_REMEDY, method_runtime, run_head, trained_for,
+                                          trained_path)
 from pipeline_src.data.stream import to_input
 
 
@@ -38,13 +39,13 @@ def evaluate_run(cfg: RunConfig, data, model_path: Path, metrics_path: Path, thr
     from pipeline_src.data.prepared import load_prepared
 
     model_path, metrics_path = Path(model_path), Path(metrics_path)
-    trained = json.loads(trained_path(model_path).read_text())
+    trained = read_json(trained_path(model_path), TRAINED_REMEDY)
     check_trained(cfg, trained, trained_path(model_path))
     if threads:
         torch.set_num_threads(threads)
     device = select_device(cfg.device)
     data = load_prepared(data, workers=threads or 1)
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = torch_load(model_path, TRAINED_REMEDY)
     # a frozen VPN run's base is the model in its own model.pt
     method = build_run_method(cfg, data, base_checkpoint=model_path)
     method.load_state_dict(state["method"])

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from pipeline_src.provenance import torch_load
 from pipeline_src.spec.method_spec import VPN_SETTINGS
 from pipeline_src.methods.base import Method, predict
 
@@ -157,7 +158,7 @@ class VPNMethod(Method):
             raise ValueError("VPN mode 'frozen' needs info['base_checkpoint'] (a trained base model); none given")
         if not Path(path).is_file():
             raise ValueError(f"VPN mode 'frozen': base checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path, "delete it and run Snakemake again: its base run trains anew")
         if not isinstance(state, dict) or "model" not in state:
             raise ValueError(f"VPN mode 'frozen': base checkpoint {path} has no 'model' entry")
         try:

@@ -2,9 +2,12 @@
 
     python -m pipeline_src status --params params/fashion_mnist.yaml --report reports/fashion-mnist [--jobs 2]
 
-A run is done when a metrics.json of the params' current run is in the results folder (params
-`results_dir`) or in the report folder; running when its results folder holds a training checkpoint but
-no metrics.json (a job killed mid-run looks the same until it is restarted, and then resumes there), or a
+A run is done when its files are there, whatever Snakemake planned: in the results folder (params
+`results_dir`) a metrics.json of the params' current run with the predictions.npz beside it and the
+model.pt and trained.json it was measured on (a failed job's outputs are deleted: a record left without
+its model is to do again), or a metrics.json of the current run in the report folder (which keeps the
+records only); running when its results folder holds a training checkpoint but no finished record (a job
+killed mid-run looks the same until it is restarted, and then resumes there), or a model.pt with a
 trained.json of its training identity (trained, its evaluate job still to run: no epochs left).
 The ETA times the epochs still to train by the seconds per epoch the finished runs recorded
 (history[*].seconds) and divides by the number of jobs that run side by side. A run is timed by the
@@ -14,16 +17,18 @@ same model); else the mean of its set. torch-free: it reads files only.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.report import record_path, same_run
-from pipeline_src.spec.run_record import TRAINED_NAME, trained_for
+from pipeline_src.provenance import read_json
+from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_NAME
+from pipeline_src.spec.run_record import RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for
 
 CHECKPOINT_NAME = "checkpoint.pt"  # train.CHECKPOINT_NAME (train imports torch; a test keeps them equal)
+MODEL_NAME = "model.pt"  # the train rule's model output, beside trained.json
 TRAIN_LOG = "train.log"  # the train rule's log, in the run folder
 # the line train.py prints after each epoch: "epoch 3/40 loss 0.4321 ..."
 _EPOCH_DONE = re.compile(r"\bepoch (\d+)/(\d+) loss\b")
@@ -41,23 +46,26 @@ class SetProgress:
     seconds_per_epoch: float | None = None  # mean over the set's finished runs
 
 
-def _record(run: RunConfig, folders: list[Path]) -> dict | None:
-    """The run's metrics.json from the first folder that holds one of the current params."""
-    for folder in folders:
+def _record(run: RunConfig, results_dir: Path, report_dir: Path | None) -> dict | None:
+    """The run's metrics.json from the first folder that holds one of the current params: the results
+    folder's only with the files it was measured from and wrote (all four the rules make for a run)."""
+    for folder in [results_dir] + ([report_dir] if report_dir is not None else []):
         path = record_path(folder, run)
-        if path.is_file():
-            metrics = json.loads(path.read_text())
+        beside = [MODEL_NAME, TRAINED_NAME, PREDICTIONS_NAME] if folder == results_dir else []
+        if path.is_file() and all((path.parent / name).is_file() for name in beside):
+            metrics = read_json(path, RECORD_REMEDY)
             if same_run(metrics.get("params") or {}, run):
                 return metrics
     return None
 
 
 def _trained(run: RunConfig, run_dir: Path) -> bool:
-    """Trained and waiting for its evaluate job: a trained.json of the run's own training identity."""
+    """Trained and waiting for its evaluate job: a model.pt with a trained.json of the run's own training
+    identity."""
     path = run_dir / TRAINED_NAME
-    if not path.is_file():
+    if not (path.is_file() and (run_dir / MODEL_NAME).is_file()):
         return False
-    return trained_for(json.loads(path.read_text()), run)
+    return trained_for(read_json(path, TRAINED_REMEDY), run)
 
 
 def epochs_logged(run_dir: Path) -> int:
@@ -81,14 +89,14 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
     if jobs < 1:
         raise ValueError(f"--jobs must be a positive number of parallel jobs, not {jobs}")
     results_dir = Path(params["results_dir"])
-    folders = [results_dir] + ([Path(report_dir)] if report_dir is not None else [])
+    report_dir = Path(report_dir) if report_dir is not None else None
     sets: dict[str, SetProgress] = {}
     finished: dict[tuple[str, str, str, str], list[list[dict]]] = {}  # (set, dataset, model, label) -> histories
     todo: list[tuple[RunConfig, int]] = []  # a run still to train, and the epochs it has left
     for run in expand_runs(params):
         state = sets.setdefault(run.experiment_set, SetProgress(run.experiment_set))
         state.declared += 1
-        metrics = _record(run, folders)
+        metrics = _record(run, results_dir, report_dir)
         if metrics is not None:
             state.done += 1
             finished.setdefault((run.experiment_set, *_cell(run)), []).append(

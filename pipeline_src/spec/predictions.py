@@ -7,6 +7,7 @@ reads them without torch. Labels fit in uint8 up to 256 classes, uint16 beyond.
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,31 @@ def save_predictions(path: Path, by_mode: dict, target) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+# the evaluate rule lists the file as an output: once it is gone, Snakemake runs that job again
+REMEDY = "delete it and run Snakemake again: the run's evaluate job writes it anew"
+
+
 def load_predictions(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(eval mode -> predicted labels, true labels)."""
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files if k != TARGET}, data[TARGET]
+    """(eval mode -> predicted labels, true labels). A damaged file, or one holding anything but
+    integer labels of the test set's length (a pickled object array is never loaded), is one line
+    naming it, what is wrong and what to do; a missing one stays a FileNotFoundError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # numpy says "Object arrays cannot
+        # be loaded when allow_pickle=False" for a pickled array, "Failed to interpret..." for other bytes
+        raise ValueError(f"{path}: not a predictions file ({' '.join(str(err).split())[:200] or type(err).__name__}); "
+                         f"{REMEDY}") from None
+    target = arrays.pop(TARGET, None)
+    if target is None:
+        raise ValueError(f"{path}: holds no {TARGET!r} array (the true labels); {REMEDY}")
+    for key, values in [(TARGET, target), *arrays.items()]:
+        if values.dtype.kind not in "iu" or values.ndim != 1 or values.shape != target.shape:
+            raise ValueError(f"{path}: array {key!r} is {values.dtype} {values.shape}, not one integer label per "
+                             f"test image ({target.size}); {REMEDY}")
+    return arrays, target
 
 
 def correct(path: Path) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline_src.provenance import git_state
+from pipeline_src.provenance import git_state, read_json
 
 if TYPE_CHECKING:
     from pipeline_src.spec.config import RunConfig
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 FORMAT = 2
 TRAINED_FORMAT = "trained/1"
 TRAINED_NAME = "trained.json"
+# what to do about a damaged record: the rules write both kinds anew once they are gone
+RECORD_REMEDY = ("delete it and run Snakemake again: the run's evaluate job writes it anew (a report "
+                 "folder's copy: restore it with git checkout)")
+TRAINED_REMEDY = "delete it and the model.pt beside it and run Snakemake again: the run trains anew"
 
 
 def trained_path(model_path: str | Path) -> Path:
@@ -77,7 +81,11 @@ def upgrade(record: dict) -> dict:
 
 
 def load_record(path: str | Path) -> dict:
-    return upgrade(json.loads(Path(path).read_text()))
+    """A run's metrics.json, upgraded; a damaged one is one line naming it and what to do."""
+    record = read_json(path, RECORD_REMEDY)
+    if not isinstance(record, dict) or not isinstance(record.get("params"), dict):
+        raise ValueError(f"{path}: not a run record (no params); {RECORD_REMEDY}")
+    return upgrade(record)
 
 
 def method_as_run(record: dict) -> dict:

@@ -118,14 +118,32 @@ def code_identity(provenance: dict) -> dict:
             "package_hash": code_version()}
 
 
+def _load_checkpoint(path: Path) -> dict | None:
+    """The epoch checkpoint's state; None once an unreadable one is moved aside (its writes are atomic,
+    but a full disk, a copy cut short or a bad block can still damage it), so that the run trains from
+    scratch rather than failing on it at every rerun."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "epoch" in state:
+            return state
+        reason = "not a training checkpoint"
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for it
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+    aside = path.with_name(f"{path.name}.unreadable")
+    path.replace(aside)
+    print(f"note: {path} is unreadable ({reason}); moved it to {aside.name} and training this run from epoch 1",
+          file=sys.stderr)
+    return None
+
+
 def _try_resume(path: Path, params_hash: str, method, optimizer, schedule, code: dict):
     """Returns (start_epoch, history, code_versions); a checkpoint of other params is ignored, not trusted.
     A resumed run keeps the code versions it trained under before, and adds this one if it differs, so its
     record names every version (metrics.json provenance.code_versions, each with the first epoch it trained)."""
     fresh = (0, [], [{**code, "from_epoch": 1}])
-    if not path.exists():
+    state = _load_checkpoint(path) if path.exists() else None
+    if state is None:
         return fresh
-    state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("params_hash") != params_hash:
         print(f"ignoring {path}: it belongs to other params", file=sys.stderr)
         return fresh
