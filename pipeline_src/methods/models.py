@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline_src.provenance import torch_load
 from pipeline_src.spec.config import weights_path
+
+WEIGHTS_REMEDY = "give weights_file a state_dict of this model (torch.save(model.state_dict(), path))"
 
 
 class SoftmaxRegression(nn.Module):
@@ -87,6 +90,20 @@ def add_input_norm(model: nn.Module, mean, std) -> None:
     model.register_forward_pre_hook(normalise)
 
 
+def _state_dict(path) -> dict:
+    """A weights_file's tensors, checked before timm loads it: timm takes a file that is no state_dict for
+    an unknown model name. timm's own wrappers (a checkpoint's "state_dict", "model", ...) are unwrapped."""
+    state = torch_load(path, WEIGHTS_REMEDY)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ValueError(f"weights_file {path}: holds a {type(state).__name__}, not a state_dict of tensors; "
+                         f"{WEIGHTS_REMEDY}")
+    return state
+
+
 def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
                 hidden: int | None = None, small_stem: bool = False, timm_kwargs: dict | None = None,
                 input_norm="auto", weights_file: str | None = None) -> nn.Module:
@@ -112,6 +129,7 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
     kwargs.setdefault("pretrained", False)
     if weights_file:
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(weights_path(weights_file))})
+        weights = _state_dict(weights_path(weights_file))
     optional = {} if "img_size" in kwargs else {"img_size": height}
     if small_stem and "patch_size" not in kwargs:
         optional["patch_size"] = _small_patch_size(height)
@@ -119,6 +137,10 @@ def build_model(arch: str, in_shape: tuple[int, int, int], num_classes: int,
         model, taken = _create_model(timm, arch, {"in_chans": chans, "num_classes": num_classes, **kwargs}, optional)
     except RuntimeError as err:  # timm's "Unknown model" error
         raise ValueError(f"model arch '{arch}' is not sr, dnn3 or a timm model name ({err})") from None
+    if weights_file and not {key.removeprefix("module.") for key in weights} & set(model.state_dict()):
+        # timm only warns of unexpected keys, and leaves the model as it was initialised
+        raise ValueError(f"weights_file {weights_path(weights_file)}: none of its {len(weights)} tensors "
+                         f"({', '.join(list(weights)[:3])}, ...) is a parameter of {arch}; {WEIGHTS_REMEDY}")
     if small_stem and hasattr(model, "conv1") and hasattr(model, "maxpool"):
         _small_resnet_stem(model, chans)
     elif small_stem and not ({"img_size", "patch_size"} <= set(taken) | set(kwargs)):
