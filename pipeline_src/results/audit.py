@@ -27,7 +27,7 @@ import yaml
 from pipeline_src.results.pages import audit_markdown, write_paper_table
 from pipeline_src.spec.config import run_configuration
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE, correct, load_predictions
-from pipeline_src.provenance import write_atomic
+from pipeline_src.provenance import read_csv, write_atomic
 from pipeline_src.results.verdicts import (PAPER_SCALE, cell_stats, counting_mask, decide_cells, decide_claim,
                                            effect_gate, join_scales, leave_one_out, number_verdict,
                                            pooled_description, rule_text, variance_cell_stats)
@@ -118,7 +118,7 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
     """All sets' long run tables, with set, kind, configuration and the papers' dataset and model names."""
     frames = []
     for path in runs_csvs:
-        frame = pd.read_csv(path)
+        frame = read_csv(path, "delete it and run Snakemake again: the set's aggregate job writes it anew")
         # set and kind come with each run (metrics.json); runs tables from before they did: from set_info
         name = frame["experiment_set"].iloc[0] if "experiment_set" in frame else Path(path).name.removesuffix("_runs.csv")
         info = set_info.get(name, {})
