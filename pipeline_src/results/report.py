@@ -28,9 +28,9 @@ from pipeline_src.spec.config import (RunConfig, audit_set_info, expand_runs, lo
                                  own_reading_text, run_configuration)
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.spec.predictions import predictions_path
-from pipeline_src.spec.run_record import load_record, upgrade
+from pipeline_src.spec.run_record import RECORD_REMEDY, load_record, upgrade
 from pipeline_src.spec.schema import filled
-from pipeline_src.provenance import REPO_ROOT, cpu_model, write_atomic, write_json
+from pipeline_src.provenance import REPO_ROOT, cpu_model, read_json, write_atomic, write_json
 
 CLAIMS = REPO_ROOT / "params" / "claims.yaml"
 DEVIATIONS = REPO_ROOT / "params" / "deviations.yaml"
@@ -162,12 +162,12 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
         source, target = record_path(results_dir, run), record_path(report_dir, run)
         if not source.exists():
             continue
-        new = json.loads(source.read_text())
+        new = read_json(source, RECORD_REMEDY)
         if not same_run(upgrade(new)["params"], run):
             continue
         bench = results_dir / "benchmarks" / f"{key}.tsv"
         wall = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
-        kept = json.loads(target.read_text()) if target.exists() else None
+        kept = read_json(target, RECORD_REMEDY) if target.exists() else None
         if kept is not None and measured(kept) == measured(new):
             if kept != new:
                 done.reproduced.append(key)
