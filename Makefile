@@ -66,8 +66,11 @@ fashion-mnist-missing: data
 fashion-mnist-report: setup
 	$(PY) -m pipeline_src report --params params/fashion_mnist.yaml --out reports/fashion-mnist
 
+# The MLflow UI on 127.0.0.1:$(PORT): results/'s runs, or with REPORT=reports/fashion-mnist a committed report's
+# runs loaded into a store of their own (results/report-mlflow/<name>/); it prints the link to the runs view.
+PORT ?= 5000
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(abspath results)/mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m pipeline_src ui --results results $(if $(REPORT),--report $(REPORT)) --port $(PORT)
 
 lint: setup
 	snakemake --lint

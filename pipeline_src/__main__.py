@@ -1,21 +1,27 @@
-"""Command line: the one entry point the Snakemake rules, the tests and users call.
+"""Command line: the one entry point the Snakemake rules, the tests and users call (as `python -m pipeline_src`,
+or the console script `beneficial-noise` that pyproject.toml installs).
 
+Commands people type (`--help` lists these):
     python -m pipeline_src check     --params params/default.yaml
+    python -m pipeline_src status    --params P [--report reports/NAME] [--jobs N]
+    python -m pipeline_src missing   --params P --report reports/NAME [--limit N]
+    python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
+    python -m pipeline_src ui        [--report reports/NAME | --results results] [--port 5000]
+    python -m pipeline_src run       --params P --set SET --run-id ID --data DIR --out RUN   (train + evaluate, by hand)
+    python -m pipeline_src track-resync --results results
+
+Steps the Snakemake rules run (`--help` names them in one line):
     python -m pipeline_src check-models < REQUESTS.json    (preflight's model check)
     python -m pipeline_src prepare   --params P --dataset NAME --out results/prepared/NAME
     python -m pipeline_src train     --params P --set SET --run-id ID --data DIR --model RUN/model.pt
     python -m pipeline_src evaluate  --params P --set SET --run-id ID --data DIR --model RUN/model.pt
                                      --metrics RUN/metrics.json
-    python -m pipeline_src run       --params P --set SET --run-id ID --data DIR --out RUN   (both, by hand)
     python -m pipeline_src aggregate --set SET --kind KIND --table T.csv --markdown T.md --runs R.csv
                                      --figure F.png METRICS...
     python -m pipeline_src audit     --claims params/claims.yaml --deviations params/deviations.yaml
                                      --set-info JSON --csv --cells --markdown --figure --tables FILES...
                                      --runs RUNS_CSV...
-    python -m pipeline_src report    --params P --out reports/NAME [--results results/NAME]
-    python -m pipeline_src missing   --params P --report reports/NAME [--limit N]
-    python -m pipeline_src status    --params P [--report reports/NAME] [--jobs N]
-    python -m pipeline_src track-init --params P / track-set / track-resync --results results
+    python -m pipeline_src track-init --params P / track-set --results results
     python -m pipeline_src track-audit --results results --tables AUDIT.csv CELLS.csv --files AUDIT.md ... --out J
 
 The rules name every file a command writes (--data/--manifest, --model, --metrics, ...); a folder
@@ -45,6 +51,13 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from pipeline_src.spec.config import ParamsError, RunConfig, dataset_spec, find_run, load_params  # noqa: E402
+
+
+DESCRIPTION = """Reproduce and audit the NoisyNN and VPN papers' tables: check a params file, follow a run's
+progress, rebuild a report, open its runs in MLflow. Snakemake runs the pipeline itself
+(`make reproduce`); every expected failure ends with one line on stderr and exit status 2."""
+# what people type, in the order --help lists them; the other commands are the rules' steps
+USER_COMMANDS = ("check", "status", "missing", "report", "ui", "run", "track-resync")
 
 
 def _run_config(args) -> RunConfig:
@@ -261,8 +274,32 @@ def cmd_track_audit(args) -> None:
     from pipeline_src.provenance import write_json
 
     run_id = track.log_audit(Path(args.results), args.tables, args.files)
+    # the audit's folder holds the sets' tables and runs too: each set's summary goes on its parent run
+    track.log_set_summaries(Path(args.results), Path(args.tables[0]).parent)
     write_json(args.out, {"mlflow_run_id": run_id})
     print(f"audit: MLflow run {run_id}" if run_id else f"audit: NOT logged to MLflow; delete {args.out} and rerun")
+
+
+def cmd_ui(args) -> None:
+    """Serve the MLflow UI on a results folder's store, or on a committed report's runs loaded into a store of
+    its own; print the link that opens the experiment on its training runs."""
+    from pipeline_src.tracking import browse
+
+    if args.report:
+        store = Path(args.store or Path(args.results) / "report-mlflow" / Path(args.report).resolve().name)
+        print(f"loading {args.report} into {store} ...", file=sys.stderr, flush=True)
+        experiment_id, runs, new = browse.load_report(Path(args.report), store)
+        print(f"{args.report}: {runs} runs in {store / 'mlflow.db'} ({new} newly logged)")
+    else:
+        store = Path(args.store or args.results)
+        experiment_id = browse.experiment_id(store)
+        if experiment_id is None:
+            print(f"note: {store / 'mlflow.db'} holds no runs yet (run the workflow, or pass --report reports/NAME)",
+                  file=sys.stderr)
+    print(f"MLflow UI on 127.0.0.1:{args.port}; the experiment's runs: {browse.ui_url(experiment_id, args.port)}"
+          + ("" if args.no_serve else "  (Ctrl-C stops it)"), flush=True)
+    if not args.no_serve:
+        browse.serve(store, args.port)
 
 
 def cmd_track_resync(args) -> None:
@@ -273,19 +310,26 @@ def cmd_track_resync(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline_src", description=__doc__,
+    prog = "python -m pipeline_src" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog=prog, usage=f"{prog} COMMAND [options]", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog=prog)
+    summaries = {}
 
-    p = sub.add_parser("check", help="validate a params file and every run it declares")
+    def command(name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+        # no help= here: argparse would list every command; the epilog lists people's commands and names the steps
+        summaries[name] = summary
+        return sub.add_parser(name, description=summary, **kwargs)
+
+    p = command("check", "validate a params file and every run it declares")
     p.add_argument("--params", required=True)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("check-models", help="(for preflight) build models on the meta device and resolve their "
+    p = command("check-models", "(for preflight) build models on the meta device and resolve their "
                        "sites: JSON requests on stdin, JSON errors on stdout")
     p.set_defaults(func=cmd_check_models)
 
-    p = sub.add_parser("prepare", help="turn one dataset source into the canonical prepared form")
+    p = command("prepare", "turn one dataset source into the canonical prepared form")
     p.add_argument("--dataset", required=True)
     p.add_argument("--spec-json", help="the dataset's params (as the DAG passes them)")
     p.add_argument("--params", help="or: a params file defining the dataset")
@@ -304,26 +348,26 @@ def main(argv: list[str] | None = None) -> int:
     run_args.add_argument("--manifest", help="the prepared dataset's manifest.json")
     run_args.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
 
-    p = sub.add_parser("train", parents=[run_args], help="train one run: model.pt and trained.json")
+    p = command("train", "train one run: model.pt and trained.json", parents=[run_args])
     p.add_argument("--model", required=True, help="the model.pt to write (its folder also gets trained.json "
                    "and the epoch checkpoint)")
     p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
     p.add_argument("--rule", default="train", help="recorded in provenance")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[run_args], help="evaluate a trained run: metrics.json and predictions.npz")
+    p = command("evaluate", "evaluate a trained run: metrics.json and predictions.npz", parents=[run_args])
     p.add_argument("--model", required=True, help="the run's model.pt (trained.json beside it)")
     p.add_argument("--metrics", required=True, help="the metrics.json to write (predictions.npz goes beside it)")
     p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("run", parents=[run_args], help="train and evaluate one run by hand, into one folder")
+    p = command("run", "train and evaluate one run by hand, into one folder", parents=[run_args])
     p.add_argument("--out", required=True, help="the run folder: model.pt, trained.json, metrics.json, ...")
     p.add_argument("--base-checkpoint", help="frozen VPN: the trained base model's model.pt")
     p.add_argument("--tracking", help="results folder holding tracking.json; omit to skip MLflow")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("aggregate", help="one table (csv + md) and figure for an experiment set")
+    p = command("aggregate", "one table (csv + md) and figure for an experiment set")
     p.add_argument("--set", required=True)
     p.add_argument("--kind", required=True, help="the set's kind: chooses its extra columns and figure")
     p.add_argument("--table", required=True, help="the table to write (csv)")
@@ -333,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("audit", help="every published number and claim in the registry against the runs")
+    p = command("audit", "every published number and claim in the registry against the runs")
     p.add_argument("--claims", required=True, help="the claims registry (params/claims.yaml)")
     p.add_argument("--deviations", required=True, help="the deviations registry (params/deviations.yaml)")
     p.add_argument("--set-info", required=True,
@@ -346,26 +390,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", nargs="*", default=[], help="each set's <set>_runs.csv")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("report", help="rebuild a published report folder from its runs' metrics.json files")
+    p = command("report", "rebuild a published report folder from its runs' metrics.json files")
     p.add_argument("--params", required=True, help="the params file the report's runs come from")
     p.add_argument("--out", required=True, help="the report folder, e.g. reports/fashion-mnist")
     p.add_argument("--results", help="first copy finished runs from this results folder into --out/runs")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("missing", help="the Snakemake targets of declared runs a report lacks, cells closest "
+    p = command("missing", "the Snakemake targets of declared runs a report lacks, cells closest "
                        "to done first")
     p.add_argument("--params", required=True, help="the params file the report's runs come from")
     p.add_argument("--report", required=True, help="the report folder, e.g. reports/fashion-mnist")
     p.add_argument("--limit", type=int, help="list only the first N (a batch that fits one session)")
     p.set_defaults(func=cmd_missing)
 
-    p = sub.add_parser("status", help="per experiment set: runs declared, done, running, and an ETA")
+    p = command("status", "per experiment set: runs declared, done, running, and an ETA")
     p.add_argument("--params", required=True)
     p.add_argument("--report", help="a report folder whose records count as done too, e.g. reports/fashion-mnist")
     p.add_argument("--jobs", type=int, default=1, help="training jobs running side by side (divides the ETA)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("track-init", help="create the MLflow store, experiment and one parent run per set")
+    p = command("track-init", "create the MLflow store, experiment and one parent run per set")
     p.add_argument("--sets", nargs="*", help="experiment set names")
     p.add_argument("--params", help="or: take the set names from this params file")
     p.add_argument("--results", default="results", help="the folder of the MLflow store (mlflow.db, mlartifacts/, "
@@ -373,23 +417,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--params-hash", default="")
     p.set_defaults(func=cmd_track_init)
 
-    p = sub.add_parser("track-set", help="log an experiment set's finished runs to MLflow")
+    p = command("track-set", "log an experiment set's finished runs to MLflow")
     p.add_argument("--results", default="results")
     p.add_argument("--set", required=True)
     p.add_argument("--out", required=True, help="JSON of run id -> MLflow run id")
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_track_set)
 
-    p = sub.add_parser("track-audit", help="log the audit's tables and verdict counts on the experiment's audit run")
+    p = command("track-audit", "log the audit's tables and verdict counts on the experiment's audit run")
     p.add_argument("--results", default="results")
     p.add_argument("--tables", nargs="+", required=True, help="csv tables: audit.csv, effects_cells.csv")
     p.add_argument("--files", nargs="*", default=[], help="other audit files logged as they are (audit.md, figure)")
     p.add_argument("--out", required=True, help="JSON with the audit run's MLflow id")
     p.set_defaults(func=cmd_track_audit)
 
-    p = sub.add_parser("track-resync", help="log runs that never reached MLflow, without duplicates")
+    p = command("track-resync", "log runs that never reached MLflow, without duplicates")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_track_resync)
+
+    p = command("ui", "the MLflow UI on a results folder's runs, or on a committed report's (--report)")
+    p.add_argument("--report", help="a report folder, e.g. reports/fashion-mnist: its runs, audit and set summaries")
+    p.add_argument("--results", default="results", help="the results folder (its mlflow.db; with --report, the "
+                   "report's store goes into <results>/report-mlflow/<report name>/)")
+    p.add_argument("--store", help="the folder of the store to serve (or load the report into)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--no-serve", action="store_true", help="load and print the link, start no server")
+    p.set_defaults(func=cmd_ui)
+
+    width = max(map(len, USER_COMMANDS))
+    parser.epilog = ("commands:\n" + "".join(f"  {name:<{width}}  {summaries[name]}\n" for name in USER_COMMANDS)
+                     + "\nsteps the workflow's rules run (not typed by hand; each takes --help):\n  "
+                     + ", ".join(name for name in summaries if name not in USER_COMMANDS)
+                     + f"\n\n{prog} COMMAND --help describes a command's options.")
 
     args = parser.parse_args(argv)
     try:

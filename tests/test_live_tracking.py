@@ -240,3 +240,99 @@ def test_rest_api_lists_a_sets_dataset_inputs_and_the_audit_table(tmp_path):
         assert [row[1] for row in table["data"]] == ["supported", "not run"]
         assert {m["key"]: m["value"] for m in audit_run["data"]["metrics"]} == {"verdicts.supported": 1.0,
                                                                                "verdicts.not_run": 1.0}
+
+
+@pytest.mark.slow
+def test_track_set_against_a_server_that_never_answers_takes_seconds(tmp_path):
+    """The rule's own command with MLflow's settings as we leave them (a 10 s request timeout): a server that
+    accepts and never answers costs one timeout for the whole set, not minutes per run (b9881d5: 6 tries of
+    20 s per run, then the set's end); both runs are pending, and track-resync logs them once it can."""
+    from test_track import make_metrics, silent_server, write_run
+
+    results = tmp_path / "results"
+    paths = [write_run(results, make_metrics(seed=seed)) / "metrics.json" for seed in (0, 1)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_MLFLOW_"))}
+    with silent_server() as uri:
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "pipeline_src", "track-set", "--results", str(results),
+                               "--set", "baseline", "--out", str(results / "tracking" / "baseline.json"),
+                               *map(str, paths)], cwd=REPO_ROOT, env={**env, "MLFLOW_TRACKING_URI": uri},
+                              capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert elapsed < 45, f"{elapsed:.0f} s"  # one 10 s timeout, and the start-up of python, torch-free
+    assert "NOT logged (run track-resync later): digits-dnn3-baseline-s0 digits-dnn3-baseline-s1" in done.stdout
+    assert "sent no answer within 10 s" in done.stderr
+    assert all((path.parent / track.PENDING_MARKER).is_file() for path in paths)
+
+    resynced = subprocess.run([sys.executable, "-m", "pipeline_src", "track-resync", "--results", str(results)],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "resynced 2 runs" in resynced.stdout, resynced.stdout + resynced.stderr
+    assert not any((path.parent / track.PENDING_MARKER).exists() for path in paths)
+
+
+@pytest.mark.slow
+def test_ui_on_the_committed_report_serves_its_runs_on_an_experiment_of_training_runs(tmp_path):
+    """`make ui REPORT=reports/fashion-mnist` (`python -m pipeline_src ui --report ...`): the committed report's
+    runs loaded into a store of their own and served on 127.0.0.1; only what the UI reads is checked: the
+    server's REST API lists every run of the report, under an experiment of kind "training runs", with each
+    set's summary on its parent, and the printed link opens the runs view."""
+    report = REPO_ROOT / "reports" / "fashion-mnist"
+    expected = sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in report.glob("runs/*/*/metrics.json"))
+    assert len(expected) > 100
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    log_path = tmp_path / "ui.log"
+    with open(log_path, "w") as log:
+        # `timeout`: the server stops itself after 10 minutes, even if this test is killed first
+        ui = subprocess.Popen(["timeout", "600", sys.executable, "-m", "pipeline_src", "ui", "--report", str(report),
+                               "--store", str(tmp_path / "store"), "--port", str(port)],
+                              cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 540  # loading 215 runs takes about a minute and a half on a busy machine
+        while True:
+            assert ui.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, "the UI did not come up in 540 s:\n" + log_path.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+
+        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={track.EXPERIMENT_NAME}")["experiment"]
+        tags = {t["key"]: t["value"] for t in experiment["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+        assert f"{uri}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning" in \
+            log_path.read_text()
+
+        def search(query: str) -> list[dict]:
+            found, token = [], None
+            while True:
+                page = _rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": query,
+                                                  "max_results": 1000, **({"page_token": token} if token else {})})
+                found += page.get("runs", [])
+                token = page.get("next_page_token")
+                if not token:
+                    return found
+
+        children = search("tags.pipeline_role = 'child'")
+        assert sorted({t["key"]: t["value"] for t in run["data"]["tags"]}["run_key"] for run in children) == expected
+        parents = {run["info"]["run_name"]: run for run in search("tags.pipeline_role = 'parent'")}
+        assert sorted(parents) == sorted({key.split("/")[0] for key in expected})
+        assert {m["key"]: m["value"] for m in parents["vpn_joint"]["data"]["metrics"]}["audit_rows"] > 0
+        for name, parent in parents.items():
+            metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+            assert metrics["runs"] == sum(key.startswith(f"{name}/") for key in expected)
+            # the audit rows citing the set's runs, by verdict (test_batch_study_cnn_shift: no claim cites it)
+            assert metrics["audit_rows"] == sum(v for k, v in metrics.items() if k.startswith("verdicts.")), name
+            assert {p["key"] for p in parent["data"]["params"]} >= {"set_kind", "datasets", "models", "methods"}
+            logged = json.loads({t["key"]: t["value"] for t in parent["data"]["tags"]}["mlflow.loggedArtifacts"])
+            assert {"path": f"{name}.json", "type": "table"} in logged
+        [audit] = search("tags.pipeline_role = 'audit'")
+        assert {m["key"] for m in audit["data"]["metrics"]} >= {"verdicts.not_run"}
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait()

@@ -1,5 +1,5 @@
-"""MLflow tracking against real sqlite stores in tmp dirs (no mocks): parallel jobs, outage + resync,
-nesting, tags, idempotence."""
+"""MLflow tracking against real sqlite stores in tmp dirs (no mocks): parallel jobs, outage + resync, a
+server that never answers, nesting, tags, idempotence, the experiment's kind, the sets' summaries."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -206,6 +208,62 @@ def test_outage_marks_pending_then_resync_logs_once(tmp_path, monkeypatch, capsy
     assert len(children(results)) == 1
 
 
+@contextmanager
+def silent_server(lifetime_s: float = 300):
+    """A port on 127.0.0.1 that accepts connections and never answers: a hung tracking server. It holds what
+    it accepts until the block ends, and stops accepting after lifetime_s whatever happens."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        deadline = time.monotonic() + lifetime_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:  # timeout: look at stop and the deadline again
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_server_that_never_answers_costs_one_timeout_then_pending_and_resync(tmp_path, monkeypatch, capsys):
+    """Store setup, three runs and the set's end against a server that accepts and never answers: one
+    request timeout in all (not one per call, nor per retry), every run pending; resync logs them later."""
+    results = tmp_path / "results"
+    run_dirs = [write_run(results, make_metrics(seed=seed)) for seed in range(3)]
+    with silent_server() as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")  # the user's setting wins over ours (10 s)
+        started = time.monotonic()
+        info = track.init_store(results, ["baseline"], "study1")  # the default retry budget: 6 attempts
+        ids = [track.log_run(json.loads((d / "metrics.json").read_text()), d, results) for d in run_dirs]
+        ended = track.end_set(results, "baseline")
+        elapsed = time.monotonic() - started
+    assert "error" in info and ids == [None] * 3 and ended is False
+    assert elapsed < 2 + 4, f"{elapsed:.1f} s: more than one 2 s timeout"
+    err = capsys.readouterr().err
+    assert f"the tracking server {uri} sent no answer within 2 s" in err
+    assert "transient error" not in err  # no retry of a request that timed out
+    for run_dir in run_dirs:
+        assert "no answer in time, not retried" in (run_dir / track.PENDING_MARKER).read_text()
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the store is reachable again (here: a local one)
+    assert track.resync(results) == (3, 0)
+    assert len(children(results)) == 3 and not list(results.glob(f"runs/*/*/{track.PENDING_MARKER}"))
+
+
 def test_resync_finds_logged_run_instead_of_duplicating(tmp_path):
     results = tmp_path / "results"
     metrics = make_metrics()
@@ -335,3 +393,63 @@ def test_the_audit_run_holds_the_tables_and_verdict_counts(tmp_path):
     assert newer != run_id and client.get_run(run_id).info.lifecycle_stage == "deleted"
     with pytest.raises(FileNotFoundError, match="do not exist"):
         track.log_audit(results, [tmp_path / "none.csv"])
+
+
+def test_the_experiment_is_of_kind_model_training(tmp_path):
+    """What MLflow 3 reads for an experiment's kind: set on a new experiment, added to one made without it,
+    and a kind someone chose by hand is left alone."""
+    results = tmp_path / "results"
+    info = track.init_store(results, ["baseline"], "study1")
+    client = MlflowClient(track.tracking_uri(results))
+    assert client.get_experiment(info["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
+
+    client.delete_experiment_tag(info["experiment_id"], "mlflow.experimentKind")
+    track.init_store(results, ["baseline"], "study1")
+    assert client.get_experiment(info["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(info["experiment_id"], "mlflow.experimentKind", "finetuning")
+    track.init_store(results, ["baseline"], "study1")
+    assert client.get_experiment(info["experiment_id"]).tags["mlflow.experimentKind"] == "finetuning"
+
+
+def write_set_files(results: Path, verdict: str) -> None:
+    (results / "tables").mkdir(parents=True, exist_ok=True)
+    (results / "tables" / "baseline.csv").write_text("dataset,model,method,top1_mean,n\ndigits,dnn3,baseline,91.7,2\n")
+    evidence = "baseline/digits-dnn3-baseline-s0 baseline/digits-dnn3-baseline-s1"
+    (results / "audit.csv").write_text("claim_id,reading,verdict,evidence\n"
+                                       f"vpn.a,ours,{verdict},{evidence}\n"
+                                       "vpn.b,ours,not run,\n"
+                                       "vpn.c,ours,differs (higher),noise/digits-dnn3-noise-s0\n")
+
+
+def test_a_parent_carries_its_sets_summary(tmp_path):
+    """n, what the set crossed, the verdicts of the audit rows citing its runs, its table: on the parent run,
+    logged once, and replaced (not appended to) when the audit changes."""
+    results = tmp_path / "results"
+    track.init_store(results, ["baseline"], "study1")
+    for seed in (0, 1):
+        write_run(results, make_metrics(seed=seed))
+    write_set_files(results, "supported")
+    assert track.log_set_summaries(results, results) == 1
+    client = MlflowClient(track.tracking_uri(results))
+    [parent] = client.search_runs([client.get_experiment_by_name(track.EXPERIMENT_NAME).experiment_id],
+                                  "tags.pipeline_role = 'parent'")
+    assert parent.data.params == {"set_kind": "baseline", "scale": "embedded_default", "datasets": "digits",
+                                  "models": "dnn3", "methods": "baseline"}
+    assert parent.data.metrics == {"runs": 2.0, "seeds": 2.0, "audit_rows": 1.0, "verdicts.supported": 1.0}
+    logged = json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "baseline.json", "type": "table"} in logged and {"path": "verdicts.json", "type": "table"} in logged
+
+    def table(name: str) -> dict:
+        folder = tmp_path / f"dl-{time.time_ns()}"
+        return json.loads(Path(client.download_artifacts(parent.info.run_id, name, str(folder))).read_text())
+
+    assert table("baseline.json")["data"] == [["digits", "dnn3", "baseline", 91.7, 2]]
+    assert [row[:3] for row in table("verdicts.json")["data"]] == [["vpn.a", "ours", "supported"]]
+    assert track.log_set_summaries(results, results) == 0  # unchanged: nothing logged again
+
+    write_set_files(results, "inconclusive")
+    assert track.log_set_summaries(results, results) == 1
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics == {"runs": 2.0, "seeds": 2.0, "audit_rows": 1.0, "verdicts.supported": 0.0,
+                                   "verdicts.inconclusive": 1.0}
+    assert [row[:3] for row in table("verdicts.json")["data"]] == [["vpn.a", "ours", "inconclusive"]]

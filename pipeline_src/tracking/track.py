@@ -63,6 +63,12 @@ PENDING_MARKER = "mlflow_pending"
 LIVE_MARKER = "mlflow_live_run"  # the id of a job's live run, so a job resumed after a kill reopens it
 TRACKING_INFO = "tracking.json"
 AUDIT_RUN_NAME = "audit"
+# The experiment's kind: training runs, not GenAI traces. MLflow 3 writes this tag when the kind is
+# chosen in its UI, and UIs that read it open the experiment on its runs. MLflow 3.17's UI decides by its
+# "GenAI / Model training" switch instead (kept per browser; ?workflowType=machine_learning in a link
+# sets it): ui_url() gives that link. docs/mlflow.md says both.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
 # MLflow's dataset table keeps digests of at most 36 characters (String(36) in its SQL schema); the
 # data version is a 64-character sha256, whole in the dataset's profile. 36 hex digits still tell
 # any two data versions apart.
@@ -77,8 +83,11 @@ MAX_BACKOFF_S = 15.0
 
 # MLflow's HTTP client retries 7 times with exponential backoff and a 120 s timeout, i.e. minutes
 # per call. Our retry loop is the one mechanism, so while this module talks to a server MLflow's
-# own retries are off, unless the user has set these variables.
-_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# own retries are off and a request waits 10 s for its answer, unless the user has set these variables.
+# A server that accepted a request and did not answer within that time is not asked again by the same
+# process (_attempt): each try would cost a whole timeout, and a hung server answers no retry either.
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_UNANSWERED: dict[str, Exception] = {}  # tracking URI -> why this process stopped asking it
 
 _TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
 _TRANSIENT_TEXT = ("database is locked", "database is busy", "connection refused", "max retries exceeded",
@@ -102,17 +111,14 @@ def init_store(results_dir, experiment_sets: list[str], params_hash: str | None,
     a pending marker for resync).
     """
     results_dir = Path(results_dir).resolve()
-    attempts, backoff_s = _budget(attempts, backoff_s)
-    try:
-        with _http_defaults():
-            return _retrying(lambda: _init_once(results_dir, experiment_sets, params_hash), attempts, backoff_s)
-    except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
-        _warn(f"MLflow store setup FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
-              "Training results are still written to metrics.json; log them later with resync().")
-        info = {"tracking_uri": tracking_uri(results_dir), "experiment_id": None, "parents": {},
-                "error": _reason(exc)}
-        write_json(results_dir / TRACKING_INFO, info)
+    info, exc = _attempt(results_dir, lambda: _init_once(results_dir, experiment_sets, params_hash), attempts, backoff_s)
+    if exc is None:
         return info
+    _warn(f"MLflow store setup FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
+          "Training results are still written to metrics.json; log them later with resync().")
+    info = {"tracking_uri": tracking_uri(results_dir), "experiment_id": None, "parents": {}, "error": _reason(exc)}
+    write_json(results_dir / TRACKING_INFO, info)
+    return info
 
 
 def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
@@ -124,13 +130,10 @@ def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
     edit metrics.json: the caller stores the returned id (resync does so for the runs it logs).
     """
     run_dir, results_dir = Path(run_dir), Path(results_dir).resolve()
-    attempts, backoff_s = _budget(attempts, backoff_s)
     now_ms = int(time.time() * 1000)  # fixed across retries, so re-logged points are duplicates the store drops
-    try:
-        with _http_defaults():
-            run_id = _retrying(lambda: _log_once(metrics, run_dir, results_dir, now_ms), attempts, backoff_s)
-    except Exception as exc:  # noqa: BLE001 - tracking must never cost a training result
-        _mark_pending(metrics, run_dir, attempts, exc)
+    run_id, exc = _attempt(results_dir, lambda: _log_once(metrics, run_dir, results_dir, now_ms), attempts, backoff_s)
+    if exc is not None:
+        _mark_pending(metrics, run_dir, _budget(attempts, backoff_s)[0], exc)
         return None
     (run_dir / PENDING_MARKER).unlink(missing_ok=True)
     return run_id
@@ -172,7 +175,6 @@ def end_set(results_dir, experiment_set: str, *, attempts: int | None = None,
     A set that trains again later reopens its parent (LiveRun), and ends it again here.
     """
     results_dir = Path(results_dir).resolve()
-    attempts, backoff_s = _budget(attempts, backoff_s)
 
     def once() -> bool:
         client = _open_client(tracking_uri(results_dir), results_dir)
@@ -181,10 +183,8 @@ def end_set(results_dir, experiment_set: str, *, attempts: int | None = None,
             client.set_terminated(parent_id, "FINISHED")
         return parent_id is not None
 
-    try:
-        with _http_defaults():
-            ended = _retrying(once, attempts, backoff_s)
-    except Exception as exc:  # noqa: BLE001 - tracking must not stop the pipeline
+    ended, exc = _attempt(results_dir, once, attempts, backoff_s)
+    if exc is not None:
         _warn(f"MLflow: could not end the parent run of set {experiment_set}: {_reason(exc)}",
               "Its runs are logged; the parent stays RUNNING until the set is tracked again.")
         return False
@@ -210,14 +210,29 @@ def log_audit(results_dir, tables: list, files: list = (), *, attempts: int | No
     missing = [str(p) for p in tables + files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"audit files to track do not exist: {', '.join(missing)}")
-    attempts, backoff_s = _budget(attempts, backoff_s)
-    try:
-        with _http_defaults():
-            return _retrying(lambda: _audit_once(results_dir, tables, files), attempts, backoff_s)
-    except Exception as exc:  # noqa: BLE001 - tracking must never cost a result
+    run_id, exc = _attempt(results_dir, lambda: _audit_once(results_dir, tables, files), attempts, backoff_s)
+    if exc is not None:
         _warn(f"MLflow logging of the audit FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
               f"The audit itself is in {tables[0].parent}; rerun the tracking step to log it.")
-        return None
+    return run_id
+
+
+def log_set_summaries(results_dir, folder, *, attempts: int | None = None, backoff_s: float | None = None) -> int:
+    """Each set's summary on its parent run, from a results or report folder (runs/<set>/<run>/metrics.json,
+    tables/<set>.csv, figures/<set>.png, audit.csv); returns how many parents got one (warned, never raises).
+
+    The parent gets params (set_kind, scale, datasets, models, methods: what the set crossed), metrics
+    (runs and seeds: its n; audit_rows: how many rows of audit.csv, a claim under one reading, cite the
+    set's runs as evidence; verdicts.<verdict>: how many of those reach that verdict), the set's table and those audit rows as
+    MLflow tables (<set>.json, verdicts.json), and its figure. A summary already logged is left alone; a
+    changed one replaces the tables and counts (a verdict no longer reached counts 0).
+    """
+    results_dir, folder = Path(results_dir).resolve(), Path(folder)
+    done, exc = _attempt(results_dir, lambda: _summaries_once(results_dir, folder), attempts, backoff_s)
+    if exc is not None:
+        _warn(f"MLflow: the sets' summaries were NOT logged ({tracking_uri(results_dir)}): {_reason(exc)}",
+              f"They are in {folder}; rerun the tracking step to log them.")
+    return done or 0
 
 
 class LiveRun:
@@ -297,14 +312,12 @@ class LiveRun:
     def _try(self, what: str, action):
         if self.broken:
             return None
-        try:
-            with _http_defaults():
-                return action()
-        except Exception as exc:  # noqa: BLE001 - tracking must never cost a training result
+        value, exc = _attempt(self.results_dir, action, 1, 0.0)
+        if exc is not None:
             self.broken = True
             _warn(f"MLflow live logging stopped for {self.run_key} at {what}: {_reason(exc)}",
                   "Training goes on; the finished run is logged from metrics.json, or marked for resync.")
-            return None
+        return value
 
     def _start(self) -> None:
         self.client = _open_client(tracking_uri(self.results_dir), self.results_dir)
@@ -438,6 +451,72 @@ def _audit_once(results_dir: Path, tables: list[Path], files: list[Path]) -> str
     return run_id
 
 
+def _summaries_once(results_dir: Path, folder: Path) -> int:
+    import pandas as pd  # only the summaries read tables
+
+    client = _open_client(tracking_uri(results_dir), results_dir)
+    experiment = client.get_experiment_by_name(_experiment_name())
+    if experiment is None:
+        return 0
+    audit = pd.read_csv(folder / "audit.csv") if (folder / "audit.csv").is_file() else None
+    done = 0
+    for set_dir in sorted(p for p in (folder / "runs").glob("*") if p.is_dir()):
+        name, runs = set_dir.name, [json.loads(p.read_text()) for p in sorted(set_dir.glob("*/metrics.json"))]
+        parent = _parent_run(client, experiment.experiment_id, name)
+        if parent is None or not runs:
+            continue
+        described = {"set_kind": {r.get("set_kind") for r in runs}, "scale": {r.get("scale") for r in runs},
+                     "datasets": {r.get("dataset") for r in runs}, "models": {r.get("model") for r in runs},
+                     "methods": {r.get("method") for r in runs}}
+        params = {key: ", ".join(sorted(str(v) for v in values if v is not None)) for key, values in described.items()}
+        counts = {"runs": len(runs), "seeds": len({r.get("seed") for r in runs})}
+        rows = None
+        if audit is not None and "evidence" in audit.columns:
+            cites = audit["evidence"].fillna("").map(lambda text: any(t.startswith(f"{name}/") for t in text.split()))
+            rows = audit[cites]
+            counts["audit_rows"] = len(rows)  # 0: no claim cites the set's runs
+            counts.update({f"verdicts.{_verdict_key(v)}": n for v, n in rows["verdict"].fillna("none").value_counts().items()})
+        table, figure = folder / "tables" / f"{name}.csv", folder / "figures" / f"{name}.png"
+        digest = hashlib.sha256(json.dumps([params, counts], sort_keys=True).encode())
+        for path in (table, figure):
+            digest.update(path.read_bytes() if path.is_file() else b"")
+        digest.update(b"" if rows is None else rows.to_csv(index=False).encode())
+        if parent.data.tags.get("summary_sha256") == digest.hexdigest():
+            continue
+        run_id, now_ms = parent.info.run_id, int(time.time() * 1000)
+        # params cannot change once logged: a set whose description changed keeps its first one
+        new_params = [Param(k, _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items() if k not in parent.data.params]
+        stale = {k: 0 for k in parent.data.metrics if k.startswith("verdicts.") and k not in counts}
+        client.log_batch(run_id, params=new_params,
+                         metrics=[Metric(k, float(v), now_ms, 0) for k, v in {**stale, **counts}.items()])
+        if table.is_file():
+            _replace_table(client, run_id, pd.read_csv(table), f"{name}.json")
+        if rows is not None:
+            _replace_table(client, run_id, rows, "verdicts.json")
+        if figure.is_file():
+            client.log_artifact(run_id, str(figure))
+        client.set_tag(run_id, "summary_sha256", digest.hexdigest())
+        done += 1
+    return done
+
+
+def _replace_table(client: MlflowClient, run_id: str, frame, name: str) -> None:
+    """frame as the run's MLflow table <name> (what log_table writes, and the tag that makes the UI show it
+    as a table), replacing one logged before: MlflowClient.log_table appends to an existing table instead."""
+    import tempfile
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    frame = frame.astype(object).where(frame.notna(), None)  # NaN as null: the UI reads the table as strict JSON
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if {"path": name, "type": "table"} not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [{"path": name, "type": "table"}]))
+
+
 def _verdict_key(verdict: str) -> str:
     """'differ (higher)' -> 'differ_higher': a metric name that reads like the verdict."""
     return re.sub(r"\W+", "_", str(verdict)).strip("_") or "none"
@@ -550,13 +629,16 @@ def _ensure_experiment(client: MlflowClient, results_dir: Path, uri: str) -> str
         # A tracking server manages its own artifact store; a local or database store gets ours.
         location = None if is_server(uri) else (results_dir / "mlartifacts").as_uri()
         try:
-            return client.create_experiment(_experiment_name(), artifact_location=location)
+            return client.create_experiment(_experiment_name(), artifact_location=location, tags=EXPERIMENT_TAGS)
         except MlflowException as exc:  # created meanwhile from another machine (shared server)
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             experiment = client.get_experiment_by_name(_experiment_name())
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag, or by hand; a kind set by hand stays
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -616,6 +698,35 @@ def _http_defaults():
 
 # --- retries and warnings ------------------------------------------------------------------------
 
+class ServerTimeout(TimeoutError):
+    """The tracking server accepted a request and sent no answer in time; this process asks it no more."""
+
+
+def _attempt(results_dir: Path, action, attempts: int | None, backoff_s: float | None):
+    """action() under _http_defaults, retried on transient errors: (its value, None), or (None, the last error).
+
+    Never raises for tracking errors. A refused connection is retried (a server restarting comes back);
+    a request that timed out is not, and later calls of this process to that server fail at once."""
+    uri = tracking_uri(results_dir)
+    if uri in _UNANSWERED:
+        return None, _UNANSWERED[uri]
+    attempts, backoff_s = _budget(attempts, backoff_s)
+
+    def hung(exc: BaseException) -> bool:
+        return is_server(uri) and _is_timeout(exc)
+
+    try:
+        with _http_defaults():
+            wait_s = os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+            return _retrying(action, attempts, backoff_s, retry_if=lambda exc: _is_transient(exc) and not hung(exc)), None
+    except Exception as exc:  # noqa: BLE001 - tracking must never cost a result
+        if hung(exc):
+            exc = _UNANSWERED[uri] = ServerTimeout(
+                f"the tracking server {uri} sent no answer within {wait_s} s (MLFLOW_HTTP_REQUEST_TIMEOUT); "
+                f"this process asks it no more ({_reason(exc)[:200]})")
+        return None, exc
+
+
 def _budget(attempts: int | None, backoff_s: float | None) -> tuple[int, float]:
     if attempts is None:
         attempts = int(os.environ.get("PIPELINE_MLFLOW_ATTEMPTS", DEFAULT_ATTEMPTS))
@@ -624,13 +735,14 @@ def _budget(attempts: int | None, backoff_s: float | None) -> tuple[int, float]:
     return max(1, attempts), backoff_s
 
 
-def _retrying(action, attempts: int, backoff_s: float):
-    """action(), retried on transient errors with jittered exponential backoff; the last error is raised."""
+def _retrying(action, attempts: int, backoff_s: float, retry_if=None):
+    """action(), retried on transient errors (or where retry_if says) with jittered exponential backoff;
+    the last error is raised."""
     def say(state) -> None:
         print(f"MLflow: transient error, attempt {state.attempt_number}/{attempts}, retrying in "
               f"{state.upcoming_sleep:.1f} s: {_reason(state.outcome.exception())[:200]}", file=sys.stderr)
 
-    retrying = Retrying(stop=stop_after_attempt(attempts), retry=retry_if_exception(_is_transient),
+    retrying = Retrying(stop=stop_after_attempt(attempts), retry=retry_if_exception(retry_if or _is_transient),
                         wait=wait_random_exponential(multiplier=backoff_s, max=MAX_BACKOFF_S),
                         before_sleep=say, reraise=True)
     return retrying(action)
@@ -650,9 +762,26 @@ def _is_transient(exc: BaseException | None) -> bool:
     return False
 
 
+def _is_timeout(exc: BaseException | None) -> bool:
+    """A request that got no answer in time (requests' and urllib3's timeouts, as MLflow words and wraps them)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError) or type(exc).__name__ in ("ReadTimeout", "ConnectTimeout", "ReadTimeoutError",
+                                                                  "ConnectTimeoutError", "Timeout"):
+            return True
+        if any(text in str(exc).lower() for text in ("timed out", "timeout exception")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _mark_pending(metrics: dict, run_dir: Path, attempts: int, exc: Exception) -> None:
     marker = run_dir / PENDING_MARKER
-    tried = f"after {attempts} attempt(s)" if _is_transient(exc) else "not retryable"
+    if isinstance(exc, ServerTimeout):
+        tried = "no answer in time, not retried"
+    else:
+        tried = f"after {attempts} attempt(s)" if _is_transient(exc) else "not retryable"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
