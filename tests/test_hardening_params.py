@@ -270,6 +270,15 @@ def test_fastvit_and_other_models_without_img_size_train(tmp_path):
     assert vit(torch.rand(2, 3, 16, 16)).shape == (2, 4)
 
 
+def test_fastvit_passes_check_and_its_sites_resolve(tmp_path, capsys):
+    """b9881d5 refused it: FastVit.__init__() got an unexpected keyword argument 'img_size'."""
+    p = _sweep({"arch": "fastvit_t8"}, ["default", "stage:-1", "block:0"], dataset="fm")
+    p["results_dir"] = str(tmp_path / "results")  # a clean check is cached there (conftest allows it outside)
+    p["datasets"]["fm"] = {"source": "fashion-mnist"}
+    code, lines = check(tmp_path, p, capsys)
+    assert code == 0 and lines == []
+
+
 # ---------------------------------------------------------------- a diverged training writes nothing
 
 def test_training_whose_loss_becomes_nan_stops_naming_run_and_epoch(tmp_path, capsys):
