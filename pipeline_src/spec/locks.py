@@ -12,6 +12,13 @@ such PID, or one started at another time). Every other lock file stays, with one
 unlock by hand: a lock of another login node on a shared filesystem, or of this host before a
 reboot, cannot be checked from here, nor can one no record claims. Snakemake removes the whole
 folder, owner records included, when a run ends or on `snakemake --unlock`.
+
+That last point also removes the locks of every other run in the folder, while they still run (two
+runs with other results_dir in one checkout): Snakemake's locks then protect nothing. So each run also
+holds its own lock on its results folder (`hold_results_folder`, from `onstart`): an flock on
+<results_dir>/.run.lock, which no other run removes and the kernel releases when the process ends,
+however it ends (no stale lock after a kill -9). A second run in the same results folder stops with one
+line, having taken none of the first run's locks with it (`drop_own_locks`).
 """
 from __future__ import annotations
 
@@ -23,6 +30,8 @@ from pathlib import Path
 LOCK_DIR = Path(".snakemake") / "locks"
 OWNER_GLOB = "owner-*.json"  # never matches Snakemake's own <n>.input.lock / <n>.output.lock
 UNLOCK = "snakemake --unlock (with the same --configfile)"
+RESULTS_LOCK = ".run.lock"  # in a results folder: held by the Snakemake running in it
+_held = {}  # results folder -> its open lock file: the lock lasts while the file stays open
 
 
 def _read(path: str) -> str | None:
@@ -116,3 +125,38 @@ def _kept_line(lock_dir: Path, kept: dict, unclaimed: int) -> str:
                 f"cannot be checked from here; if no Snakemake runs in this folder on any host, run {UNLOCK}")
     return (f"note: {total} Snakemake lock file(s) in {lock_dir} kept: no owner record claims them (a run killed "
             f"as it started, or one run with --no-hooks); if no Snakemake runs in this folder on any host, run {UNLOCK}")
+
+
+def hold_results_folder(results_dir: Path, pid: int | None = None) -> str | None:
+    """Lock the results folder for this process's lifetime; None once held, else the one line refusing a
+    second run in it. Held already by this process: None. Without fcntl (not POSIX): None, unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    path = Path(results_dir) / RESULTS_LOCK
+    if str(path.resolve()) in _held:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # never truncated before it is held: the holder's line stays readable
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return (f"error: another Snakemake ({holder}) is running in results folder {results_dir} (it holds "
+                f"{path}); wait for it to end or stop it, or give this run another results_dir")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"Snakemake pid {os.getpid() if pid is None else pid} on host {socket.gethostname()}\n")
+    handle.flush()
+    _held[str(path.resolve())] = handle
+    return None
+
+
+def drop_own_locks(lock_files) -> None:
+    """Remove only these Snakemake lock files (the ones this run wrote): a run refused before it started
+    must not leave them to block the next run, nor remove the others' as Snakemake's own unlock would."""
+    for name in lock_files:
+        Path(name).unlink(missing_ok=True)

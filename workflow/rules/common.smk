@@ -9,7 +9,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from pipeline_src.spec.code_hash import command_code
 from pipeline_src.spec.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.data.dvc_versions import dataset_dvc_hash, raw_inputs
-from pipeline_src.spec.locks import clear_stale_locks, record_owner
+from pipeline_src.spec.locks import clear_stale_locks, drop_own_locks, hold_results_folder, record_owner
 from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for
 from pipeline_src.tracking.switch import LIVE_ENV, switch_on
 from pipeline_src import worker
@@ -39,6 +39,13 @@ _WORKER_HERE = not (workflow.non_local_exec or workflow.remote_exec) and (
 onstart:
     # Snakemake holds its locks now (never in a dry run): record whose they are. Its lock files say
     # only what they lock; `_lockfile` (Snakemake's own record of the files it wrote) names them.
+    # A run ending removes every run's locks in this folder: our own lock on the results folder keeps a
+    # second run out of it (spec/locks.py). A refused run leaves by os._exit, not SystemExit, after which
+    # Snakemake's unlock would remove the first run's locks too.
+    if workflow.is_main_process and (refused := hold_results_folder(Path(PARAMS["results_dir"]))):
+        print(refused, file=sys.stderr, flush=True)
+        drop_own_locks(getattr(workflow.persistence, "_lockfile", {}).values())
+        os._exit(1)
     record_owner(Path.cwd(), getattr(workflow.persistence, "_lockfile", {}).values())
     if _WORKER_HERE and workflow.is_main_process:
         _WORKER.append(worker.start(Path(PARAMS["results_dir"]) / "logs" / "worker.log"))
