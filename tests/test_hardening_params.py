@@ -119,7 +119,12 @@ CASES = {
             {"label": "shift", "name": "noisynn", "grid": {"site": ["fc2;touch INJECTED"]}}]}),
         "error: invalid params: experiment_sets.layer_sweep: run id 'digits-dnn3-shift-sitefc2;touchINJECTED-s0' of "
         "(dataset digits, model dnn3, method shift, site 'fc2;touch INJECTED', seed 0) may hold only letters, digits, "
-        "_, . and -: change the grid value that brings the others"),
+        "_, . and -: change the grid values that bring the others"),
+    "grid key with a command": (
+        with_set(tiny(), "layer_sweep", {"datasets": ["digits"], "models": ["dnn3"], "seeds": [0], "methods": [
+            {"label": "shift", "name": "noisynn", "grid": {"noise.str$(touch INJECTED)": [0.1]}}]}),
+        "error: invalid params: experiment_sets.layer_sweep.methods.0.grid: 'noise.str$(touch INJECTED)' is not "
+        "allowed: a method key, dotted into noise or augment (noise.strength): letters, digits and _ between dots"),
     "frozen base_set with a command": (
         with_set(tiny(), "vpn_frozen", {"datasets": ["digits"], "models": ["sr"], "methods": [
             {"label": "vpn", "name": "vpn", "mode": "frozen", "base_set": "a;b", "base_label": "baseline"}]}),

@@ -154,11 +154,16 @@ def own_reading_text(params: dict) -> str:
 
 
 def audit_set_info(params: dict) -> dict:
-    """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input)."""
+    """Each set's kind and scale, and the papers' names of our datasets and models (the audit's input);
+    method_specs: each set's methods as its runs resolve them (claims may select runs by what they are)."""
+    resolved: dict[str, dict] = {}
+    for run in expand_runs(params):
+        resolved.setdefault(run.experiment_set, {}).setdefault(json.dumps(run.method, sort_keys=True), run.method)
     return {
         **{name: {"kind": spec["kind"], "scale": params["scale"],
                   "readings": spec.get("readings") or [params["own_reading"]],
-                  "methods": [m["label"] for m in spec["methods"]]}
+                  "methods": [m["label"] for m in spec["methods"]],
+                  "method_specs": list(resolved.get(name, {}).values())}
            for name, spec in params["experiment_sets"].items()},
         "readings": {params["own_reading"]: own_reading_text(params),
                      **{name: r["source"] for name, r in params["readings"].items()}},
@@ -307,7 +312,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                     + f", seed {seed})")
             if not RUN_ID.fullmatch(run_id):
                 raise ParamsError(f"invalid params: experiment_sets.{set_name}: run id {run_id!r} of {cell} may hold "
-                                  "only letters, digits, _, . and -: change the grid value that brings the others")
+                                  "only letters, digits, _, . and -: change the grid values that bring the others")
             if (set_name, run_id) in cells:  # one would overwrite the other's files, and the table lose a row
                 raise ParamsError(f"invalid params: experiment_sets.{set_name}: run id {run_id} names two runs, "
                                   f"{cells[set_name, run_id]} and {cell}: rename one, or drop one grid value")
