@@ -50,3 +50,32 @@ def test_the_markdown_table_keeps_a_small_sigma_apart_from_none(tmp_path):
     write_table(table, files, "s")
     row = files.markdown.read_text().splitlines()[-1]
     assert [cell.strip() for cell in row.strip("|").split("|")] == ["vpn", "82.94", "0.0006", "0.0000"]
+
+
+def noisynn_record(tmp_path, experiment_set, label, apply_at, epochs=10, noise="optimal_q"):
+    metrics = {"run_id": f"d-m-{label}-s0", "experiment_set": experiment_set, "set_kind": "eval_protocol",
+               "dataset": "d", "model": "m", "seed": 0, "scale": "paper", "sweep": {}, "method": label,
+               "method_name": "noisynn", "reading": "",
+               "params": {"run_id": f"d-m-{label}-s0", "experiment_set": experiment_set, "dataset": "d",
+                          "model_cfg": {"arch": "resnet18"}, "epochs": epochs, "batch_size": 128,
+                          "optimizer": {"name": "adam", "lr": 0.001}, "protocol": "paper", "scale": "paper",
+                          "label_smoothing": 0.0, "seed": 0, "device": "auto",
+                          "method": {"label": label, "name": "noisynn", "noise": {"kind": noise},
+                                     "apply_at": apply_at, "site": "default"}},
+               "provenance": {"device": "cpu", "data_version": "abc"}, "evaluations": {"no_noise": 90.0},
+               "history": []}
+    path = tmp_path / experiment_set / label / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_runs_say_what_they_are_and_which_recipe_trained_them(tmp_path):
+    long = load_runs([noisynn_record(tmp_path, "a", "clean_train", "test"),
+                      noisynn_record(tmp_path, "b", "shift_train", "both", noise="circular_shift"),
+                      noisynn_record(tmp_path, "c", "clean_long", "test", epochs=20)]).set_index("method")
+    assert long.loc["clean_train", ["noise", "apply_at", "site", "trained_clean"]].tolist() == [
+        "optimal_q", "test", "default", True]
+    assert long.loc["shift_train", ["noise", "apply_at", "trained_clean"]].tolist() == ["circular_shift", "both", False]
+    # one training block in two sets is one recipe (a legitimate pair); more epochs are another
+    assert long.loc["clean_train", "recipe"] == long.loc["shift_train", "recipe"] != long.loc["clean_long", "recipe"]

@@ -447,13 +447,16 @@ def fixture_runs(tmp_path_factory, deviations_file):
         vpn.append(runs_line("fmnist", "sr", "vpn_dnn3", "class_enumeration", s, 76.0 + s * 0.4, "embedded_default"))
         vpn.append(runs_line("fmnist", "sr", "vpn_dnn3", "no_noise", s, 76.05 + s * 0.4, "embedded_default"))
     wobble = [0.0, 0.05, -0.05, 0.02, -0.02]
-    main = [runs_line("imnet", "vitb", "baseline", "no_noise", s, 80.0 + s, "paper") for s in SEEDS]
+    # what the runs are (aggregate.method_traits, recipe): linear_helps selects by these, not by set kind
+    clean = {"noise": "", "apply_at": "", "site": "", "trained_clean": True, "recipe": "r1"}
+    optimal_q = {"noise": "optimal_q", "apply_at": "both", "site": "default", "trained_clean": False, "recipe": "r1"}
+    main = [runs_line("imnet", "vitb", "baseline", "no_noise", s, 80.0 + s, "paper", **clean) for s in SEEDS]
     for s in SEEDS:
         main.append(runs_line("imnet", "vitb", "linear_optimal_q", "noise_class_sorted", s, 93.85 + wobble[s], "paper",
-                              top5=99.5))
+                              top5=99.5, **optimal_q))
         main.append(runs_line("imnet", "vitb", "linear_optimal_q", "noise_shuffled", s, 82.0 + s + wobble[s], "paper",
-                              top5=97.0))
-    protocol = []
+                              top5=97.0, **optimal_q))
+    protocol = []  # a runs table from before the traits columns: its runs fit no claim that selects by them
     for s in SEEDS:
         protocol.append(runs_line("imnet", "vitb", "clean_train", "noise_class_sorted", s, 90.0 + s, "paper"))
         protocol.append(runs_line("imnet", "vitb", "clean_train", "noise_shuffled", s, 70.0 + s * 1.1, "paper"))
@@ -502,7 +505,7 @@ def test_every_table_cell_and_effect_gets_one_audit_line(fixture_runs):
     cells = pd.read_csv(out / "effects_cells.csv")
     assert set(audit.CELL_COLUMNS) <= set(cells.columns)
     helps = cells[cells["claim_id"] == "noisynn.linear_helps"]
-    assert len(helps) == 1 and helps["treatment"].iloc[0] == "linear_optimal_q [noise_shuffled]"
+    assert len(helps) == 1 and helps["treatment"].iloc[0] == "noisynn_main/linear_optimal_q [noise_shuffled]"
 
 
 def test_deviation_markers_land_on_the_matching_cells_only(fixture_runs):
@@ -841,3 +844,99 @@ def test_audit_md_counts_each_gates_cells_per_reading_and_tells_claim_from_cell_
     assert [cell.strip() for cell in row.strip("|").split("|")] == ["declared", "1", "1"]
     assert "not applicable (base at chance)" in summary and "passes" in summary
     assert audit_pages.gate_summary(cells.assign(manipulation_check="")) == "No cell has a manipulation check."
+
+
+# ---- claims select runs by what they are (kind: any), from any set ----
+
+def tb_line(set_name, model, label, eval_mode, seed, top1, noise="optimal_q", apply_at="test", recipe="r1"):
+    """A run line of a test-batch set (kind eval_protocol) with what the run is: noise, site, apply_at,
+    trained clean and recipe (aggregate.method_traits and aggregate.recipe)."""
+    return {"set": set_name, "kind": "eval_protocol", "dataset": "fmnist", "model": model, "method": label,
+            "eval_mode": eval_mode, "seed": seed, "top1": top1, "run_id": f"fmnist-{model}-{label}-s{seed}",
+            "scale": "paper", "dataset_paper": "fashion-mnist", "model_paper": model, "config": label,
+            "evidence": f"{set_name}/fmnist-{model}-{label}-s{seed}", "noise": noise, "apply_at": apply_at,
+            "site": "default", "trained_clean": apply_at == "test", "recipe": recipe}
+
+
+def registry_claims(*ids):
+    effects = {claim["id"]: claim for claim in audit.load_claims(CLAIMS)["effects"]}
+    return [effects[i] for i in ids]
+
+
+LINEAR = ("noisynn.linear_helps", "noisynn.linear_helps_class_sorted")
+
+
+def test_a_claim_is_decided_from_runs_that_a_set_of_another_kind_made():
+    # no set of kind noisynn_main: the test-batch set's models are what linear_helps is about
+    lines = []
+    for s in SEEDS:
+        lines += [tb_line("tb_vit", "vit6", "clean_train", "no_noise", s, 89.0 + 0.1 * s),
+                  tb_line("tb_vit", "vit6", "clean_train", "noise_shuffled", s, 87.0 + 0.12 * s),
+                  tb_line("tb_vit", "vit6", "clean_train", "noise_class_sorted", s, 92.0 + 0.1 * s)]
+    set_info = {"tb_vit": {"kind": "eval_protocol", "readings": ["declared"], "methods": ["clean_train"],
+                           "method_specs": [{"label": "clean_train", "name": "noisynn", "noise": {"kind": "optimal_q"},
+                                             "apply_at": "test", "site": "default"}]}}
+    family = audit.claim_family(registry_claims(*LINEAR), set_info)
+    assert family == {(LINEAR[0], "declared"), (LINEAR[1], "declared")}
+    frame, cells = effects(lines, registry_claims(*LINEAR), family=family)
+    line = frame.loc[LINEAR[0]]
+    assert line["verdict"] == "contradicted" and line["cells"] == "1/1"
+    assert line["mean"] == pytest.approx(-2.0 + 0.02 * 2) and line["p_family"] == pytest.approx(2 * line["p_value"])
+    assert line["evidence"].split() == [f"tb_vit/fmnist-vit6-clean_train-s{s}" for s in SEEDS]
+
+
+def test_the_family_follows_the_run_matching_of_the_fashion_mnist_params():
+    from pipeline_src.spec.config import audit_set_info, load_params
+
+    claims = audit.load_claims(CLAIMS)["effects"]
+    family = audit.claim_family(claims, audit_set_info(load_params(REPO_ROOT / "params" / "fashion_mnist.yaml")))
+    assert {(LINEAR[0], "ours"), (LINEAR[1], "ours")} <= family
+    # no set there declares ResNet-50, Gaussian or impulse noise, or a layer sweep
+    assert not {c for c, _ in family} & {"noisynn.resnet50_gain", "noisynn.gaussian_hurts", "noisynn.last_layer"}
+
+
+def test_a_noise_trained_model_is_paired_with_the_clean_model_of_its_own_seed_and_recipe():
+    lines = []
+    for s in SEEDS:
+        lines += [tb_line("tb_resnet", "resnet", "clean_train", "no_noise", s, 92.0 + s),
+                  tb_line("tb_resnet", "resnet", "clean_train", "noise_shuffled", s, 45.0 + s),
+                  # trained with the noise: its own no-noise evaluation is no control (2 points above the clean)
+                  tb_line("tb_resnet", "resnet", "noisy_train", "no_noise", s, 94.0 + s, apply_at="both"),
+                  tb_line("tb_resnet", "resnet", "noisy_train", "noise_shuffled", s, 90.0 + s + 0.1 * (s % 2),
+                          apply_at="both"),
+                  # the authors' CNN condition in a set without a clean model: the same-recipe one of tb_resnet
+                  tb_line("tb_shift", "resnet", "shift_train", "noise_shuffled", s, 89.0 + s + 0.1 * (s % 3),
+                          noise="circular_shift", apply_at="both"),
+                  # a clean model of another recipe (say more epochs), 5 points better: never a control
+                  tb_line("tb_long", "resnet", "clean_long", "no_noise", s, 97.0 + s, recipe="r2")]
+    frame, cells = effects(lines, registry_claims(LINEAR[0]))
+    cells = cells.set_index("treatment")
+    assert set(cells.index) == {"tb_resnet/clean_train [noise_shuffled]", "tb_resnet/noisy_train [noise_shuffled]",
+                                "tb_shift/shift_train [noise_shuffled]"}
+    assert set(cells["control"]) == {"tb_resnet/clean_train [no_noise]"}
+    # paired seed by seed: the differences are -2 + 0.1 * (s % 2) (a wrong seed would add whole points)
+    noisy = cells.loc["tb_resnet/noisy_train [noise_shuffled]"]
+    assert [float(v) for v in noisy["seeds"].split(", ")] == pytest.approx([-2.0, -1.9, -2.0, -1.9, -2.0])
+    shift = cells.loc["tb_shift/shift_train [noise_shuffled]"]
+    assert shift["mean"] == pytest.approx(-3.0 + 0.1 * (0 + 1 + 2 + 0 + 1) / 5)
+    assert "tb_resnet/fmnist-resnet-clean_train-s4" in shift["evidence"] and "tb_long" not in " ".join(cells["evidence"])
+    # the model trained clean with the noise at test is compared with its own no-noise evaluation
+    assert cells.loc["tb_resnet/clean_train [noise_shuffled]", "mean"] == pytest.approx(-47.0)
+
+
+def test_the_class_sorted_companion_never_decides_linear_helps():
+    # class-sorted batches help (same-class neighbours), shuffled ones hurt: two claims, two verdicts
+    lines = []
+    for s in SEEDS:
+        lines += [tb_line("tb_vit", "vit6", "clean_train", "no_noise", s, 89.0 + 0.1 * s),
+                  tb_line("tb_vit", "vit6", "clean_train", "noise_shuffled", s, 87.0 + 0.12 * s),
+                  tb_line("tb_vit", "vit6", "clean_train", "noise_class_sorted", s, 99.0 + 0.05 * s)]
+    frame, cells = effects(lines, registry_claims(*LINEAR))
+    assert frame.loc[LINEAR[0], "verdict"] == "contradicted" and frame.loc[LINEAR[0], "mean"] < 0
+    assert frame.loc[LINEAR[1], "verdict"] == "supported" and frame.loc[LINEAR[1], "mean"] > 9
+    helps = cells[cells["claim_id"] == LINEAR[0]]
+    assert len(helps) == 1 and not helps["treatment"].str.contains("class_sorted").any()
+    # without shuffled or single evaluations, linear_helps has no cell at all: class-sorted never stands in
+    alone = [line for line in lines if line["eval_mode"] != "noise_shuffled"]
+    frame, cells = effects(alone, registry_claims(*LINEAR))
+    assert frame.loc[LINEAR[0], "verdict"] == "not run" and frame.loc[LINEAR[1], "verdict"] == "supported"

@@ -1,6 +1,8 @@
 """Per-set tables: every run's metrics.json -> one row per configuration and eval mode."""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -8,6 +10,32 @@ import pandas as pd
 
 from pipeline_src.provenance import write_atomic
 from pipeline_src.spec.run_record import load_record, method_as_run
+
+def method_traits(method: dict) -> dict:
+    """What a method is, for claims that select runs by what they are rather than by label or set kind:
+    its noise kind, where it applies it and at which site ('' without NoisyNN noise), and whether the model trains clean
+    (a baseline without augmentation, or NoisyNN noise switched on at test only). `method` is a resolved
+    spec (a run record's, or a validated params file's: apply_at filled)."""
+    noisy = method["name"] == "noisynn"
+    apply_at = method["apply_at"] if noisy else ""
+    return {"noise": method["noise"]["kind"] if noisy else "", "apply_at": apply_at,
+            "site": method["site"] if noisy else "",
+            "trained_clean": not method.get("augment") and (method["name"] == "baseline" or apply_at == "test")}
+
+
+# What trains a model besides its method, seed and names. Two runs of one recipe and seed, one trained clean,
+# are a legitimate pair wherever they were declared; the eval batch and device change no trained weight.
+RECIPE_KEYS = ("dataset", "model_cfg", "epochs", "batch_size", "optimizer", "protocol", "label_smoothing", "scale")
+
+
+def recipe(metrics: dict) -> str:
+    """A short hash of a run's training recipe (RECIPE_KEYS, its reading and the data version)."""
+    params = metrics["params"]
+    block = {key: params.get(key) for key in RECIPE_KEYS}
+    block.update(model=metrics["model"], reading=metrics.get("reading", ""),
+                 data=metrics["provenance"].get("data_version"))
+    return hashlib.sha256(json.dumps(block, sort_keys=True).encode()).hexdigest()[:12]
+
 
 def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
     """Long table: one line per run and eval mode, with sweep values and diagnostics as columns."""
@@ -28,6 +56,7 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
                          "device": metrics["provenance"].get("device"),
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),
                          "train_noise": method["name"] == "noisynn" and method["apply_at"] != "test",
+                         **method_traits(method), "recipe": recipe(metrics),
                          "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
                          **metrics.get("diagnostics", {})})
     if not rows:
@@ -117,7 +146,8 @@ def write_table(table: pd.DataFrame, files: SetFiles, title: str) -> None:
 
 
 ID_COLUMNS = {"experiment_set", "kind", "dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "train_noise",
-              "mlflow_run_id", "scale", "protocol", "reading", "device", "test_batches", "test_batch_size"}
+              "mlflow_run_id", "scale", "protocol", "reading", "device", "test_batches", "test_batch_size", "noise",
+              "apply_at", "site", "trained_clean", "recipe"}
 
 
 def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], files: SetFiles) -> pd.DataFrame:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from pipeline_src.results.aggregate import method_traits
 from pipeline_src.results.pages import audit_markdown, write_paper_table
 from pipeline_src.spec.config import run_configuration
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE, correct, load_predictions
@@ -137,6 +138,9 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
     columns = ["set", "kind", "dataset", "model", "method", "eval_mode", "seed", "top1", "run_id", "scale", "reading",
                "predictions"]
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    for column in ("noise", "apply_at", "site"):
+        if column in runs:
+            runs[column] = runs[column].fillna("").astype(str)
     runs["dataset_paper"] = runs["dataset"].map(lambda d: set_info.get("datasets", {}).get(d) or d)
     runs["model_paper"] = runs["model"].map(lambda m: set_info.get("models", {}).get(m) or m)
     runs["evidence"] = runs["set"] + "/" + runs["run_id"].astype(str)
@@ -158,13 +162,22 @@ def _natural_key(value) -> tuple:
     return (float(digits[-1]) if digits else float("inf"), str(value))
 
 
-def select_side(runs: pd.DataFrame, kind: str, side: dict) -> pd.DataFrame:
-    """One line per run: the methods (shell patterns) of `kind` (the side's own `kind` first), in the first
-    of `eval_modes` each run has; other keys pick a column value (`first` / `last` sweep value in natural
-    order, or an exact value such as `model_paper: resnet50`)."""
+ANY_KIND = "any"  # a claim or side of this kind selects runs by what they are, from every set
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def select_side(runs: pd.DataFrame, kind: str | None, side: dict) -> pd.DataFrame:
+    """One line per run: the methods (shell patterns; every method when the side names none) of `kind` (the
+    side's own `kind` first; `any` or none: every set kind), in the first of `eval_modes` each run has; other
+    keys pick a column value (`first` / `last` sweep value in natural order, an exact value such as
+    `model_paper: resnet50`, or a list of accepted values such as `noise: [circular_shift, optimal_q]`)."""
     kind = side.get("kind", kind)
-    rows = runs[(runs["kind"] == kind)
-                & runs["method"].map(lambda m: any(fnmatch.fnmatchcase(m, p) for p in side["methods"]))]
+    rows = runs if kind in (None, ANY_KIND) else runs[runs["kind"] == kind]
+    if "methods" in side:
+        rows = rows[rows["method"].map(lambda m: any(fnmatch.fnmatchcase(m, p) for p in side["methods"])).astype(bool)]
     rows = rows[rows["eval_mode"].isin(side.get("eval_modes", rows["eval_mode"].unique()))]
     if "eval_modes" in side and len(rows):
         rank = rows["eval_mode"].map({mode: i for i, mode in enumerate(side["eval_modes"])})
@@ -180,7 +193,7 @@ def select_side(runs: pd.DataFrame, kind: str, side: dict) -> pd.DataFrame:
                 "min" if wanted == "first" else "max")
             rows = rows[position == bound]
         else:
-            rows = rows[rows[column] == wanted]
+            rows = rows[rows[column].isin(_as_list(wanted))]
     return rows
 
 
@@ -274,12 +287,24 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
     pair_on = list(dict.fromkeys([*test.get("pair_on", ["dataset", "model", "seed"]), "reading"]))
     if "seed" not in pair_on:
         raise ValueError(f"pair_on {pair_on} must contain seed: pairs are runs of one seed")
-    keep = list(dict.fromkeys(["dataset", "model", "dataset_paper", "model_paper", "method", "config", "eval_mode",
-                               "seed", "top1", "scale", "evidence", "predictions", *pair_on]))
+    empty = pd.DataFrame(columns=VALUE_COLUMNS + ["dataset_paper", "model_paper", "method_t"])
+    if any(column not in runs for column in pair_on):  # runs tables from before the column: nothing pairs
+        return empty
+    keep = list(dict.fromkeys(["set", "dataset", "model", "dataset_paper", "model_paper", "method", "config",
+                               "eval_mode", "seed", "top1", "scale", "evidence", "predictions", *pair_on]))
     sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
     pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
+    # the nearest legitimate control only: a treatment run that is among its own controls (trained clean,
+    # noise switched on at test) is compared with itself, whose no-noise evaluation has exactly its weights;
+    # else with a control of its own set; controls of other sets (same recipe) only where its set has none
+    same_set = pairs.get("set_t", pairs.get("set")) == pairs.get("set_c", pairs.get("set"))
+    rank = np.where(pairs["evidence_t"] == pairs["evidence_c"], 0, np.where(same_set, 1, 2))
+    pairs = pairs[rank == pd.Series(rank, index=pairs.index).groupby(pairs["evidence_t"]).transform("min")]
     if pairs.empty:
-        return pd.DataFrame(columns=VALUE_COLUMNS + ["dataset_paper", "model_paper", "method_t"])
+        return empty
+    if test["kind"] == ANY_KIND:  # runs from several sets: a side is named by its set too, so a cell is one
+        for side in ("t", "c"):   # setting and never pools two sets' runs that share a label
+            pairs[f"config_{side}"] = pairs.get(f"set_{side}", pairs.get("set")) + "/" + pairs[f"config_{side}"]
     pick = lambda name: pairs[name] if name in pairs else pairs[f"{name}_t"]  # noqa: E731
     frame = pd.DataFrame({"dataset": pick("dataset"), "model": pick("model"), "method": pick("method"),
                           "method_t": pairs["method_t"] if "method_t" in pairs else pairs["method"],
@@ -641,11 +666,29 @@ def gated_text(cells: pd.DataFrame) -> str:
     return "; ".join(f"{gate} {n}" for gate, n in counts.items() if gate)
 
 
+TRAITS = ("noise", "apply_at", "site", "trained_clean")  # what a method is (aggregate.method_traits): side filters
+
+
+def method_fits(side: dict, label: str, spec: dict | None) -> bool:
+    """Whether a declared method (its label, and its resolved spec when known) can give runs of a side:
+    its label matches the side's patterns (a side naming none takes every label) and it is what the side's
+    trait filters ask for (a method of unknown spec may be anything)."""
+    if "methods" in side and not any(fnmatch.fnmatchcase(label, p) for p in side["methods"]):
+        return False
+    wanted = {key: _as_list(side[key]) for key in TRAITS if key in side}
+    if not wanted or spec is None:
+        return True
+    traits = method_traits(spec)
+    return all(traits[key] in values for key, values in wanted.items())
+
+
 def claim_family(effects: list[dict], set_info: dict) -> set[tuple[str, str]]:
     """The multiplicity family, fixed by the claims registry and the params before any run: every (claim,
-    reading) whose treatment and control the params declare runs for: a set of each side's kind, running
-    under that reading, with a method label matching the side's patterns."""
-    declared = [(info["kind"], reading, set(info.get("methods", [])))
+    reading) whose treatment and control the params declare runs for: under that reading, a set of each
+    side's kind (of any kind for a side of kind `any`) with a method that fits the side (method_fits: its
+    label patterns and what the method is). The family follows the runs' matching, not the set that
+    declares them, so a claim whose runs a set of another kind makes is in it."""
+    declared = [(info["kind"], reading, info.get("methods", []), info.get("method_specs"))
                 for name, info in set_info.items() if isinstance(info, dict) and "kind" in info
                 for reading in info.get("readings") or [DEFAULT_READING]]
 
@@ -659,12 +702,19 @@ def claim_family(effects: list[dict], set_info: dict) -> set[tuple[str, str]]:
             out += [side["retraining"]] if "retraining" in side else []
         return out
 
-    def runs_for(side: dict, kind: str, reading: str) -> bool:
-        return any(k == side.get("kind", kind) and r == reading  # a set of unknown methods may hold any
-                   and (not methods or any(fnmatch.fnmatchcase(m, p) for m in methods for p in side["methods"]))
-                   for k, r, methods in declared)
+    def fits(side: dict, labels: list[str], specs: list[dict] | None) -> bool:
+        if not labels:  # a set of unknown methods may hold any
+            return True
+        if specs is None:
+            return any(method_fits(side, label, None) for label in labels)
+        return any(method_fits(side, spec["label"], spec) for spec in specs)
 
-    return {(claim["id"], reading) for claim in effects for reading in {r for _, r, _ in declared}
+    def runs_for(side: dict, kind: str, reading: str) -> bool:
+        wanted = side.get("kind", kind)
+        return any(wanted in (k, ANY_KIND) and r == reading and fits(side, labels, specs)
+                   for k, r, labels, specs in declared)
+
+    return {(claim["id"], reading) for claim in effects for reading in {r for _, r, _, _ in declared}
             if all(runs_for(side, claim["test"]["kind"], reading) for side in sides(claim["test"]))}
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from pipeline_src.provenance import REPO_ROOT, write_atomic
+from pipeline_src.results.pages import runs_text
 
 PAPER_PARAMS = REPO_ROOT / "params" / "paper.yaml"  # where the full protocol of both papers is declared
 SMOKE_PARAMS = REPO_ROOT / "params" / "default.yaml"  # the embedded default: every method at smoke scale
@@ -105,8 +106,22 @@ def smoke_text(smoke: dict, kinds: set[str], columns: list[str] | None = None) -
     return f"none here; its sets run at smoke scale in `make reproduce` ({datasets})"
 
 
-def _effect_kinds(test: dict) -> set[str]:
-    """Every set kind a claim's test reads runs of."""
+def _matching_kinds(side: dict, params: dict) -> set[str]:
+    """The kinds of the params' sets with a method that fits a side of kind `any` (its grid points each)."""
+    from pipeline_src.results.audit import method_fits
+    from pipeline_src.spec.config import expand_methods
+    from pipeline_src.spec.schema import filled
+
+    return {spec.get("kind", name) for name, spec in (params.get("experiment_sets") or {}).items()
+            if any(method_fits(side, method["label"], filled(method, "method"))
+                   for method, _, _ in expand_methods(spec.get("methods") or []))}
+
+
+def _effect_kinds(test: dict, params: dict | None = None) -> set[str]:
+    """Every set kind a claim's test reads runs of; a claim of kind `any`: the kinds of the params' sets
+    whose methods fit its treatment."""
+    if test["kind"] == "any":
+        return _matching_kinds(test["treatment"], params or {})
     kinds = {test["kind"]}
 
     def walk(side):
@@ -179,9 +194,9 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
         ran = lines[lines["verdict"] != "not run"]
         mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
         rows.append({"claim": claim["id"], "what": short_text(claim["claim"]),
-                     "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, _effect_kinds(claim["test"])),
+                     "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, _effect_kinds(claim["test"], smoke)),
                      "verdict": _verdicts_by_reading(ran, count=False) if len(ran)
-                     else not_run_reason(paper, _effect_kinds(claim["test"]), have=have),
+                     else not_run_reason(paper, _effect_kinds(claim["test"], paper), have=have),
                      "page": page_name(claim["id"])})
     return rows
 
@@ -198,14 +213,10 @@ def claim_table(rows: list[dict], link_prefix: str) -> str:
 
 # ---- the pages ----------------------------------------------------------------------------------------
 
-def _runs_text(evidence: str) -> str:
-    """A cell's runs, seeds folded: 'vpn_joint/fmnist-sr-baseline-s{0,1,2,3,4}'."""
-    groups: dict[str, list[str]] = {}
-    for run in str(evidence).split():
-        match = re.match(r"(.*-s)(\d+)$", run)
-        stem, seed = (match.group(1), match.group(2)) if match else (run, "")
-        groups.setdefault(stem, []).append(seed)
-    return "; ".join(f"{stem}{{{','.join(seeds)}}}" if seeds != [""] else stem for stem, seeds in groups.items())
+def _side_text(side: dict) -> str:
+    """A claim side's filters in one line: `noise: [circular_shift, optimal_q], eval_modes: [no_noise]`."""
+    return "`" + ", ".join(f"{k}: [{', '.join(map(str, v))}]" if isinstance(v, list) else f"{k}: {v}"
+                           for k, v in side.items()) + "`"
 
 
 def _sets_of(evidence) -> list[str]:
@@ -262,11 +273,14 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
     ran = lines[lines["verdict"] != "not run"]
     test = claim["test"]
     parts = [f"# {claim['id']}", claim["claim"],
-             f"Source: {claim['source']} ({claim['provenance']}). Test: `{test['type']}` on runs of kind "
-             f"`{test['kind']}`. [Back to the report](../README.md); every rule: [audit.md](../audit.md).",
+             f"Source: {claim['source']} ({claim['provenance']}). Test: `{test['type']}` on runs of "
+             + (f"kind `{test['kind']}`" if test["kind"] != "any" else "any set that match its sides, by what they "
+                "are: treatment " + _side_text(test["treatment"]) + ", control " + _side_text(test["control"])
+                + f", paired on {', '.join(test.get('pair_on', []))}")
+             + ". [Back to the report](../README.md); every rule: [audit.md](../audit.md).",
              "## Verdict per reading"]
     if not len(ran):
-        parts += [not_run_reason(paper, _effect_kinds(test), have=datasets_run(audit)) + ".",
+        parts += [not_run_reason(paper, _effect_kinds(test, paper), have=datasets_run(audit)) + ".",
                   "## Departures from the papers", _departures(list(lines["deviations"]), deviations)]
         return "\n\n".join(parts) + "\n"
     text = lambda value: value if isinstance(value, str) else ""  # noqa: E731  (a blank csv cell is NaN)
@@ -291,7 +305,7 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
     parts += ["## Figures", *(figures or ["None drawn for these sets."]),
               "## Departures from the papers", _departures(list(ran["deviations"]), deviations),
               "## Runs", "Each run's `metrics.json` is under `runs/<set>/<run id>/`:",
-              "\n".join(f"- {c['reading'] or '-'}, {c['cell']}: {_runs_text(c['evidence'])}"
+              "\n".join(f"- {c['reading'] or '-'}, {c['cell']}: {runs_text(c['evidence'])}"
                         for _, c in mine.iterrows()) or "None."]
     if set(sets):
         parts.append("Sets: " + ", ".join(f"[{s}](../tables/{s}.md)" for s in sets
@@ -318,7 +332,7 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
                               "per seed": _per_seed(report_dir, r["evidence"], spec["row_map"][r["row"]][1],
                                                     spec.get("metric", "top1"), tables),
                               "verdict": r["verdict"], "departures": r["deviations"] or "",
-                              "runs": _runs_text(r["evidence"])} for _, r in ran.iterrows()]))
+                              "runs": runs_text(r["evidence"])} for _, r in ran.iterrows()]))
         figures = _figures(report_dir, _sets_of(ran["evidence"]))
         parts += ["## Figures", *(figures or ["None drawn for these sets."])]
     else:

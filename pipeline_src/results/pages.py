@@ -82,8 +82,10 @@ def write_paper_table(audit: pd.DataFrame, table: str, spec: dict, paths: dict[s
     write_atomic(paths["tex"], tex.replace("PMMARK", r"$\pm$").replace("DELTAMARK", r"$\Delta$"))
 
 
-def rules_text(claims: dict, family_size: int) -> str:
-    """The settings and rules the verdicts follow, stated once at the top of audit.md."""
+def rules_text(claims: dict, family_size: int, by_what: list[str] = ()) -> str:
+    """The settings and rules the verdicts follow, stated once at the top of audit.md. by_what: the family's
+    (claim, reading) pairs whose claims select runs by what the runs are (kind `any`), named because they
+    are in the family through sets of any kind."""
     settings, alpha = claims["settings"], claims["settings"]["alpha"]
     seeds = ", ".join(f"{scale} scale {n}" if scale != "default" else f"other scales {n}"
                       for scale, n in settings["min_seeds"].items())
@@ -135,7 +137,14 @@ def rules_text(claims: dict, family_size: int) -> str:
         f"- **Multiple testing, fixed in advance:** Bonferroni over a family of {family_size} (claim, reading) "
         "pairs: every effect claim of the registry whose sides the params file declares runs for, under each "
         "reading it declares, whether or not the runs exist yet (missing runs count as p = 1). "
-        f"`supported` / `contradicted` need p_family = {family_size} × p < alpha = {alpha:g}. Bonferroni rather "
+        + (f"{len(by_what)} of these pairs ({', '.join(by_what)}) belong to claims that select their runs by what "
+           "the runs are (kind `any`: noise kind, site, where the noise is on, trained clean, eval mode), not by the "
+           "kind of set that declared them, so any set whose runs match puts them in the family: without them it "
+           f"would be {family_size - len(by_what)}. Such a claim pairs a model with the clean-trained model of the "
+           "same recipe (dataset, model, training block, reading, data version) and seed, tested clean (a model "
+           "trained clean with the noise switched on at test: its own no-noise evaluation), and names each side by "
+           "its set, so a cell is one setting and never pools two sets' runs. " if by_what else "")
+        + f"`supported` / `contradicted` need p_family = {family_size} × p < alpha = {alpha:g}. Bonferroni rather "
         "than Holm: Holm's step-down lets one claim's p move another claim's threshold, so runs arriving for "
         "one claim could change another's verdict; here they cannot.",
         "- **Directions.** A hypothesis worded \"differently\" (expected `±`) is two-sided, and its verdict "
@@ -183,10 +192,14 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
          "p_value", "p_family", "verdict", "scale", "uncertainty", "deviations", "sensitivity", "note"]]
     cell_cols = ["claim_id", "reading", "cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_value",
                  "p_adj", "paper_effect", "verdict", "manipulation", "split", "scale"]
+    any_kind = {e["id"] for e in claims["effects"] if e["test"].get("kind") == "any"}
+    by_what = [f"{c} [{r}]" for c, r in zip(effects["claim_id"], effects["reading"].fillna(""))
+               if r and c in any_kind]
     return "\n\n".join([
         "# Audit of the published numbers and claims",
-        rules_text(claims, family_size),
-        "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv.",
+        rules_text(claims, family_size, by_what),
+        "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv; each claim's section below "
+        "lists the runs each of its cells pairs.",
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
         "## Effect claims", "cells: counting / all; gated: the cells each gate took out (shown, never deciding).",
         _clean(shown).to_markdown(index=False, floatfmt=".3g"),
@@ -219,6 +232,16 @@ def gate_summary(cells: pd.DataFrame) -> str:
             "decide nothing.\n\n" + table.rename_axis(index="reading", columns=None).to_markdown())
 
 
+def runs_text(evidence: str) -> str:
+    """A cell's runs, seeds folded: 'vpn_joint/fmnist-sr-baseline-s{0,1,2,3,4}'."""
+    groups: dict[str, list[str]] = {}
+    for run in str(evidence).split():
+        match = re.match(r"(.*-s)(\d+)$", run)
+        stem, seed = (match.group(1), match.group(2)) if match else (run, "")
+        groups.setdefault(stem, []).append(seed)
+    return "; ".join(f"{stem}{{{','.join(seeds)}}}" if seeds != [""] else stem for stem, seeds in groups.items())
+
+
 def claim_heading(claim_id: str, reading: str) -> str:
     return f"{claim_id} [{reading}]" if reading else claim_id
 
@@ -245,8 +268,11 @@ def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> 
         # per cell: the manipulation check's outcome, and why an interval is over seeds only or has no t-test
         for column in ("manipulation", "note"):
             facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine[column]) if isinstance(text, str) and text]
+        # which committed runs each cell pairs (sets and run ids, seeds folded): a claim may draw on any set
+        runs = [f"- {cell}: {runs_text(evidence)}" for cell, evidence in zip(mine["cell"], mine["evidence"])]
         parts += [f"### {claim_heading(line['claim_id'], line['reading'])}", texts.get(line["claim_id"], ""),
-                  "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g")]
+                  "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g"),
+                  "Runs per cell (`runs/<set>/<run id>/`):\n\n" + "\n".join(runs)]
     return "\n\n".join(parts) if parts else "No effect claim has runs."
 
 
