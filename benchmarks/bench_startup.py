@@ -25,6 +25,7 @@ from pipeline_src.spec.config import REPO_ROOT
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+ENV["PIPELINE_RESULTS_ANYWHERE"] = "1"  # results go to a temporary folder, outside the project
 JOB_PARAMS = {
     "device": "cpu", "seeds": [0], "training": {"epochs": 1},
     "datasets": {"digits": {"source": "digits"}},

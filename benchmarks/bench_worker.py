@@ -31,6 +31,7 @@ from pipeline_src.worker import OFF_ENV, SOCKET_ENV
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+ENV["PIPELINE_RESULTS_ANYWHERE"] = "1"  # results go to a temporary folder, outside the project
 ENV.pop(SOCKET_ENV, None)
 # Snakemake's own CPU, read in its process as it exits (its children's CPU is not in RUSAGE_SELF)
 SNAKEMAKE_SELF_CPU = """import atexit, resource, sys
