@@ -1,9 +1,14 @@
 """What the DAG needs to know about a dataset's raw files: the version DVC recorded for them, and the files.
 
-Each file dataset has its own DVC file, `data-versions/<name>.dvc`, tracking its folder
-(`path: ../data/raw/fashion-mnist`), so each dataset has its own version: adding CIFAR-10 or fixing one
-of its files changes only CIFAR-10's. (The DVC files live there, not beside the data, because git
-ignores all of `data/`, and DVC refuses a DVC file git ignores.)
+One DVC file at the top, `data.dvc`, tracks `data/raw/` as one folder (`path: data/raw`); its md5 is that of
+the folder's manifest, DVC's list of every file's relative path and md5, kept in the DVC cache. Each
+dataset's version is derived from its own part of that manifest: the md5 DVC gives a folder tracked by
+itself (`<md5>.dir`), computed from the manifest's entries under `data/raw/<name>/`. So adding CIFAR-10 or
+fixing one of its files changes data.dvc and CIFAR-10's version, and leaves Fashion-MNIST's as it was
+(Fashion-MNIST's is `ec0372c1...dir` whether data.dvc tracks it alone or with others). Where the cache lacks
+the manifest (a fresh clone before `make data` or `dvc pull`), every dataset under data/raw/ takes data.dvc's
+own md5 instead: coarser, never wrong. Other DVC files, at the top or in `data-versions/` (a dataset kept
+elsewhere in the repository), are read the same way.
 
 prepare_data gets both: the raw files as inputs, so editing one reruns it even before `dvc add`; the
 version of the DVC file that covers them as a param, so a checkout of other data reruns it whatever
@@ -13,16 +18,19 @@ a repository-wide lock, and parallel jobs calling dvc would fail on it.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
+import json
 from pathlib import Path
 
 import yaml
 
 from pipeline_src.data.files import DataError, imagefolder_dirs, input_label, search_places
 
-# Where DVC files are looked for: data-versions/ (one per dataset), and the top level (a data.dvc of
-# all of data/ from before, or one of your own).
-DVC_DIRS = ("data-versions", ".")
+# Where DVC files are looked for: the top level (data.dvc, of all of data/raw/), and data-versions/ (one of
+# your own for a dataset kept outside data/raw/; one inside would overlap data.dvc, which DVC refuses).
+DVC_DIRS = (".", "data-versions")
 # Sources made in code (sklearn's bundled digits, synthetic clutter): they read nothing under data/.
 GENERATED_SOURCES = {"digits", "synthetic-clutter"}
 # Above this many files a folder is passed as itself: Snakemake would stat every file at each DAG build
@@ -61,9 +69,10 @@ def _read_places(spec: dict, repo_root: Path) -> dict[Path, list[Path]]:
 
 
 def dataset_dvc_hash(spec: dict, repo_root: str | Path) -> str:
-    """The version DVC recorded for the raw files of a dataset: the md5 of the DVC file tracking the
-    nearest folder around them ('+'-joined if two DVC files share an imagefolder dataset); '' for a
-    generated dataset, which reads no file, or files no DVC file tracks (Debian's Fashion-MNIST)."""
+    """The version DVC recorded for the raw files of a dataset: derived from the manifest of the folder
+    tracked around them (data.dvc's data/raw/), as the md5 DVC gives the dataset's own folder ('+'-joined for
+    an imagefolder dataset whose two folders differ); '' for a generated dataset, which reads no file, or
+    files no DVC file records (Debian's Fashion-MNIST, a folder added but not yet `dvc add`ed)."""
     if spec["source"] in GENERATED_SOURCES:
         return ""
     repo_root = Path(repo_root).absolute()
@@ -73,8 +82,59 @@ def dataset_dvc_hash(spec: dict, repo_root: str | Path) -> str:
         place = place.resolve()
         covering = [tracked for tracked in versions if place == tracked or tracked in place.parents]
         if covering:
-            found.append(versions[max(covering, key=lambda tracked: len(tracked.parts))])
-    return "+".join(sorted(set(found)))
+            tracked = max(covering, key=lambda tracked: len(tracked.parts))
+            found.append(_version_inside(repo_root, versions[tracked], place.relative_to(tracked).as_posix()))
+    return "+".join(sorted(set(filter(None, found))))
+
+
+def _version_inside(repo_root: Path, md5: str, rel: str) -> str:
+    """The version of rel (a folder or file inside a tracked folder whose md5 is md5) from the folder's
+    manifest: a file's md5, or the md5 DVC gives the folder rel tracked by itself; '' when the manifest
+    lists nothing there (files not recorded yet); md5 itself for the whole folder, or with no manifest."""
+    if rel == "." or not md5.endswith(".dir"):
+        return md5
+    manifest = _manifest(_cache_dir(repo_root), md5)
+    if manifest is None:
+        return md5
+    for entry in manifest:
+        if entry["relpath"] == rel:
+            return entry["md5"]
+    inside = [{"md5": e["md5"], "relpath": e["relpath"][len(rel) + 1:]} for e in manifest
+              if e["relpath"].startswith(rel + "/")]
+    return dir_md5(inside) if inside else ""
+
+
+def dir_md5(entries: list[dict]) -> str:
+    """DVC's hash of a folder from its entries ({"md5", "relpath"} each): the md5 of the JSON list sorted by
+    relpath, as dvc_data's Tree.as_bytes writes it, with '.dir' appended."""
+    listed = sorted(entries, key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(listed, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+@functools.lru_cache(maxsize=32)  # content-addressed: a manifest's file never changes, and ImageNet's is big
+def _manifest(cache: Path, md5: str) -> tuple[dict, ...] | None:
+    """A tracked folder's manifest from the DVC cache (files/md5/ab/cdef...dir; ab/cdef...dir in DVC 2's
+    layout), or None when the cache lacks it or it does not parse."""
+    value = md5.removesuffix(".dir")
+    for path in (cache / "files" / "md5" / value[:2] / f"{value[2:]}.dir", cache / value[:2] / f"{value[2:]}.dir"):
+        try:
+            return tuple(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _cache_dir(repo_root: Path) -> Path:
+    """.dvc/cache, or the folder `dvc cache dir` set in .dvc/config.local or .dvc/config (relative to .dvc/)."""
+    from configobj import ConfigObj  # DVC's own config reader, installed with it
+
+    for name in ("config.local", "config"):
+        path = repo_root / ".dvc" / name
+        if path.is_file():
+            folder = ConfigObj(str(path)).get("cache", {}).get("dir")
+            if folder:
+                return (path.parent / folder).resolve()
+    return repo_root / ".dvc" / "cache"
 
 
 def raw_inputs(spec: dict, repo_root: str | Path) -> list[str]:

@@ -531,7 +531,7 @@ def _dataset_input(metrics: dict) -> DatasetInput | None:
     version, dvc = prov.get("data_version"), prov.get("dvc_hash")
     if not version or not metrics.get("dataset"):
         return None
-    source = {"dvc_file": "data-versions/", "dvc_hash": dvc} if dvc else {"generated_by": "pipeline_src/data/generated.py"}
+    source = {"dvc_file": "data.dvc", "dvc_hash": dvc} if dvc else {"generated_by": "pipeline_src/data/generated.py"}
     dataset = Dataset(name=str(metrics["dataset"]), digest=str(version)[:DATASET_DIGEST_CHARS],
                       source_type="dvc" if dvc else "generated", source=json.dumps(source),
                       profile=json.dumps({"data_version": version, "dvc_hash": dvc}))
