@@ -11,18 +11,23 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: reproduce test setup data report ui lint bench clean fashion-mnist fashion-mnist-missing fashion-mnist-report
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+# CPU=1, on a Linux machine without a GPU: requirements-cpu.lock, the lock without triton and cuda-bindings
+# (5.5 GB instead of 6.4 GB; torch still needs the nvidia-* libraries to import). docs/install.md
+LOCK := $(if $(CPU),requirements-cpu.lock,requirements.lock)
+
+$(VENV)/.installed: $(LOCK) pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q $(if $(CPU),--no-deps) -r $(LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
 
 # Fashion-MNIST into data/raw/fashion-mnist/: byte-identical copies of Debian's package (installed when
-# root and missing), so the folder matches the committed data-versions/fashion-mnist.dvc; then `dvc commit`
-# fills the DVC cache from it. It leaves that file alone; where the folder differs from it, it refuses, and we warn.
+# root and missing), so data/raw/ matches the committed data.dvc; then `dvc commit` fills the DVC cache from
+# it, the folder's manifest included (each dataset's version is derived from it: docs/data.md). It leaves
+# data.dvc alone; where data/raw/ differs from it (a dataset added or changed there), it refuses, and we warn.
 data: setup
 	@for f in $(FMNIST_FILES); do [ -f $(FMNIST_LOCAL)/$$f ] || missing=1; done; \
 	if [ -z "$$missing" ]; then echo "Fashion-MNIST: found in $(FMNIST_LOCAL)/"; \
@@ -34,7 +39,7 @@ data: setup
 	    echo "Fashion-MNIST: copied from $(FMNIST_DEBIAN)/ to $(FMNIST_LOCAL)/"; \
 	  else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or put the four IDX .gz files into $(FMNIST_LOCAL)/"; exit 1; fi; \
 	fi
-	@dvc commit data-versions/fashion-mnist.dvc || echo "WARNING: $(FMNIST_LOCAL)/ differs from data-versions/fashion-mnist.dvc: 'dvc add $(FMNIST_LOCAL)' records it as a new version (commit the .dvc file), 'dvc checkout data-versions/fashion-mnist.dvc' restores the committed one"
+	@dvc commit data.dvc || echo "WARNING: data/raw/ differs from data.dvc: 'dvc add data/raw' records it as a new version (commit data.dvc), 'dvc checkout data.dvc' restores the committed one"
 
 # check first: a YAML error then names its file and line (Snakemake's own parse says neither)
 reproduce: data
