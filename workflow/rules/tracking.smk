@@ -35,8 +35,9 @@ rule track_set:
 
 rule track_audit:
     # after the audit: its tables and verdict counts on an "audit" run of the experiment, so the MLflow
-    # UI shows the verdicts beside the runs. Paths are literal because this file is included before
-    # audit.smk (rules.audit does not exist yet when this rule is read); they are the audit's outputs.
+    # UI shows the verdicts beside the runs, and each set's summary (n, verdicts, table) on its parent run.
+    # Paths are literal because this file is included before audit.smk (rules.audit does not exist yet
+    # when this rule is read); they are the audit's outputs.
     localrule: True
     input:
         audit=f"{RESULTS}/audit.csv",
