@@ -66,7 +66,7 @@ AUDIT_RUN_NAME = "audit"
 # The experiment's kind: training runs, not GenAI traces. MLflow 3 writes this tag when the kind is
 # chosen in its UI, and UIs that read it open the experiment on its runs. MLflow 3.17's UI decides by its
 # "GenAI / Model training" switch instead (kept per browser; ?workflowType=machine_learning in a link
-# sets it): ui_url() gives that link. docs/mlflow.md says both.
+# sets it): browse.ui_url() gives that link. docs/mlflow.md says both.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
 # MLflow's dataset table keeps digests of at most 36 characters (String(36) in its SQL schema); the
@@ -111,7 +111,8 @@ def init_store(results_dir, experiment_sets: list[str], params_hash: str | None,
     a pending marker for resync).
     """
     results_dir = Path(results_dir).resolve()
-    info, exc = _attempt(results_dir, lambda: _init_once(results_dir, experiment_sets, params_hash), attempts, backoff_s)
+    info, exc = _attempt(results_dir, lambda: _init_once(results_dir, experiment_sets, params_hash),
+                         attempts, backoff_s)
     if exc is None:
         return info
     _warn(f"MLflow store setup FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
@@ -223,9 +224,10 @@ def log_set_summaries(results_dir, folder, *, attempts: int | None = None, backo
 
     The parent gets params (set_kind, scale, datasets, models, methods: what the set crossed), metrics
     (runs and seeds: its n; audit_rows: how many rows of audit.csv, a claim under one reading, cite the
-    set's runs as evidence; verdicts.<verdict>: how many of those reach that verdict), the set's table and those audit rows as
-    MLflow tables (<set>.json, verdicts.json), and its figure. A summary already logged is left alone; a
-    changed one replaces the tables and counts (a verdict no longer reached counts 0).
+    set's runs as evidence; verdicts.<verdict>: how many of those reach that verdict), the set's table
+    and those audit rows as MLflow tables (<set>.json, verdicts.json), and its figure. A summary already
+    logged is left alone; a changed one replaces the tables and counts (a verdict no longer reached
+    counts 0).
     """
     results_dir, folder = Path(results_dir).resolve(), Path(folder)
     done, exc = _attempt(results_dir, lambda: _summaries_once(results_dir, folder), attempts, backoff_s)
@@ -475,7 +477,8 @@ def _summaries_once(results_dir: Path, folder: Path) -> int:
             cites = audit["evidence"].fillna("").map(lambda text: any(t.startswith(f"{name}/") for t in text.split()))
             rows = audit[cites]
             counts["audit_rows"] = len(rows)  # 0: no claim cites the set's runs
-            counts.update({f"verdicts.{_verdict_key(v)}": n for v, n in rows["verdict"].fillna("none").value_counts().items()})
+            verdicts = rows["verdict"].fillna("none").value_counts()
+            counts.update({f"verdicts.{_verdict_key(v)}": n for v, n in verdicts.items()})
         table, figure = folder / "tables" / f"{name}.csv", folder / "figures" / f"{name}.png"
         digest = hashlib.sha256(json.dumps([params, counts], sort_keys=True).encode())
         for path in (table, figure):
@@ -485,7 +488,8 @@ def _summaries_once(results_dir: Path, folder: Path) -> int:
             continue
         run_id, now_ms = parent.info.run_id, int(time.time() * 1000)
         # params cannot change once logged: a set whose description changed keeps its first one
-        new_params = [Param(k, _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items() if k not in parent.data.params]
+        new_params = [Param(k, _text(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items()
+                      if k not in parent.data.params]
         stale = {k: 0 for k in parent.data.metrics if k.startswith("verdicts.") and k not in counts}
         client.log_batch(run_id, params=new_params,
                          metrics=[Metric(k, float(v), now_ms, 0) for k, v in {**stale, **counts}.items()])
@@ -636,7 +640,7 @@ def _ensure_experiment(client: MlflowClient, results_dir: Path, uri: str) -> str
             experiment = client.get_experiment_by_name(_experiment_name())
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
-    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before the tag, or by hand; a kind set by hand stays
+    for key, value in EXPERIMENT_TAGS.items():  # one made before the tag, or by hand; a kind chosen by hand stays
         if key not in experiment.tags:
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
@@ -718,7 +722,8 @@ def _attempt(results_dir: Path, action, attempts: int | None, backoff_s: float |
     try:
         with _http_defaults():
             wait_s = os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-            return _retrying(action, attempts, backoff_s, retry_if=lambda exc: _is_transient(exc) and not hung(exc)), None
+            retry_if = lambda exc: _is_transient(exc) and not hung(exc)  # noqa: E731
+            return _retrying(action, attempts, backoff_s, retry_if=retry_if), None
     except Exception as exc:  # noqa: BLE001 - tracking must never cost a result
         if hung(exc):
             exc = _UNANSWERED[uri] = ServerTimeout(
