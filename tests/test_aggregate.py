@@ -52,7 +52,7 @@ def test_the_markdown_table_keeps_a_small_sigma_apart_from_none(tmp_path):
     assert [cell.strip() for cell in row.strip("|").split("|")] == ["vpn", "82.94", "0.0006", "0.0000"]
 
 
-def noisynn_record(tmp_path, experiment_set, label, apply_at, epochs=10, noise="optimal_q"):
+def noisynn_record(tmp_path, experiment_set, label, apply_at, epochs=10, noise="optimal_q", **noise_keys):
     metrics = {"run_id": f"d-m-{label}-s0", "experiment_set": experiment_set, "set_kind": "eval_protocol",
                "dataset": "d", "model": "m", "seed": 0, "scale": "paper", "sweep": {}, "method": label,
                "method_name": "noisynn", "reading": "",
@@ -60,7 +60,7 @@ def noisynn_record(tmp_path, experiment_set, label, apply_at, epochs=10, noise="
                           "model_cfg": {"arch": "resnet18"}, "epochs": epochs, "batch_size": 128,
                           "optimizer": {"name": "adam", "lr": 0.001}, "protocol": "paper", "scale": "paper",
                           "label_smoothing": 0.0, "seed": 0, "device": "auto",
-                          "method": {"label": label, "name": "noisynn", "noise": {"kind": noise},
+                          "method": {"label": label, "name": "noisynn", "noise": {"kind": noise, **noise_keys},
                                      "apply_at": apply_at, "site": "default"}},
                "provenance": {"device": "cpu", "data_version": "abc"}, "evaluations": {"no_noise": 90.0},
                "history": []}
@@ -79,3 +79,10 @@ def test_runs_say_what_they_are_and_which_recipe_trained_them(tmp_path):
     assert long.loc["shift_train", ["noise", "apply_at", "trained_clean"]].tolist() == ["circular_shift", "both", False]
     # one training block in two sets is one recipe (a legitimate pair); more epochs are another
     assert long.loc["clean_train", "recipe"] == long.loc["shift_train", "recipe"] != long.loc["clean_long", "recipe"]
+
+
+def test_noise_at_strength_zero_is_no_noise_to_select(tmp_path):
+    # a strength sweep's first point trains and tests with the identity: no claim about noise may take it
+    long = load_runs([noisynn_record(tmp_path, "s", "shift_a0", "both", noise="circular_shift", strength=0.0),
+                      noisynn_record(tmp_path, "t", "shift_a4", "both", noise="circular_shift", strength=0.4)])
+    assert long.set_index("method")["noise"].to_dict() == {"shift_a0": "", "shift_a4": "circular_shift"}

@@ -13,12 +13,14 @@ from pipeline_src.spec.run_record import load_record, method_as_run
 
 def method_traits(method: dict) -> dict:
     """What a method is, for claims that select runs by what they are rather than by label or set kind:
-    its noise kind, where it applies it and at which site ('' without NoisyNN noise), and whether the model trains clean
-    (a baseline without augmentation, or NoisyNN noise switched on at test only). `method` is a resolved
-    spec (a run record's, or a validated params file's: apply_at filled)."""
+    its noise kind, where it applies it and at which site ('' without NoisyNN noise; a kind at strength 0 is
+    none), and whether the model trains clean (a baseline without augmentation, or NoisyNN noise switched on
+    at test only). `method` is a spec with its defaults filled (a run record's, or the run table's)."""
     noisy = method["name"] == "noisynn"
     apply_at = method["apply_at"] if noisy else ""
-    return {"noise": method["noise"]["kind"] if noisy else "", "apply_at": apply_at,
+    # a strength (or impulse p) of 0 is the identity (a strength sweep's first point): no noise to select
+    identity = noisy and any(method["noise"].get(key) == 0 for key in ("strength", "p"))
+    return {"noise": method["noise"]["kind"] if noisy and not identity else "", "apply_at": apply_at,
             "site": method["site"] if noisy else "",
             "trained_clean": not method.get("augment") and (method["name"] == "baseline" or apply_at == "test")}
 
