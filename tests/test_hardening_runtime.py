@@ -209,6 +209,19 @@ def test_a_second_run_in_a_results_folder_is_refused_until_the_first_is_gone(tmp
     assert hold_results_folder(tmp_path) is None  # held by this process already
 
 
+def test_a_results_folder_on_a_filesystem_without_locks_runs_as_before(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert hold_results_folder(tmp_path) is None
+    assert capsys.readouterr().err == (f"note: {tmp_path / RESULTS_LOCK} cannot be locked (No locks available); "
+                                       "nothing keeps a second run out of this results folder\n")
+
+
 def snakemake_params(tmp_path: Path, epochs: int) -> Path:
     params = {**TINY, "seeds": [0], "training": {**TINY["training"], "epochs": epochs},
               "results_dir": str(tmp_path / "results"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 LOCK_DIR = Path(".snakemake") / "locks"
@@ -127,7 +128,7 @@ def _kept_line(lock_dir: Path, kept: dict, unclaimed: int) -> str:
             f"as it started, or one run with --no-hooks); if no Snakemake runs in this folder on any host, run {UNLOCK}")
 
 
-def hold_results_folder(results_dir: Path, pid: int | None = None) -> str | None:
+def hold_results_folder(results_dir: Path) -> str | None:
     """Lock the results folder for this process's lifetime; None once held, else the one line refusing a
     second run in it. Held already by this process: None. Without fcntl (not POSIX): None, unlocked."""
     try:
@@ -141,15 +142,20 @@ def hold_results_folder(results_dir: Path, pid: int | None = None) -> str | None
     handle = open(path, "a+")  # never truncated before it is held: the holder's line stays readable
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         return (f"error: another Snakemake ({holder}) is running in results folder {results_dir} (it holds "
                 f"{path}); wait for it to end or stop it, or give this run another results_dir")
+    except OSError as err:  # a filesystem without locks (some cluster mounts): run as before, unprotected
+        handle.close()
+        print(f"note: {path} cannot be locked ({err.strerror}); nothing keeps a second run out of this results "
+              "folder", file=sys.stderr)
+        return None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"Snakemake pid {os.getpid() if pid is None else pid} on host {socket.gethostname()}\n")
+    handle.write(f"Snakemake pid {os.getpid()} on host {socket.gethostname()}\n")
     handle.flush()
     _held[str(path.resolve())] = handle
     return None

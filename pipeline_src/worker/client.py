@@ -28,6 +28,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # since it also comes when the parent's forking thread ends, which the handler tells apart
 PARENT_DEATH = signal.SIGUSR2
 PR_SET_PDEATHSIG = 1
+PARENT = os.getppid()  # the job's shell, as this process started: it may die before the job reaches the worker
 STARTING_WAIT_S = 120.0
 
 
@@ -102,10 +103,8 @@ def run_in_worker(path: str, argv: list[str]) -> int | None:
 def _follow_parent(stop) -> None:
     """Linux: call stop() once this process's parent has died (the kernel's parent-death signal), and
     at once if it died already. Elsewhere nothing: the worker still ends the child if the client dies."""
-    parent = os.getppid()
-
     def parent_died(_signum, _frame):
-        if os.getppid() != parent:  # reparented: the parent itself is gone, not just its forking thread
+        if os.getppid() != PARENT:  # reparented: the parent itself is gone, not just its forking thread
             stop()
 
     signal.signal(PARENT_DEATH, parent_died)
@@ -115,7 +114,7 @@ def _follow_parent(stop) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, PARENT_DEATH)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # it died before the request took effect
+    if os.getppid() != PARENT:  # it died before the request took effect
         stop()
 
 
