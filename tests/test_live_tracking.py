@@ -79,10 +79,13 @@ def _run() -> RunConfig:
         device="cpu")
 
 
-def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: str) -> subprocess.Popen:
-    # system metrics every 0.2 s instead of 10 s: the job trains for a few seconds only
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "PIPELINE_MLFLOW_ATTEMPTS": "1",
-           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: str,
+               attempts: int | None = 1) -> subprocess.Popen:
+    # system metrics every 0.2 s instead of 10 s: the job trains for a few seconds only; attempts None: the
+    # retry budget as shipped
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_HTTP_", "PIPELINE_MLFLOW_"))}
+    env.update({"MLFLOW_TRACKING_URI": uri, LIVE_ENV: str(results), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2",
+                **({"PIPELINE_MLFLOW_ATTEMPTS": str(attempts)} if attempts else {})})
     # the DAG's two jobs: train opens the live run and leaves it RUNNING, evaluate finishes it
     run = [shlex.quote(a) for a in ("--run-json", cfg.to_json(), "--data", str(data), "--model", str(run_dir / "model.pt"))]
     cli = f"{shlex.quote(sys.executable)} -m pipeline_src"
@@ -175,6 +178,26 @@ def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
         assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run.info.run_id
+
+
+@pytest.mark.slow
+def test_a_live_job_against_a_server_that_never_answers_loses_seconds_not_minutes(digits_dir, tmp_path):
+    """Live tracking with the retry budget and HTTP settings as shipped: the train job's start and the evaluate
+    job's start each wait one 10 s timeout, the finished run goes straight to its pending marker (b9881d5: 20 s
+    per start, then six tries of 20 s for the run itself), and the result is intact."""
+    from test_track import silent_server
+
+    results, run_dir = tmp_path / "results", tmp_path / "results" / "runs" / "live" / "digits-dnn3-live-s0"
+    with silent_server() as uri:
+        started = time.monotonic()
+        job = _start_job(_run(), digits_dir, run_dir, results, uri, attempts=None)
+        assert job.wait(timeout=400) == 0, job.stdout.read()
+        elapsed = time.monotonic() - started
+        output = job.stdout.read()
+    assert elapsed < 90, f"{elapsed:.0f} s:\n{output[-3000:]}"
+    assert output.count("sent no answer within 10 s") >= 2  # train's start, evaluate's start
+    assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] is None
+    assert "no answer in time, not retried" in (run_dir / track.PENDING_MARKER).read_text()
 
 
 def _rest(uri: str, path: str, body: dict | None = None) -> dict:
