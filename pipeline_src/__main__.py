@@ -287,7 +287,6 @@ def cmd_ui(args) -> None:
 
     if args.report:
         store = Path(args.store or Path(args.results) / "report-mlflow" / Path(args.report).resolve().name)
-        print(f"loading {args.report} into {store} ...", file=sys.stderr, flush=True)
         experiment_id, runs, new = browse.load_report(Path(args.report), store)
         print(f"{args.report}: {runs} runs in {store / 'mlflow.db'} ({new} newly logged)")
     else:

@@ -47,6 +47,7 @@ def load_report(report, store) -> tuple[str, int, int]:
     paths = sorted(report.glob("runs/*/*/metrics.json"))
     if not paths:
         raise FileNotFoundError(f"{report} has no runs/<set>/<run>/metrics.json: not a report folder")
+    print(f"loading the {len(paths)} runs of {report} into {store} ...", file=sys.stderr, flush=True)
     with local_store():
         sets = sorted({path.parent.parent.name for path in paths})
         info = track.init_store(store, sets, None, attempts=1)
