@@ -133,7 +133,7 @@ def prepare(name: str, spec: dict, out: "Path | PreparedFiles", repo_root: Path,
     """Read dataset `name` as `spec` says, write its data.npz and manifest.json; return the manifest.
 
     out: the two file paths, or a folder for both. dvc_hash: the hash of the DVC file covering the
-    dataset's raw files (data-versions/), recorded as is; '' for none."""
+    dataset's raw files (derived from data.dvc), recorded as is; '' for none."""
     spec = resolve_spec(name, spec)
     files, repo_root = PreparedFiles.of(out), Path(repo_root)
     pick = make_picker(spec)

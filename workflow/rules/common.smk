@@ -111,7 +111,7 @@ def get_raw_inputs(wildcards):
 
 
 def get_dvc_hash(wildcards):
-    """The hash of the DVC file versioning this dataset's raw files, data-versions/<name>.dvc ('' for generated
+    """The hash of the DVC file versioning this dataset's raw files, derived from data.dvc's manifest of data/raw/ ('' for generated
     datasets), read as YAML: never dvc itself, which locks the repo."""
     return dataset_dvc_hash(dataset_spec(PARAMS, wildcards.dataset), workflow.basedir)
 
