@@ -23,7 +23,7 @@ def test_training_runs_the_modules_no_hand_list_named():
     train = names("train")
     # stream and distributed were missing from the hand-kept list; noisynn and vpn are imported only
     # through methods.registry.REGISTRY's "module:class" strings
-    assert {"data/stream", "training/distributed", "methods/vpn", "methods/noisynn", "training/train",
+    assert {"data/stream", "training/distributed", "methods/vpn", "methods/generators", "methods/noisynn", "training/train",
             "methods/registry", "methods/base", "data/prepared", "data/fashion_mnist", "methods/models",
             "methods/sites"} <= train
     assert {"results/aggregate", "results/audit", "results/verdicts", "results/report", "results/plots",
@@ -33,7 +33,8 @@ def test_training_runs_the_modules_no_hand_list_named():
 
 def test_evaluation_runs_the_methods_and_no_training_module():
     evaluate = names("evaluate")
-    assert {"evaluation/evaluate", "methods/vpn", "methods/noisynn", "data/prepared", "spec/predictions"} <= evaluate
+    assert {"evaluation/evaluate", "methods/vpn", "methods/generators", "methods/noisynn", "data/prepared",
+            "spec/predictions"} <= evaluate
     assert not {name for name in evaluate if name.startswith(("training/", "results/"))}
 
 

@@ -9,8 +9,8 @@ from torch import nn
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.methods.models import DNN3
 from references import class_enumeration_loop
-from pipeline_src.methods.vpn import (DNN3Generator, ResNet18Generator, VPNMethod, build_generator, condition,
-                              sample_noise)
+from pipeline_src.methods.generators import DNN3Generator, ResNet18Generator, build_generator
+from pipeline_src.methods.vpn import VPNMethod, condition, sample_noise
 
 SHAPE = (1, 8, 8)
 C = 4
@@ -176,13 +176,20 @@ def test_label_free_enumeration_reuses_the_labelled_sigma_with_the_same_predicti
     assert g_passes_without == 2 * g_passes == 2 * math.ceil(37 / 8)  # one g pass per enumeration pass
 
 
-def test_evaluations_order_and_range():
-    method = VPNMethod(DNN3(64, C, 16), spec(), info())
-    x, y = batch()
+def test_evaluations_order_and_accuracy():
+    method = scaled_up(VPNMethod(DNN3(64, C, 16), spec(c=5.0), info()))
+    x, y = batch(n=40)
+    torch.manual_seed(1)
     result = method.evaluations(x, y, batch_size=5)
     assert list(result) == ["class_enumeration", "no_noise", "class_enumeration_mean_sigma"]
-    assert all(0 <= v <= 100 for v in result.values())
+    # each is the top-1 of its own predictions, same draws: a mode scored against the wrong
+    # predictions or labels, or not in percent, fails here
+    torch.manual_seed(1)
+    predictions = method.eval_predictions(x, y, batch_size=5)
+    assert result == {mode: 100.0 * (pred == y).float().mean().item() for mode, pred in predictions.items()}
     assert method.training  # evaluation restores the mode it found
+    with torch.no_grad():  # and no_noise is the bare classifier's accuracy
+        assert result["no_noise"] == 100.0 * (method.model.eval()(x).argmax(1) == y).float().mean().item()
 
 
 def test_label_free_enumeration_gives_every_candidate_the_mean_sigma():

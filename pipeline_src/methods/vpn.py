@@ -9,14 +9,15 @@ both are offered (objective: noisy_ce = code, two_term = text).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
+from pipeline_src.methods.generators import ResNet18Generator, build_generator
 from pipeline_src.provenance import torch_load
 from pipeline_src.spec.method_spec import VPN_SETTINGS
 from pipeline_src.methods.base import Method, predict
@@ -27,84 +28,6 @@ ENUM_MAX_ROWS = 4096
 # The label-free enumeration reuses the labelled one's sigma (g is the costly half of a pass) when
 # those C*N*D values fit in this many bytes, and runs g again otherwise; the numbers are the same.
 ENUM_SIGMA_CACHE_BYTES = 256 * 2**20
-
-
-# ----------------------------------------------------------------------------- generators
-
-class DNN3Generator(nn.Module):
-    """D-H-H-D perceptron; sigma = |last layer| reshaped to the input."""
-
-    def __init__(self, in_shape: tuple[int, int, int], hidden: int):
-        super().__init__()
-        self.in_shape = tuple(in_shape)
-        dim = self.in_shape[0] * self.in_shape[1] * self.in_shape[2]
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.head = nn.Linear(hidden, dim)
-        # The authors start every layer at N(0, 0.002) with zero bias, so sigma is ~0 at
-        # first and joint training begins as plain training of f.
-        for layer in (self.fc1, self.fc2, self.head):
-            nn.init.normal_(layer.weight, 0.0, 0.002)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x):
-        h = F.relu(self.fc2(F.relu(self.fc1(x.flatten(1)))))
-        return self.head(h).abs().view(-1, *self.in_shape)
-
-
-class ResNet18Generator(nn.Module):
-    """Conv stem, four stages of two basic blocks, bilinear upsampling, 3x3 conv head, abs.
-
-    Widths 64-128-256-64 as in the authors' generator. Their stem (7x7 stride 2 + max-pool)
-    leaves 1x1 features on 28-32 px inputs, i.e. one sigma per channel for the whole image;
-    inputs of side <= 32 get a 3x3 stride-1 stem instead (the rule models.py uses for the
-    classifiers) so sigma can vary in space. Larger inputs keep the authors' stem.
-    """
-
-    def __init__(self, in_shape: tuple[int, int, int], small_stem: bool | None = None, width: int = 64):
-        super().__init__()
-        # the authors' widths 64-128-256-64 scaled by width / 64 (smaller generators for the CPU default)
-        self.widths = (width, 2 * width, 4 * width, width)
-        self.in_shape = tuple(in_shape)
-        chans, height, width = self.in_shape
-        self.small_stem = max(height, width) <= 32 if small_stem is None else small_stem
-        stem_width = self.widths[0]
-        if self.small_stem:
-            conv = nn.Conv2d(chans, stem_width, 3, stride=1, padding=1, bias=False)
-            pool = nn.Identity()
-        else:
-            conv = nn.Conv2d(chans, stem_width, 7, stride=2, padding=3, bias=False)
-            pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.stem = nn.Sequential(conv, nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True), pool)
-        stages, in_width = [], stem_width
-        for out_width, stride in zip(self.widths, (1, 2, 2, 2)):
-            stages.append(_basic_stage(in_width, out_width, stride))
-            in_width = out_width
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Conv2d(in_width, chans, 3, padding=1, bias=False)
-
-    def forward(self, x):
-        feat = self.stages(self.stem(x))
-        # align_corners=True matches the authors' nn.UpsamplingBilinear2d
-        feat = F.interpolate(feat, size=self.in_shape[1:], mode="bilinear", align_corners=True)
-        return self.head(feat).abs()
-
-
-def _basic_stage(in_width: int, out_width: int, stride: int) -> nn.Sequential:
-    downsample = None
-    if stride != 1 or in_width != out_width:
-        downsample = nn.Sequential(nn.Conv2d(in_width, out_width, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(out_width))
-    return nn.Sequential(BasicBlock(in_width, out_width, stride, downsample), BasicBlock(out_width, out_width))
-
-
-def build_generator(name: str, in_shape: tuple[int, int, int], hidden: int, width: int = 64,
-                    small_stem: bool | None = None) -> nn.Module:
-    if name == "dnn3":
-        return DNN3Generator(in_shape, hidden)
-    if name == "resnet18":
-        return ResNet18Generator(in_shape, small_stem=small_stem, width=width)
-    raise ValueError(f"VPN generator {name!r} is unknown; known generators: dnn3, resnet18")
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -279,35 +202,41 @@ class VPNMethod(Method):
         # private generators: measuring never moves the training RNG stream
         rng = torch.Generator(device="cpu").manual_seed(int(self.info.get("seed", 0)))
         draws = torch.Generator(device=x.device).manual_seed(int(self.info.get("seed", 0)))
-        # sigma sum, zero count, element count; true label correct, wrong label followed;
-        # background sum, count; object sum, count
-        sums = torch.zeros(9, dtype=torch.float64)
+        sums = _DiagnosticSums()
         with _eval_mode(self):
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
                 wrong = (yb + torch.randint(1, self.num_classes, yb.shape, generator=rng).to(yb.device)) % self.num_classes
-                for slot, given in ((3, yb), (4, wrong)):
-                    sigma = self.generator(condition(xb, given, self.num_classes, self.c))
-                    pred = self.model(xb + sample_noise(sigma, 1, generator=draws)[0]).argmax(1)
-                    sums[slot] += (pred == given).sum().double().cpu()
-                    if slot == 3:
-                        true_sigma = sigma.double().cpu()
-                sums[:3] += torch.tensor([true_sigma.sum(), (true_sigma == 0).sum(), true_sigma.numel()],
-                                         dtype=torch.float64)
+                # true label first, then the wrong one: the draws come off `draws` in this order
+                hits, sigma = self._noisy_hits(xb, yb, draws)
+                sums.true_label_correct += hits
+                true_sigma = sigma.double().cpu()
+                sums.wrong_label_followed += self._noisy_hits(xb, wrong, draws)[0]
+                sums.sigma += true_sigma.sum().item()
+                sums.sigma_zeros += (true_sigma == 0).sum().item()
+                sums.sigma_elements += true_sigma.numel()
                 if mask is not None:
                     channel_mean = true_sigma.mean(1)
                     obj = mask[i:i + batch_size].bool().cpu()
-                    sums[5:] += torch.stack([channel_mean[~obj].sum(), (~obj).sum().double(),
-                                             channel_mean[obj].sum(), obj.sum().double()])
-        out = {"sigma_mean": (sums[0] / sums[2]).item(), "sigma_zero_fraction": (sums[1] / sums[2]).item(),
-               "top1_true_label_noise": 100.0 * sums[3].item() / len(x),
-               "wrong_label_followed": 100.0 * sums[4].item() / len(x)}
+                    sums.background_sigma += channel_mean[~obj].sum().item()
+                    sums.background_pixels += (~obj).sum().item()
+                    sums.object_sigma += channel_mean[obj].sum().item()
+                    sums.object_pixels += obj.sum().item()
+        out = {"sigma_mean": sums.sigma / sums.sigma_elements, "sigma_zero_fraction": sums.sigma_zeros / sums.sigma_elements,
+               "top1_true_label_noise": 100.0 * sums.true_label_correct / len(x),
+               "wrong_label_followed": 100.0 * sums.wrong_label_followed / len(x)}
         if mask is None:
             return out
-        background = (sums[5] / sums[6]).item() if sums[6] > 0 else float("nan")
-        obj_mean = (sums[7] / sums[8]).item() if sums[8] > 0 else float("nan")
+        background = sums.background_sigma / sums.background_pixels if sums.background_pixels > 0 else float("nan")
+        obj_mean = sums.object_sigma / sums.object_pixels if sums.object_pixels > 0 else float("nan")
         ratio = background / obj_mean if obj_mean > 0 else float("nan")
         return {**out, "sigma_mean_background": background, "sigma_mean_object": obj_mean, "bg_fg_sigma_ratio": ratio}
+
+    def _noisy_hits(self, x: torch.Tensor, given: torch.Tensor, draws: torch.Generator) -> tuple[int, torch.Tensor]:
+        """How many predictions of f(x + eps) name `given`, eps drawn with g conditioned on `given`; and g's sigma."""
+        sigma = self.generator(condition(x, given, self.num_classes, self.c))
+        pred = self.model(x + sample_noise(sigma, 1, generator=draws)[0]).argmax(1)
+        return (pred == given).sum().item(), sigma
 
     @torch.inference_mode()
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:
@@ -324,6 +253,20 @@ class VPNMethod(Method):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+@dataclasses.dataclass
+class _DiagnosticSums:
+    """Running sums over the diagnostics' batches, in float64 (Python floats) so the means do not drift."""
+    sigma: float = 0.0  # of g's sigma under the true label
+    sigma_zeros: float = 0.0  # elements where that sigma is exactly 0
+    sigma_elements: float = 0.0
+    true_label_correct: float = 0.0  # predictions equal to the true label g was given
+    wrong_label_followed: float = 0.0  # predictions equal to the wrong label g was given
+    background_sigma: float = 0.0  # channel-mean sigma summed over background pixels (with a mask)
+    background_pixels: float = 0.0
+    object_sigma: float = 0.0
+    object_pixels: float = 0.0
+
 
 def _resolve_settings(spec: dict, info: dict) -> dict:
     """The VPN settings of a resolved spec (method_spec.resolve_method), checked against the data."""
