@@ -133,8 +133,7 @@ ONE_RUN = {"scale": "embedded_default", "device": "cpu", "seeds": [0],
 def test_each_edit_reruns_the_stages_it_changes_and_nothing_else(tmp_path):
     """In a copy of the repository (the tree others work in stays untouched): two finished runs, then each
     edit's dry run, then the edit undone."""
-    from test_dvc import repo_copy, run
-    from test_workflow import SNAKEMAKE, job_counts
+    from helpers import SNAKEMAKE, job_counts, repo_copy, run
 
     repo = repo_copy(tmp_path)
     params = tmp_path / "one.yaml"

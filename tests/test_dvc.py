@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ from pipeline_src.data.dvc_versions import dataset_dvc_hash, dir_md5, read_dvc_f
 from pipeline_src.data.fashion_mnist import FASHION_MNIST_FILES
 from pipeline_src.data.files import DEBIAN_FASHION_MNIST
 
+from helpers import repo_copy, run
+
 BIN = Path(os.sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
 UP_TO_DATE = "Data and pipelines are up to date."
 FMNIST_DVC = "data.dvc"
 # Fashion-MNIST's version: what DVC recorded for data/raw/fashion-mnist/ when it had a DVC file of its own
@@ -44,28 +44,6 @@ TINY = {
                      "methods": [{"label": "baseline", "name": "baseline"}]},
     },
 }
-
-
-def run(*args, cwd: Path) -> str:
-    out = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=ENV)
-    if out.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out.stdout + out.stderr
-
-
-def repo_copy(tmp_path: Path) -> Path:
-    """This repository as its HEAD plus the working tree's uncommitted files (ignored ones left out)."""
-    copy = tmp_path / "repo"
-    run("git", "clone", "-q", str(REPO_ROOT), str(copy), cwd=tmp_path)
-    listed = run("git", "ls-files", "-z", "--modified", "--others", "--exclude-standard", cwd=REPO_ROOT)
-    for rel in filter(None, listed.split("\0")):
-        source, target = REPO_ROOT / rel, copy / rel
-        if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-        else:  # deleted in the working tree
-            target.unlink(missing_ok=True)
-    return copy
 
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:

@@ -15,7 +15,7 @@ from pipeline_src.__main__ import main
 from pipeline_src.spec.config import REPO_ROOT, RunConfig, expand_runs, validate_params
 from pipeline_src.spec.method_spec import resolve_method
 
-from test_workflow import ENV, SNAKEMAKE, TINY, snakemake
+from helpers import ENV, SNAKEMAKE, TINY, snakemake
 
 RESULTS_ANYWHERE_ENV = "PIPELINE_RESULTS_ANYWHERE"  # spec/config.py; spelled out, so this file runs on older code
 NAME_RULE = "letters, digits and _ only (names become folders, shell words and run ids, which '-' separates)"

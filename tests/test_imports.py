@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline_src.spec import code_hash
 
-from test_workflow import ENV
+from helpers import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

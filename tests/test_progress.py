@@ -12,7 +12,7 @@ from pipeline_src.spec.config import REPO_ROOT, expand_runs, validate_params
 from pipeline_src.results.progress import CHECKPOINT_NAME, TRAIN_LOG, duration, progress
 from pipeline_src.results.report import record_path
 from pipeline_src.spec.run_record import TRAINED_NAME
-from test_workflow import TINY as WORKFLOW_TINY
+from helpers import TINY as WORKFLOW_TINY
 
 # the workflow tests' two-set params, at 3 epochs so a running run can be part-way through
 TINY = {**WORKFLOW_TINY, "training": {**WORKFLOW_TINY["training"], "epochs": 3}}

@@ -10,7 +10,7 @@ import yaml
 
 from pipeline_src.spec.config import REPO_ROOT
 
-from test_workflow import TINY, snakemake
+from helpers import TINY, snakemake
 
 CAPTIONS = REPO_ROOT / "workflow" / "report"
 

@@ -13,37 +13,7 @@ import yaml
 
 from pipeline_src.spec.config import REPO_ROOT
 
-SNAKEMAKE = str(Path(os.sys.executable).parent / "snakemake")
-ENV = {**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}
-
-TINY = {
-    "scale": "embedded_default",
-    "device": "cpu",
-    "seeds": [0, 1],
-    "training": {"epochs": 1, "batch_size": 64, "eval_batch_size": 128},
-    "datasets": {"digits": {"source": "digits"}},
-    "models": {"sr": {"arch": "sr"}, "dnn3": {"arch": "dnn3", "hidden": 32}},
-    "experiment_sets": {
-        "baseline": {"datasets": ["digits"], "models": ["sr", "dnn3"],
-                     "methods": [{"label": "baseline", "name": "baseline"}]},
-        "noisynn_main": {"datasets": ["digits"], "models": ["dnn3"],
-                         "methods": [{"label": "linear_shift", "name": "noisynn", "apply_at": "both",
-                                      "noise": {"kind": "circular_shift", "strength": 0.3}}]},
-    },
-}
-
-
-def snakemake(*args, check=True, env=None):
-    out = subprocess.run([SNAKEMAKE, *args], capture_output=True, text=True, cwd=REPO_ROOT, env={**ENV, **(env or {})})
-    if check and out.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
-
-
-def job_counts(dry_run_output: str) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> number of jobs."""
-    table = dry_run_output.split("Job stats:")[1].split("total")[0]
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+from helpers import ENV, SNAKEMAKE, TINY, job_counts, snakemake
 
 
 def fake_hub_cache(folder: Path, repos: list[str]) -> Path:
