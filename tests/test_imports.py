@@ -3,6 +3,8 @@ module level and inside functions, and registry strings): no module imports itse
 each stage imports only the stages below it, results code reads records and never loads torch, only the
 CLI imports training, the job start-up worker imports none of the package, and building the DAG imports
 no torch."""
+import contextlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,23 +31,54 @@ ALLOWED = {
 HEAVY = ("torch", "torchvision", "timm")
 
 
-def package_modules() -> dict[str, frozenset[str]]:
-    """Every module of the package -> the package modules it imports (sub-package __init__s left out)."""
+def package_modules(package_dir: Path | None = None) -> dict[str, frozenset[str]]:
+    """Every module of the package, sub-package __init__s included -> the package modules it imports,
+    sub-packages (their __init__.py) included. A module's own parent packages are left out: Python runs
+    them before the module whatever it imports. package_dir: a copy of the package to read instead."""
+    package_dir = package_dir or code_hash.PACKAGE_DIR
     graph = {}
-    for path in sorted(code_hash.PACKAGE_DIR.rglob("*.py")):
-        name = code_hash._module_name(path)
-        graph[name] = frozenset(m for m in code_hash._file_imports(path)
-                                if m != name and code_hash.module_file(m).name != "__init__.py")
+    with _reading(package_dir):
+        for path in sorted(package_dir.rglob("*.py")):
+            name = code_hash._module_name(path)
+            parents = {name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)}
+            graph[name] = frozenset(code_hash._file_imports(path) - parents - {name})
     return graph
 
 
+@contextlib.contextmanager
+def _reading(package_dir: Path):
+    """code_hash's reader pointed at package_dir (a planted copy), then back at the real package."""
+    real = code_hash.PACKAGE_DIR
+    code_hash.PACKAGE_DIR = package_dir
+    try:
+        yield
+    finally:
+        code_hash.PACKAGE_DIR = real
+
+
 def stage(module: str) -> str | None:
+    """The stage package a module (or the sub-package itself, its __init__.py) belongs to."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 and parts[1] in STAGES else None
+    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+
+
+def crossings(graph: dict[str, frozenset[str]]) -> list[str]:
+    """Imports from one stage into a stage it may not import."""
+    return sorted(f"{a} -> {b}" for a, imported in graph.items() for b in imported
+                  if stage(a) and stage(b) and stage(b) != stage(a) and stage(b) not in ALLOWED[stage(a)])
+
+
+def worker_imports(graph: dict[str, frozenset[str]]) -> list[str]:
+    """Package modules outside worker/ that the start-up worker's files import (its __init__.py, which every
+    job's client runs, among them). There must be none: the worker would hold a module imported before the
+    fork, and an edited module would not be the code that runs. (worker/__init__.py names worker.server as
+    a string: the command of a process of its own.)"""
+    return sorted(f"{a} -> {b}" for a, imported in graph.items() if stage(a) == "worker"
+                  for b in imported if stage(b) != "worker")
 
 
 def test_every_module_is_in_a_stage_package_but_the_cli_and_provenance():
-    loose = {m for m in package_modules() if stage(m) is None and m.removeprefix("pipeline_src.") not in STAGES}
+    loose = {m for m in package_modules() if stage(m) is None}
     assert loose == {"pipeline_src", "pipeline_src.__main__", "pipeline_src.provenance"}
 
 
@@ -54,7 +87,7 @@ def test_the_package_is_a_regular_one_that_imports_nothing_of_itself():
     worker's client first, imports it: it imports nothing of the package."""
     assert (code_hash.PACKAGE_DIR / "__init__.py").is_file()
     assert package_modules()["pipeline_src"] == frozenset()
-    assert {m for m in package_modules()["pipeline_src.worker"] if stage(m) != "worker"} == set()
+    assert worker_imports(package_modules()) == []
 
 
 def test_no_module_imports_itself_back():
@@ -74,9 +107,37 @@ def test_no_module_imports_itself_back():
 
 
 def test_each_stage_imports_only_the_stages_below_it():
-    crossing = sorted(f"{a} -> {b}" for a, imported in package_modules().items() for b in imported
-                      if stage(a) and stage(b) and stage(b) != stage(a) and stage(b) not in ALLOWED[stage(a)])
+    crossing = crossings(package_modules())
     assert not crossing, crossing
+
+
+def _planted(tmp_path: Path, file: str, line: str) -> dict[str, frozenset[str]]:
+    """The import graph of a copy of the package with `line` added at the end of `file`."""
+    copy = tmp_path / "pipeline_src"
+    shutil.copytree(code_hash.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / file
+    target.write_text(target.read_text() + f"\n{line}\n")
+    return package_modules(copy)
+
+
+def test_a_planted_import_in_the_worker_package_fails_the_worker_check(tmp_path):
+    graph = _planted(tmp_path, "worker/__init__.py", "from pipeline_src.data import prepared")
+    assert worker_imports(graph) == ["pipeline_src.worker -> pipeline_src.data",
+                                     "pipeline_src.worker -> pipeline_src.data.prepared"]
+    assert "pipeline_src.worker -> pipeline_src.data.prepared" in crossings(graph)
+    # the worker's other modules count too
+    graph = _planted(tmp_path / "b", "worker/client.py", "from pipeline_src.spec import config")
+    assert worker_imports(graph) == ["pipeline_src.worker.client -> pipeline_src.spec",
+                                     "pipeline_src.worker.client -> pipeline_src.spec.config"]
+
+
+def test_a_sub_package_init_is_held_to_its_stage_rules(tmp_path):
+    """An import made by a sub-package's __init__.py, and an import of a sub-package alone."""
+    graph = _planted(tmp_path, "data/__init__.py", "from pipeline_src.evaluation import evaluate")
+    assert crossings(graph) == ["pipeline_src.data -> pipeline_src.evaluation",
+                                "pipeline_src.data -> pipeline_src.evaluation.evaluate"]
+    graph = _planted(tmp_path / "b", "results/aggregate.py", "import pipeline_src.methods")
+    assert crossings(graph) == ["pipeline_src.results.aggregate -> pipeline_src.methods"]
 
 
 def test_nothing_but_the_cli_imports_training():
