@@ -1,4 +1,5 @@
 """The audit: verdict rules on constructed cases, the claims registry's shape, deviations, rendered tables."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -940,3 +941,28 @@ def test_the_class_sorted_companion_never_decides_linear_helps():
     alone = [line for line in lines if line["eval_mode"] != "noise_shuffled"]
     frame, cells = effects(alone, registry_claims(*LINEAR))
     assert frame.loc[LINEAR[0], "verdict"] == "not run" and frame.loc[LINEAR[1], "verdict"] == "supported"
+
+
+# ---- the run record is the only contract ----
+
+def test_the_reading_and_configuration_reach_the_audit_from_the_record(tmp_path):
+    """A record whose run id carries neither its reading (no `.sgd_code`) nor its sweep point is audited
+    under the reading and configuration its fields say: the audit cuts nothing out of run ids."""
+    from pipeline_src.results.aggregate import load_runs as runs_table
+
+    source = REPO_ROOT / "reports/fashion-mnist/runs/vpn_joint_readings/fmnist-dnn3-baseline.sgd_code-s0/metrics.json"
+    record = {**json.loads(source.read_text()), "run_id": "plain-id", "sweep": {"noise.strength": 0.1}}
+    assert record["reading"] == "sgd_code"
+    path = tmp_path / "runs" / "vpn_joint_readings" / "plain-id" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    table = tmp_path / "tables" / "vpn_joint_readings_runs.csv"
+    table.parent.mkdir()
+    runs_table([path]).to_csv(table, index=False)
+    runs = audit.load_runs([table], {})  # no set info: nothing but the record says which reading
+    assert set(runs["reading"]) == {"sgd_code"} and set(runs["config"]) == {"baseline-strength0.1"}
+    claim = {"claim_id": "p.t.baseline.fmnist/dnn3", "table": "t", "row": "baseline", "column": "fmnist/dnn3",
+             "paper": 90.0, "method": "baseline", "eval_mode": "no_noise", "kind": record["set_kind"],
+             "metric": "top1", "tolerance": 1.0}
+    lines = audit.audit_numbers([claim], runs, 0.05, {"default": 3})
+    assert lines["reading"].tolist() == ["sgd_code"] and lines["evidence"].tolist() == ["vpn_joint_readings/plain-id"]

@@ -188,7 +188,7 @@ def test_authors_code_protocol_follows_each_papers_code():
 
 
 def test_a_protocol_default_fills_only_the_methods_the_schema_gives_that_key():
-    from pipeline_src.spec.config import AUTHORS_CODE, _fill_method
+    from pipeline_src.spec.protocols import AUTHORS_CODE, _fill_method
 
     cnn = AUTHORS_CODE["noisynn_cnn"]["method"]
     shift = _fill_method({"label": "s", "name": "noisynn", "noise": {"kind": "circular_shift"}}, cnn)
@@ -199,6 +199,21 @@ def test_a_protocol_default_fills_only_the_methods_the_schema_gives_that_key():
     vpn = AUTHORS_CODE["vpn"]["method"]
     assert _fill_method({"label": "v", "name": "vpn", "generator": "dnn3"}, vpn)["generator_small_stem"] is False
     assert "generator_small_stem" not in _fill_method({"label": "b", "name": "baseline"}, vpn)
+
+
+def test_check_refuses_two_run_ids_of_one_training(tmp_path):
+    """Under protocol authors_code the VPN readings of params/fashion_mnist.yaml (sgd_plain, adam_code,
+    sgd_code) all become the authors' one recipe (SGD lr 0.1, 200 epochs): check refuses, in one line
+    naming two of the run ids, rather than train it three times and count it three times in the family."""
+    path = REPO_ROOT / "params" / "fashion_mnist.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw.get("protocol", "paper") == "paper" and expand_runs(load_params(path))  # as shipped: accepted
+    out = run_check({**raw, "protocol": "authors_code"}, tmp_path)  # written with its sets in sorted order
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: invalid params: experiment_sets.vpn_frozen_readings: run ids fmnist-sr-vpn_dnn3.sgd_plain-s0 and "
+        "fmnist-sr-vpn_dnn3.adam_code-s0 resolve to the same training under protocol authors_code: keep one "
+        "reading of those it makes equal, or choose another protocol"]
 
 
 def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):

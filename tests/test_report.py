@@ -7,7 +7,8 @@ import pytest
 
 from pipeline_src.spec.config import REPO_ROOT, expand_runs, load_params
 from pipeline_src.__main__ import main
-from pipeline_src.results.report import batch_size_table, build, collect, missing_runs, nearest_baselines, same_run
+from pipeline_src.results.collect import collect, missing_runs, same_run
+from pipeline_src.results.report import batch_size_table, build, nearest_baselines
 
 REPORT = REPO_ROOT / "reports" / "fashion-mnist"
 PARAMS = REPO_ROOT / "params" / "fashion_mnist.yaml"
@@ -129,7 +130,7 @@ def _record(device: str, top1: float = 84.30, loss: float = 0.5, sigma: float = 
 
 
 def test_a_gpu_rerun_reproduces_within_the_stated_tolerances_and_a_cpu_rerun_only_exactly():
-    from pipeline_src.results.report import GPU_RELATIVE, GPU_TOP1_POINTS, measured
+    from pipeline_src.results.collect import GPU_RELATIVE, GPU_TOP1_POINTS, measured
 
     committed = measured(_record("cpu"))
     exact = _record("cpu")

@@ -19,73 +19,8 @@ import yaml
 
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
+from pipeline_src.spec.protocols import authors_code, merge as _merge
 from pipeline_src.spec.schema import SchemaError, evaluation_keys, filled
-
-
-# protocol: authors_code follows the authors' public code where it departs from their paper's text
-# (params/deviations.yaml names each departure and its source). Per family of runs: training
-# overrides, method keys filled where a run's spec leaves them out, model keys likewise.
-IMAGENET_STATS = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-VPN_CODE_TRAINING = {"epochs": 200, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                  "weight_decay": 5e-4, "schedule": "cosine"}}
-AUTHORS_CODE = {
-    # hyzhang98/VPN train.py defaults; network/ResNet.py: 3x3 stride-1 stem for every base ResNet
-    # trained from scratch (their ImageNet runs start from torchvision's 7x7-stem weights instead)
-    "vpn": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {"small_stem": True}},
-    "vpn_imagenet": {"training": VPN_CODE_TRAINING, "method": {"generator_small_stem": False}, "model": {}},
-    # Shawey94/NoisyNN NoisyViT-OptimalQ (pretrained ViTs only): runScript.txt, parameters.py, Main.py,
-    # Accdataloader.py
-    "noisynn_vit": {"training": {"epochs": 50, "batch_size": 16, "label_smoothing": 0.1,
-                                 "optimizer": {"name": "adamw", "lr": 1e-6, "weight_decay": 1e-4, "schedule": "cosine",
-                                               "warmup_epochs": 10, "min_lr": 1e-7}},
-                    "method": {"test_batches": "class_sorted", "test_batch_size": 10},
-                    "model": {"input_norm": IMAGENET_STATS}},
-    # NoisyCNN_CircularShiftQ: script.txt, Main.py (AdamW default weight decay 0.01), dataloader.py. Their
-    # ImageNet normalisation goes with torchvision's pretrained weights, which cannot be loaded here.
-    "noisynn_cnn": {"training": {"epochs": 100, "batch_size": 512,
-                                 "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "cosine"}},
-                    "method": {"test_batches": "class_sorted", "test_batch_size": 512, "noise.strength": 0.4},
-                    "model": {}},
-}
-NOISYNN_KINDS = ("noisynn_main", "harmful_noise", "layer_sweep", "strength_sweep", "eval_protocol")
-
-
-def authors_code_family(set_kind: str, model_cfg: dict, dataset_cfg: dict) -> str | None:
-    """Which of the authors' recipes a run follows under protocol authors_code; None: no public
-    recipe exists for it (the `baseline` set, ViTs trained from scratch), so the params' own stays."""
-    if set_kind.startswith("vpn"):
-        return "vpn_imagenet" if dataset_cfg["source"] == "imagefolder" else "vpn"
-    if set_kind not in NOISYNN_KINDS:
-        return None
-    if "vit" in model_cfg["arch"]:
-        return "noisynn_vit" if (model_cfg.get("timm_kwargs") or {}).get("pretrained") else None
-    return "noisynn_cnn"
-
-
-def _fill_method(method: dict, defaults: dict) -> dict:
-    """Method keys the spec leaves out, from a protocol's defaults (dotted keys reach into noise), each
-    where the schema allows it for this method (test_batches for NoisyNN, noise.strength for a circular
-    shift, ...): which key applies to which method is said once, in the schema."""
-    for dotted, value in defaults.items():
-        method = _with_default(json.dumps(method, sort_keys=True), dotted, json.dumps(value))
-    return json.loads(json.dumps(method))  # a copy the caller may change
-
-
-@functools.cache  # the same method spec recurs across datasets, models and seeds
-def _with_default(method_json: str, dotted: str, value_json: str) -> dict:
-    method = json.loads(method_json)
-    *parents, last = dotted.split(".")
-    target = method
-    for key in parents:
-        target = target.setdefault(key, {})
-    if last in target:
-        return json.loads(method_json)
-    target[last] = json.loads(value_json)
-    try:
-        filled(method, "method")
-    except SchemaError:  # the key does not apply to this method
-        return json.loads(method_json)
-    return method
 
 
 class ParamsError(ValueError):
@@ -234,22 +169,20 @@ def format_run_id(dataset: str, model: str, label: str, sweep_suffix: str, readi
     return f"{dataset}-{model}-{label}{sweep_suffix}{'.' + reading if reading else ''}-s{seed}"
 
 
-def run_configuration(run_id: str, dataset: str, model: str, reading: str, seed) -> str:
-    """The middle of a run id (format_run_id): label and sweep values, the same for every seed and reading."""
-    middle = str(run_id).removeprefix(f"{dataset}-{model}-").removesuffix(f"-s{seed}")
-    return middle.removesuffix(f".{reading}") if reading else middle
+def sweep_suffix(sweep: dict) -> str:
+    """A grid point as run ids name it: "-strength0.1" per swept key (its last part), in grid order."""
+    return "".join(f"-{key.split('.')[-1]}{_format_value(value)}" for key, value in sweep.items())
+
+
+def run_configuration(label: str, sweep: dict) -> str:
+    """What a run is besides its dataset, model, reading and seed: its method label and sweep point, from
+    the run's own fields (a RunConfig's, or its record's `method` and `sweep`), never from its run id."""
+    return label + sweep_suffix(sweep)
 
 
 def model_identity(model_cfg: dict) -> dict:
     """What trains a model: its spec less the audit-only paper_name (renaming a column retrains nothing)."""
     return {k: v for k, v in model_cfg.items() if k != "paper_name"}
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else copy.deepcopy(value)
-    return out
 
 
 def _set_dotted(d: dict, dotted: str, value) -> None:
@@ -276,8 +209,7 @@ def expand_methods(methods: list[dict]) -> list[tuple[dict, dict, str]]:
             sweep = dict(zip(keys, values))
             for key, value in sweep.items():
                 _set_dotted(method, key, value)
-            suffix = "".join(f"-{k.split('.')[-1]}{_format_value(v)}" for k, v in sweep.items())
-            out.append((method, sweep, suffix))
+            out.append((method, sweep, sweep_suffix(sweep)))
     return out
 
 
@@ -290,6 +222,7 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
     """The run table: set x dataset x model x method (x grid) x seed."""
     runs = []
     cells: dict[tuple[str, str], str] = {}  # (set, run id) -> the cell it names, to refuse two cells under one id
+    trainings: dict[str, str] = {}  # a run's training less its names -> the first run id that trains it
     for set_name, spec in params["experiment_sets"].items():
         if experiment_set is not None and set_name != experiment_set:
             continue
@@ -298,14 +231,11 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
         for reading, dataset, model, (method, sweep, suffix), seed in itertools.product(
                 spec.get("readings", [""]), spec["datasets"], spec["models"], expand_methods(spec["methods"]),
                 spec.get("seeds", params["seeds"])):
-            set_training = _merge(own_training, params["readings"][reading]["training"]) if reading else own_training
-            training, model_cfg = set_training, model_identity(params["models"][model])
-            name = authors_code_family(kind, model_cfg, params["datasets"][dataset])
-            if params["protocol"] == "authors_code" and name is not None:
-                family = AUTHORS_CODE[name]
-                training = _merge(set_training, family["training"])
-                method = _fill_method(method, family["method"])
-                model_cfg = {**family["model"], **model_cfg}
+            training = _merge(own_training, params["readings"][reading]["training"]) if reading else own_training
+            model_cfg = model_identity(params["models"][model])
+            if params["protocol"] == "authors_code":
+                training, method, model_cfg = authors_code(kind, training, method, model_cfg,
+                                                           params["datasets"][dataset])
             run_id = format_run_id(dataset, model, method["label"], suffix, reading, seed)
             cell = (f"(dataset {dataset}, model {model}, method {method['label']}"
                     + "".join(f", {k} {v!r}" for k, v in sweep.items()) + (f", reading {reading}" if reading else "")
@@ -343,6 +273,16 @@ def expand_runs(params: dict, experiment_set: str | None = None) -> list[RunConf
                 sweep=sweep,
                 compile=training["compile"],
             ))
+            # an overlay that sets what two readings differ in (protocol authors_code over a reading's
+            # training) makes them one training: it would train twice and count twice in the claims' family.
+            # Only readings can collide: any other two runs differ in set, dataset, model, method, sweep or seed
+            same = replace(runs[-1].training_identity(), run_id="", reading="").to_json() if reading else None
+            if same in trainings:
+                raise ParamsError(f"invalid params: experiment_sets.{set_name}: run ids {trainings[same]} and {run_id} "
+                                  f"resolve to the same training under protocol {params['protocol']}: keep one "
+                                  "reading of those it makes equal, or choose another protocol")
+            if same:
+                trainings[same] = run_id
     return runs
 
 
