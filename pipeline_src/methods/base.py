@@ -6,6 +6,8 @@ A method wraps the classifier in an nn.Module that owns everything trained with 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,3 +74,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int, order: torch.Ten
 
 def top1(pred: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * (pred == y).float().mean().item()
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """module.eval() for the block, then the train/eval mode it had, even if the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline_src.methods.base import eval_mode
 from pipeline_src.provenance import torch_load
 from pipeline_src.spec.config import weights_path
 
@@ -172,9 +173,6 @@ def flops_per_sample(model: nn.Module, in_shape: tuple[int, int, int]) -> float:
     """Forward FLOPs for one sample, counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, *in_shape))
-    model.train(was_training)
     return float(counter.get_total_flops())

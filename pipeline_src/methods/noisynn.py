@@ -13,7 +13,7 @@ from torch import nn
 from pipeline_src.methods.hooks import noise_input_of
 from pipeline_src.methods.sites import resolve_site
 from pipeline_src.spec.method_spec import TEST_BATCHES, eval_plan
-from pipeline_src.methods.base import Method, predict
+from pipeline_src.methods.base import Method, eval_mode, predict
 
 
 def eval_batch_order(how: str, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -63,26 +63,24 @@ class NoisyNNMethod(Method):
 
         y only decides the class-sorted batch order; it is not looked at otherwise.
         """
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            if how == "none":
-                return predict(self.model, x, batch_size)
-            order = eval_batch_order(how, y, self.info["seed"])
-            size = 1 if how == "single" else batch_size
-            # A forked, seeded RNG: random kinds draw the same test noise every time, and
-            # evaluating mid-training leaves the training stream where it was.
-            devices = [y.device.index or 0] if y.is_cuda else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(self.info["seed"])
-                self.eval_noise = True
-                pred = predict(self.model, x, size, order)
-            result = torch.empty_like(pred)
-            result[order] = pred
-            return result
-        finally:
-            self.eval_noise = False
-            self.model.train(was_training)
+        with eval_mode(self.model):
+            try:
+                if how == "none":
+                    return predict(self.model, x, batch_size)
+                order = eval_batch_order(how, y, self.info["seed"])
+                size = 1 if how == "single" else batch_size
+                # A forked, seeded RNG: random kinds draw the same test noise every time, and
+                # evaluating mid-training leaves the training stream where it was.
+                devices = [y.device.index or 0] if y.is_cuda else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(self.info["seed"])
+                    self.eval_noise = True
+                    pred = predict(self.model, x, size, order)
+                result = torch.empty_like(pred)
+                result[order] = pred
+                return result
+            finally:
+                self.eval_noise = False
 
     @torch.inference_mode()
     def eval_predictions(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:

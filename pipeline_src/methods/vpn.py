@@ -8,7 +8,6 @@ both are offered (objective: noisy_ce = code, two_term = text).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 from pipeline_src.methods.generators import ResNet18Generator, build_generator
 from pipeline_src.provenance import torch_load
 from pipeline_src.spec.method_spec import VPN_SETTINGS
-from pipeline_src.methods.base import Method, predict
+from pipeline_src.methods.base import Method, eval_mode, predict
 
 # Class enumeration runs C copies of the input through g and f; a pass holds at most this
 # many rows (or one eval batch, whichever is larger) so memory stays bounded for large C.
@@ -123,7 +122,7 @@ class VPNMethod(Method):
         # x may be an ImageStream, which has a length and a shape per sample but no numel
         sigma_bytes = len(x) * math.prod(self.in_shape) * self.num_classes * 4  # float32
         sigmas = [] if sigma_bytes <= ENUM_SIGMA_CACHE_BYTES else None
-        with _eval_mode(self):
+        with eval_mode(self):
             return {"class_enumeration": self.class_enumeration(x, batch_size, sigmas=sigmas),
                     "no_noise": predict(self.model, x, batch_size),
                     "class_enumeration_mean_sigma": self.class_enumeration(x, batch_size, label_free=True,
@@ -203,7 +202,7 @@ class VPNMethod(Method):
         rng = torch.Generator(device="cpu").manual_seed(int(self.info.get("seed", 0)))
         draws = torch.Generator(device=x.device).manual_seed(int(self.info.get("seed", 0)))
         sums = _DiagnosticSums()
-        with _eval_mode(self):
+        with eval_mode(self):
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size], y[i:i + batch_size]
                 wrong = (yb + torch.randint(1, self.num_classes, yb.shape, generator=rng).to(yb.device)) % self.num_classes
@@ -242,7 +241,7 @@ class VPNMethod(Method):
     def save_figures(self, out_dir, x: torch.Tensor, y: torch.Tensor, n: int = 4) -> Path:
         """vpn_sigma.png: per test image the image, its sigma map and one draw of x + eps."""
         x, y = x[:n], y[:n]
-        with _eval_mode(self):
+        with eval_mode(self):
             sigma = self.generator(condition(x, y, self.num_classes, self.c))
         # a private generator, so drawing a figure never moves the training RNG stream
         rng = torch.Generator(device=sigma.device).manual_seed(int(self.info.get("seed", 0)))
@@ -280,25 +279,11 @@ def _check_generator_shape(generator: nn.Module, in_shape: tuple[int, ...]) -> N
     """One forward on zeros: sigma must have the input's shape, or VPN cannot add it."""
     param = next(generator.parameters(), None)
     probe = torch.zeros(2, *in_shape, device=param.device if param is not None else "cpu")
-    was_training = generator.training
-    generator.eval()
-    try:
-        with torch.no_grad():
+    with eval_mode(generator), torch.no_grad():
+        try:
             out_shape = tuple(generator(probe).shape[1:])
-    except RuntimeError as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ValueError(f"VPN generator does not accept inputs of shape {in_shape}: {reason}") from None
-    finally:
-        generator.train(was_training)
+        except RuntimeError as err:
+            reason = " ".join(str(err).split())[:200]
+            raise ValueError(f"VPN generator does not accept inputs of shape {in_shape}: {reason}") from None
     if out_shape != tuple(in_shape):
         raise ValueError(f"VPN generator outputs sigma of shape {out_shape} for inputs of shape {tuple(in_shape)}")
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

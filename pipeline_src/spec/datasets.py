@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_src.spec.schema import filled
+from pipeline_src.spec.schema import InputError, filled
 
 
 # the four IDX files the Fashion-MNIST reader looks for, each gzipped or not (data/fashion_mnist.py, whose
@@ -15,7 +15,7 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t1
                        "t10k-labels-idx1-ubyte")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data problem, described in one line."""
 
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 FORMAT = 2
 TRAINED_FORMAT = "trained/1"
 TRAINED_NAME = "trained.json"
+# the train job's resumable state in the run folder, removed once the run is trained; here (torch-free)
+# so the progress page can look for it without importing the training package
+CHECKPOINT_NAME = "checkpoint.pt"
 # what to do about a damaged record: the rules write both kinds anew once they are gone
 RECORD_REMEDY = ("delete it and run Snakemake again: the run's evaluate job writes it anew (a report "
                  "folder's copy: restore it with git checkout)")

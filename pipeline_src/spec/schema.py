@@ -16,7 +16,13 @@ from pipeline_src.provenance import REPO_ROOT
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 
 
-class SchemaError(ValueError):
+class InputError(ValueError):
+    """What the user gave (params, a dataset, its files) cannot be used, said in one line naming it. The base
+    of the package's own errors (SchemaError, DataError, ParamsError): a ValueError, so callers that caught
+    ValueError before still do; the CLI prints the line without a traceback."""
+
+
+class SchemaError(InputError):
     """The first schema violation, in one line: where, what, what is allowed."""
 
 

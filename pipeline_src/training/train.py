@@ -9,7 +9,6 @@ uninterrupted run. A finished run leaves model.pt and trained.json; the evaluate
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -23,11 +22,11 @@ from pipeline_src.training.distributed import World, join, leave, mean_over, wra
 from pipeline_src.methods.base import predict, top1
 from pipeline_src.methods.device import autocast as device_autocast, select_device
 from pipeline_src.methods.registry import build_run_method
-from pipeline_src.spec.run_record import TRAINED_FORMAT, run_head, trained_path
+from pipeline_src.spec.run_record import CHECKPOINT_NAME, TRAINED_FORMAT, run_head, trained_path
 from pipeline_src.provenance import apply_determinism, code_version, environment, torch_save_atomic, write_json
+from pipeline_src.data.files import sha256_file
 from pipeline_src.data.stream import ImageStream, to_input
 
-CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_EVAL_SAMPLES = 1000  # train accuracy is measured on this many fixed training images
 EPOCH_DIAGNOSTIC_SAMPLES = 256  # and a method's per-epoch diagnostics on the first this many of them
 
@@ -170,11 +169,7 @@ def _file_sha256(path: str | None) -> str | None:
         return None
     from pipeline_src.spec.config import weights_path
 
-    digest = hashlib.sha256()
-    with open(weights_path(path), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(weights_path(path))
 
 
 def train_run(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
