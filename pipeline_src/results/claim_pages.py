@@ -108,7 +108,7 @@ def smoke_text(smoke: dict, kinds: set[str], columns: list[str] | None = None) -
 
 def _matching_kinds(side: dict, params: dict) -> set[str]:
     """The kinds of the params' sets with a method that fits a side of kind `any` (its grid points each)."""
-    from pipeline_src.results.audit import method_fits
+    from pipeline_src.results.selection import method_fits
     from pipeline_src.spec.config import expand_methods
     from pipeline_src.spec.schema import filled
 

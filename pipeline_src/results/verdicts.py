@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline_src.results.cell_tests import (SPLIT_MIN_GAP, SPLIT_RATIO, cell_stats, image_sign_p,
-                                             paired_variance_p, seed_split, t_interval)
+                                             paired_variance_p, seed_split, t_interval, two_sided_p)
 
 # the cell statistics were part of this module: tests and benchmarks/sim_verdict_rules.py import them from here
 __all__ = ["SPLIT_MIN_GAP", "SPLIT_RATIO", "cell_stats", "image_sign_p", "paired_variance_p", "seed_split",
-           "t_interval"]
+           "t_interval", "two_sided_p"]
 
 PAPER_SCALE = "paper"
 SIGNS = {"+": 1, "-": -1, "±": 0}  # ±: a two-sided hypothesis ("differently"); the verdict names the direction
