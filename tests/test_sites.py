@@ -128,7 +128,7 @@ def test_timm_models_nobody_configured_train_with_noise_through_params_alone(tmp
     metrics = _check_prepare_train(params, tmp_path, "clutter", "s", "clutter-m-q-s0")
     spec = method_as_run(metrics)
     assert (spec["site"], spec["site_module"]) == (site, module)
-    assert 0 <= metrics["test_top1"] <= 100
+    assert_top1_is_the_stored_predictions(metrics, tmp_path / "run", n_test=16)
 
 
 REGNET_PARAMS = "tests/params_regnet.yaml"
@@ -186,7 +186,21 @@ def test_regnet_trains_with_noise_at_a_stage_through_params_alone(tmp_path):
     metrics = _check_prepare_train(params, tmp_path, "digits", "regnet_sites", "digits-regnet-q-sitestage1-s0")
     spec = method_as_run(metrics)
     assert (spec["site"], spec["site_module"]) == ("stage:1", "s2")
-    assert len(metrics["history"]) == 1 and 0 <= metrics["test_top1"] <= 100
+    assert len(metrics["history"]) == 1
+    assert_top1_is_the_stored_predictions(metrics, tmp_path / "run")
+
+
+def assert_top1_is_the_stored_predictions(metrics: dict, run_dir, n_test: int | None = None) -> None:
+    """The recorded top-1 is the accuracy of the run's own stored predictions of its headline mode, one
+    per test image: a score of other predictions, other labels or not in percent fails."""
+    from pipeline_src.spec.predictions import load_predictions
+
+    preds, target = load_predictions(run_dir / "predictions.npz")
+    headline = next(iter(metrics["evaluations"]))
+    assert n_test is None or len(target) == n_test
+    assert len(preds[headline]) == len(target) > 0
+    assert metrics["test_top1"] == metrics["evaluations"][headline]
+    assert metrics["test_top1"] == pytest.approx(100.0 * (preds[headline] == target).mean(), abs=1e-4)  # float32 mean
 
 
 def _check_prepare_train(params: dict, tmp_path, dataset: str, experiment_set: str, run_id: str) -> dict:
