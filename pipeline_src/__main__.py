@@ -145,7 +145,7 @@ def cmd_evaluate(args) -> None:
         if live:
             live.fail()
         raise
-    _finish_tracking(metrics, out, live, args.tracking, Path(args.metrics))
+    _finish_tracking(metrics, live, args.tracking, Path(args.metrics))
 
 
 def cmd_run(args) -> None:
@@ -157,32 +157,27 @@ def cmd_run(args) -> None:
     metrics = train_and_evaluate(cfg, _prepared(args), out, Path(args.base_checkpoint) if args.base_checkpoint
                                  else None, threads=args.threads)
     if metrics:
-        _finish_tracking(metrics, out, None, args.tracking, out / "metrics.json")
+        _finish_tracking(metrics, None, args.tracking, out / "metrics.json")
 
 
-def _finish_tracking(metrics: dict, out: Path, live, tracking: str | None, metrics_path: Path) -> None:
-    from pipeline_src.provenance import write_json
-
+def _finish_tracking(metrics: dict, live, tracking: str | None, metrics_path: Path) -> None:
     if live or tracking:  # in the DAG without live tracking, track_set logs a whole set at once
-        from pipeline_src.tracking import track
+        from pipeline_src.tracking.runs import log_evaluated
 
-        metrics["mlflow_run_id"] = live.finish(metrics) if live else track.log_run(metrics, out, Path(tracking))
-        write_json(metrics_path, metrics)
+        log_evaluated(metrics, metrics_path, live, Path(tracking) if tracking else None)
     print(f"{metrics['run_id']}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
 
 
 def _live_run(cfg: RunConfig, out: Path, rule: str):
     """The job's live MLflow run (params tracking.live with a tracking server), started (or reopened: the
     evaluate job finishes the run its train job opened); else None. Under torchrun only process 0 logs."""
-    import os
-
     from pipeline_src.tracking.switch import live_store
 
     store = live_store()
     if store is None or os.environ.get("RANK", "0") != "0":
         return None
     from pipeline_src.spec.run_record import run_head
-    from pipeline_src.tracking.track import LiveRun
+    from pipeline_src.tracking.live import LiveRun
 
     live = LiveRun(store, out, run_head(cfg, rule))
     live.start()
@@ -237,10 +232,10 @@ def cmd_status(args) -> None:
 
 
 def cmd_track_init(args) -> None:
-    from pipeline_src.tracking import track
+    from pipeline_src.tracking.store import init_store
 
     sets = args.sets or list(load_params(args.params)["experiment_sets"])
-    info = track.init_store(Path(args.results), sets, args.params_hash)
+    info = init_store(Path(args.results), sets, args.params_hash)
     if info.get("error"):
         print(f"WARNING: MLflow store not ready ({info['error']}); runs will be kept in results/ and can be "
               "sent later with `python -m pipeline_src track-resync`", file=sys.stderr)
@@ -251,18 +246,10 @@ def cmd_track_init(args) -> None:
 def cmd_track_set(args) -> None:
     """Mirror a set's finished runs into MLflow: one process per set rather than one per training job,
     since importing MLflow and opening the store costs each job seconds of CPU."""
-    from pipeline_src.tracking import track
     from pipeline_src.provenance import write_json
+    from pipeline_src.tracking.runs import log_set
 
-    ids = {}
-    for path in map(Path, args.metrics):
-        metrics = json.loads(path.read_text())
-        run_id = track.log_run(metrics, path.parent, Path(args.results))
-        if run_id != metrics.get("mlflow_run_id"):
-            metrics["mlflow_run_id"] = run_id
-            write_json(path, metrics)
-        ids[metrics["run_id"]] = run_id
-    track.end_set(Path(args.results), args.set)  # every run of the set is in: its parent run ends
+    ids = log_set(Path(args.results), args.set, [Path(p) for p in args.metrics])
     write_json(args.out, {"experiment_set": args.set, "mlflow_run_ids": ids})
     missing = [r for r, i in ids.items() if i is None]
     print(f"{args.set}: {len(ids) - len(missing)} runs in MLflow" +
@@ -270,12 +257,12 @@ def cmd_track_set(args) -> None:
 
 
 def cmd_track_audit(args) -> None:
-    from pipeline_src.tracking import track
     from pipeline_src.provenance import write_json
+    from pipeline_src.tracking.audit import log_audit, log_set_summaries
 
-    run_id = track.log_audit(Path(args.results), args.tables, args.files)
+    run_id = log_audit(Path(args.results), args.tables, args.files)
     # the audit's folder holds the sets' tables and runs too: each set's summary goes on its parent run
-    track.log_set_summaries(Path(args.results), Path(args.tables[0]).parent)
+    log_set_summaries(Path(args.results), Path(args.tables[0]).parent)
     write_json(args.out, {"mlflow_run_id": run_id})
     print(f"audit: MLflow run {run_id}" if run_id else f"audit: NOT logged to MLflow; delete {args.out} and rerun")
 
@@ -302,9 +289,9 @@ def cmd_ui(args) -> None:
 
 
 def cmd_track_resync(args) -> None:
-    from pipeline_src.tracking import track
+    from pipeline_src.tracking.runs import resync
 
-    synced, skipped = track.resync(Path(args.results))
+    synced, skipped = resync(Path(args.results))
     print(f"resynced {synced} runs; {skipped} skipped (already in MLflow, or failed again: see warnings)")
 
 

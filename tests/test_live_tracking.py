@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline_src.tracking import track
+from pipeline_src.tracking.entities import _content_hash
+from pipeline_src.tracking.live import LIVE_MARKER
+from pipeline_src.tracking.runs import PENDING_MARKER, log_run, resync
+from pipeline_src.tracking.store import EXPERIMENT_NAME
 from pipeline_src.spec.config import REPO_ROOT, RunConfig
 from pipeline_src.data.prepared import prepare
 from pipeline_src.spec.method_spec import resolve_method
@@ -95,7 +98,7 @@ def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: st
 
 
 def _live_runs(client: MlflowClient) -> list:
-    experiment = client.get_experiment_by_name(track.EXPERIMENT_NAME)  # None until the job creates it
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)  # None until the job creates it
     return client.search_runs([experiment.experiment_id], "tags.run_key = 'live/digits-dnn3-live-s0'") if experiment else []
 
 
@@ -141,14 +144,14 @@ def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
-        assert run.data.tags["metrics_sha256"] == track._content_hash(metrics)
+        assert run.data.tags["metrics_sha256"] == _content_hash(metrics)
         assert "system/cpu_utilization_percentage" in run.data.metrics
         assert "system/system_memory_usage_megabytes" in run.data.metrics
-        assert not (run_dir / track.LIVE_MARKER).exists()
+        assert not (run_dir / LIVE_MARKER).exists()
         # the set's batched logging afterwards finds the run instead of logging it twice
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MLFLOW_TRACKING_URI", uri)
-            assert track.log_run(metrics, run_dir, results) == run.info.run_id
+            assert log_run(metrics, run_dir, results) == run.info.run_id
         assert len(_live_runs(client)) == 1
 
 
@@ -166,11 +169,11 @@ def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
         output = job.stdout.read()
     assert "MLflow live logging stopped" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["mlflow_run_id"] is None and (run_dir / track.PENDING_MARKER).exists()
+    assert metrics["mlflow_run_id"] is None and (run_dir / PENDING_MARKER).exists()
 
     with mlflow_server(tmp_path / "server", port), pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        assert track.resync(results) == (1, 0)
+        assert resync(results) == (1, 0)
         client = MlflowClient(uri)
         [run] = _live_runs(client)  # one active run: the partial live run is superseded, not duplicated
         assert run.info.run_id != partial.info.run_id and run.info.status == "FINISHED"
@@ -197,7 +200,7 @@ def test_a_live_job_against_a_server_that_never_answers_loses_seconds_not_minute
     assert elapsed < 90, f"{elapsed:.0f} s:\n{output[-3000:]}"
     assert output.count("sent no answer within 10 s") >= 2  # train's start, evaluate's start
     assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] is None
-    assert "no answer in time, not retried" in (run_dir / track.PENDING_MARKER).read_text()
+    assert "no answer in time, not retried" in (run_dir / PENDING_MARKER).read_text()
 
 
 def _rest(uri: str, path: str, body: dict | None = None) -> dict:
@@ -237,7 +240,7 @@ def test_rest_api_lists_a_sets_dataset_inputs_and_the_audit_table(tmp_path):
         command("track-audit", "--tables", str(audit), str(cells), "--files", str(markdown),
                 "--out", str(results / "tracking_audit.json"))
 
-        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={track.EXPERIMENT_NAME}")["experiment"]
+        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")["experiment"]
 
         def search(query: str) -> list[dict]:
             return _rest(uri, "runs/search", {"experiment_ids": [experiment["experiment_id"]], "filter": query})["runs"]
@@ -286,12 +289,12 @@ def test_track_set_against_a_server_that_never_answers_takes_seconds(tmp_path):
     assert elapsed < 45, f"{elapsed:.0f} s"  # one 10 s timeout, and the start-up of python, torch-free
     assert "NOT logged (run track-resync later): digits-dnn3-baseline-s0 digits-dnn3-baseline-s1" in done.stdout
     assert "sent no answer within 10 s" in done.stderr
-    assert all((path.parent / track.PENDING_MARKER).is_file() for path in paths)
+    assert all((path.parent / PENDING_MARKER).is_file() for path in paths)
 
     resynced = subprocess.run([sys.executable, "-m", "pipeline_src", "track-resync", "--results", str(results)],
                               cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert "resynced 2 runs" in resynced.stdout, resynced.stdout + resynced.stderr
-    assert not any((path.parent / track.PENDING_MARKER).exists() for path in paths)
+    assert not any((path.parent / PENDING_MARKER).exists() for path in paths)
 
 
 @pytest.mark.slow
@@ -324,7 +327,7 @@ def test_ui_on_the_committed_report_serves_its_runs_on_an_experiment_of_training
             except OSError:
                 time.sleep(1)
 
-        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={track.EXPERIMENT_NAME}")["experiment"]
+        experiment = _rest(uri, f"experiments/get-by-name?experiment_name={EXPERIMENT_NAME}")["experiment"]
         tags = {t["key"]: t["value"] for t in experiment["tags"]}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
         assert f"{uri}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning" in \

@@ -14,7 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline_src.tracking import track
+from mlflow import MlflowClient
+
+from pipeline_src.tracking.audit import log_audit, log_set_summaries
+from pipeline_src.tracking.runs import _log_once, end_set
+from pipeline_src.tracking.store import _attempt, _experiment_name, _reason, init_store, tracking_uri
 
 # the UI's "GenAI / Model training" switch, set in the link: MLflow 3.17 opens an experiment on its
 # traces, or on its runs, by that switch, whatever the experiment's kind tag says
@@ -50,26 +54,26 @@ def load_report(report, store) -> tuple[str, int, int]:
     print(f"loading the {len(paths)} runs of {report} into {store} ...", file=sys.stderr, flush=True)
     with local_store():
         sets = sorted({path.parent.parent.name for path in paths})
-        info = track.init_store(store, sets, None, attempts=1)
+        info = init_store(store, sets, None, attempts=1)
         if info.get("error"):
             raise RuntimeError(f"MLflow store {info['tracking_uri']}: {info['error']}")
-        client = track.MlflowClient(info["tracking_uri"])
+        client = MlflowClient(info["tracking_uri"])
         before = len(client.search_runs([info["experiment_id"]], "tags.pipeline_role = 'child'", max_results=50000))
         now_ms = int(time.time() * 1000)
         for number, path in enumerate(paths, 1):
             metrics = json.loads(path.read_text())
-            _, exc = track._attempt(store, lambda: track._log_once(metrics, path.parent, store, now_ms), 1, 0.0)
+            _, exc = _attempt(store, lambda: _log_once(metrics, path.parent, store, now_ms), 1, 0.0)
             if exc is not None:
-                raise RuntimeError(f"{path}: not logged to MLflow ({track._reason(exc)})") from exc
+                raise RuntimeError(f"{path}: not logged to MLflow ({_reason(exc)})") from exc
             if number % 50 == 0:
                 print(f"  {number}/{len(paths)} runs", file=sys.stderr, flush=True)
         for name in sets:
-            track.end_set(store, name, attempts=1)
+            end_set(store, name, attempts=1)
         tables = [report / name for name in ("audit.csv", "effects_cells.csv") if (report / name).is_file()]
         if tables:
             files = [path for path in (report / "audit.md", report / "figures" / "audit.png") if path.is_file()]
-            track.log_audit(store, tables, files, attempts=1)
-        track.log_set_summaries(store, report, attempts=1)
+            log_audit(store, tables, files, attempts=1)
+        log_set_summaries(store, report, attempts=1)
         after = len(client.search_runs([info["experiment_id"]], "tags.pipeline_role = 'child'", max_results=50000))
     return info["experiment_id"], len(paths), after - before
 
@@ -78,7 +82,7 @@ def serve(store, port: int) -> None:
     """Replace this process with `mlflow ui` on the store's sqlite file, on 127.0.0.1 only."""
     store = Path(store).resolve()
     with local_store():
-        uri = track.tracking_uri(store)
+        uri = tracking_uri(store)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
     sys.stdout.flush()
@@ -92,5 +96,5 @@ def experiment_id(store) -> str | None:
     if not (store / "mlflow.db").is_file():
         return None
     with local_store():
-        experiment = track.MlflowClient(track.tracking_uri(store)).get_experiment_by_name(track._experiment_name())
+        experiment = MlflowClient(tracking_uri(store)).get_experiment_by_name(_experiment_name())
     return experiment.experiment_id if experiment else None
