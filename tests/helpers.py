@@ -64,3 +64,31 @@ def repo_copy(tmp_path: Path) -> Path:
         else:  # deleted in the working tree
             target.unlink(missing_ok=True)
     return copy
+
+
+def make_run(method: dict | None = None, epochs: int = 3, arch: str = "dnn3", seed: int = 0, hidden: int = 32,
+             device: str = "cpu", **training):
+    """One run of digits through the run table (validate_params, then expand_runs), as the DAG makes it:
+    every default filled, the method resolved. `training` overrides keys of the params' training block
+    (an `optimizer` dict is merged over the default one)."""
+    from pipeline_src.spec.config import expand_runs, validate_params
+
+    optimizer = {"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
+                 **training.pop("optimizer", {})}
+    params = {"results_dir": str(REPO_ROOT / "results"), "device": device, "seeds": [seed],
+              "training": {"epochs": epochs, "batch_size": 64, "eval_batch_size": 128, "optimizer": optimizer,
+                           **training},
+              "datasets": {"digits": {"source": "digits"}},
+              "models": {arch: {"arch": arch, "hidden": hidden}},
+              "experiment_sets": {"test": {"kind": "baseline", "datasets": ["digits"], "models": [arch],
+                                           "methods": [method or {"label": "baseline", "name": "baseline"}]}}}
+    (run,) = expand_runs(validate_params(params))
+    return run
+
+
+def prepare_digits(out: Path) -> Path:
+    """The digits dataset prepared as the tests use it: a quarter held out for testing, seed 0."""
+    from pipeline_src.data.prepared import prepare
+
+    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
+    return out

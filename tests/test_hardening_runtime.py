@@ -26,8 +26,7 @@ from pipeline_src.spec.locks import RESULTS_LOCK, hold_results_folder
 from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.spec.run_record import load_record
 from pipeline_src.training.train import CHECKPOINT_NAME, train_run
-from test_train import make_run
-from test_workflow import SNAKEMAKE, TINY
+from helpers import SNAKEMAKE, TINY, make_run
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
 ENV.pop("PIPELINE_WORKER_SOCKET", None)
