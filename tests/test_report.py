@@ -225,7 +225,7 @@ def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs
     page = (REPORT / "claims" / "vpn.joint_fmnist_cifar10.md").read_text()
     assert ", ".join(f"{v:.2f}" for v in seeds) in page
 
-    from pipeline_src.results.claim_pages import not_run_reason
+    from pipeline_src.results.not_run import not_run_reason
 
     paper = {"device": "cuda", "datasets": {"inet": {"paper_name": "imagenet"}, "tiny": {}},
              "models": {"vit": {"paper_name": "vit_b"}},
@@ -240,7 +240,7 @@ def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs
     assert not_run_reason(paper, {"noisynn_main"}, ["imagenet/vit_b"]).endswith("(params/paper.yaml, set main)")
     assert not_run_reason({**paper, "device": "auto"}, {"other"}) == "not run: needs tiny (params/paper.yaml, set other)"
     assert not_run_reason(paper, {"vpn_joint"}) == "not run: no params file declares its runs"
-    from pipeline_src.results.claim_pages import smoke_text
+    from pipeline_src.results.not_run import smoke_text
 
     assert smoke_text(paper, {"noisynn_main"}).endswith("smoke scale in `make reproduce` (imagenet, tiny)")
     assert smoke_text(paper, {"noisynn_main"}, ["cifar10/vit_b"]) == "none"  # its sets run other columns

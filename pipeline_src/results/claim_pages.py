@@ -14,13 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from pipeline_src.provenance import REPO_ROOT, write_atomic
+from pipeline_src.provenance import write_atomic
+from pipeline_src.results.not_run import (SMOKE_PARAMS, datasets_run, effect_kinds, load_params_file,
+                                          not_run_reason, smoke_text)
 from pipeline_src.results.pages import runs_text
 
-PAPER_PARAMS = REPO_ROOT / "params" / "paper.yaml"  # where the full protocol of both papers is declared
-SMOKE_PARAMS = REPO_ROOT / "params" / "default.yaml"  # the embedded default: every method at smoke scale
 SHORT = 70  # characters of a claim's sentence in the claim table
 
 
@@ -44,95 +43,6 @@ def _cell(value) -> str:
 
 def _table(rows: list[dict]) -> str:
     return pd.DataFrame(rows).map(_cell).to_markdown(index=False) if rows else ""
-
-
-# ---- where a claim that has no runs here is declared ------------------------------------------------
-
-def _load_paper_params(path: Path = PAPER_PARAMS) -> dict:
-    return yaml.safe_load(Path(path).read_text()) if Path(path).exists() else {}
-
-
-def declared_in(paper: dict, kinds: set[str]) -> list[tuple[str, list[str], list[str]]]:
-    """The sets of params/paper.yaml of these kinds: (set, the datasets' and the models' paper names)."""
-    out = []
-    for name, spec in (paper.get("experiment_sets") or {}).items():
-        if spec.get("kind", name) in kinds:
-            datasets = [(paper["datasets"].get(d) or {}).get("paper_name", d) for d in spec.get("datasets", [])]
-            models = [(paper["models"].get(m) or {}).get("paper_name", m) for m in spec.get("models", [])]
-            out.append((name, datasets, models))
-    return out
-
-
-def _declared_for(params: dict, kinds: set[str], columns: list[str] | None) -> list:
-    """declared_in, narrowed to sets that run one of these table columns (dataset/model) when given."""
-    sets = declared_in(params, kinds)
-    if columns is not None:
-        wanted = {tuple(c.split("/", 1)) for c in columns}
-        sets = [(n, d, m) for n, d, m in sets if any((x, y) in wanted for x in d for y in m)]
-    return sets
-
-
-def not_run_reason(paper: dict, kinds: set[str], columns: list[str] | None = None,
-                   have: frozenset[str] = frozenset()) -> str:
-    """Why a claim (or a table's cells, `columns` as dataset/model) has no runs in this report: the sets of
-    params/paper.yaml that declare it, the datasets they need beyond those this report has runs on (`have`),
-    and the GPU when that file asks for one."""
-    sets = _declared_for(paper, kinds, columns)
-    if not sets:
-        return "not run: no params file declares its runs"
-    datasets = {c.split("/", 1)[0] for c in columns} if columns is not None else None
-    needs = [d for d in dict.fromkeys(d for _, ds, _ in sets for d in ds)
-             if d not in have and (datasets is None or d in datasets)]
-    if paper.get("device", "auto") == "cuda":
-        needs.append("a GPU")
-    what = ", ".join(needs[:-1]) + f" and {needs[-1]}" if len(needs) > 1 else "".join(needs)
-    where = f"params/paper.yaml, set{'s' if len(sets) > 1 else ''} {', '.join(n for n, _, _ in sets)}"
-    return f"not run: needs {what} ({where})" if needs else f"not run here ({where})"
-
-
-def datasets_run(audit: pd.DataFrame) -> frozenset[str]:
-    """The datasets (papers' names) this report has number cells with runs on."""
-    ran = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
-    return frozenset(str(c).split("/", 1)[0] for c in ran["column"])
-
-
-def smoke_text(smoke: dict, kinds: set[str], columns: list[str] | None = None) -> str:
-    """For a claim without runs here: whether the embedded default runs its sets, at smoke scale, and on what
-    (smoke numbers decide nothing, so this is where to see it run, not evidence)."""
-    sets = _declared_for(smoke, kinds, columns)
-    if not sets:
-        return "none"
-    datasets = ", ".join(dict.fromkeys(d for _, ds, _ in sets for d in ds))
-    return f"none here; its sets run at smoke scale in `make reproduce` ({datasets})"
-
-
-def _matching_kinds(side: dict, params: dict) -> set[str]:
-    """The kinds of the params' sets with a method that fits a side of kind `any` (its grid points each)."""
-    from pipeline_src.results.selection import method_fits
-    from pipeline_src.spec.config import expand_methods
-    from pipeline_src.spec.schema import filled
-
-    return {spec.get("kind", name) for name, spec in (params.get("experiment_sets") or {}).items()
-            if any(method_fits(side, method["label"], filled(method, "method"))
-                   for method, _, _ in expand_methods(spec.get("methods") or []))}
-
-
-def _effect_kinds(test: dict, params: dict | None = None) -> set[str]:
-    """Every set kind a claim's test reads runs of; a claim of kind `any`: the kinds of the params' sets
-    whose methods fit its treatment."""
-    if test["kind"] == "any":
-        return _matching_kinds(test["treatment"], params or {})
-    kinds = {test["kind"]}
-
-    def walk(side):
-        if isinstance(side, dict):
-            if "kind" in side and isinstance(side["kind"], str):
-                kinds.add(side["kind"])
-            for value in side.values():
-                walk(value)
-
-    walk({k: v for k, v in test.items() if k != "kind"})
-    return kinds
 
 
 # ---- the claim table --------------------------------------------------------------------------------
@@ -167,8 +77,8 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
                smoke: dict | None = None) -> list[dict]:
     """One row per claim of the registry, tables of published numbers first per paper as the registry
     orders them: what it says, our best evidence, the verdict per reading or why it is not run, its page."""
-    paper = _load_paper_params() if paper is None else paper
-    smoke = _load_paper_params(SMOKE_PARAMS) if smoke is None else smoke
+    paper = load_params_file() if paper is None else paper
+    smoke = load_params_file(SMOKE_PARAMS) if smoke is None else smoke
     have = datasets_run(audit)
     rows = []
     for name, spec in claims["tables"].items():
@@ -194,9 +104,9 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
         ran = lines[lines["verdict"] != "not run"]
         mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
         rows.append({"claim": claim["id"], "what": short_text(claim["claim"]),
-                     "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, _effect_kinds(claim["test"], smoke)),
+                     "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, effect_kinds(claim["test"], smoke)),
                      "verdict": _verdicts_by_reading(ran, count=False) if len(ran)
-                     else not_run_reason(paper, _effect_kinds(claim["test"], paper), have=have),
+                     else not_run_reason(paper, effect_kinds(claim["test"], paper), have=have),
                      "page": page_name(claim["id"])})
     return rows
 
@@ -280,7 +190,7 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
              + ". [Back to the report](../README.md); every rule: [audit.md](../audit.md).",
              "## Verdict per reading"]
     if not len(ran):
-        parts += [not_run_reason(paper, _effect_kinds(test, paper), have=datasets_run(audit)) + ".",
+        parts += [not_run_reason(paper, effect_kinds(test, paper), have=datasets_run(audit)) + ".",
                   "## Departures from the papers", _departures(list(lines["deviations"]), deviations)]
         return "\n\n".join(parts) + "\n"
     text = lambda value: value if isinstance(value, str) else ""  # noqa: E731  (a blank csv cell is NaN)
@@ -350,7 +260,7 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
 def write_claim_pages(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame, claims: dict,
                       deviations: list[dict], paper: dict | None = None) -> list[Path]:
     """One page per claim under <report_dir>/claims/; pages of claims no longer in the registry go."""
-    paper = _load_paper_params() if paper is None else paper
+    paper = load_params_file() if paper is None else paper
     folder = Path(report_dir) / "claims"
     folder.mkdir(parents=True, exist_ok=True)
     pages = {}
