@@ -25,9 +25,8 @@ from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.collect import record_path, same_run
 from pipeline_src.provenance import read_json
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_NAME
-from pipeline_src.spec.run_record import RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for
+from pipeline_src.spec.run_record import CHECKPOINT_NAME, RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for
 
-CHECKPOINT_NAME = "checkpoint.pt"  # train.CHECKPOINT_NAME (train imports torch; a test keeps them equal)
 MODEL_NAME = "model.pt"  # the train rule's model output, beside trained.json
 TRAIN_LOG = "train.log"  # the train rule's log, in the run folder
 # the line train.py prints after each epoch: "epoch 3/40 loss 0.4321 ..."
