@@ -20,10 +20,10 @@ import yaml
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
 from pipeline_src.spec.protocols import authors_code, merge as _merge
-from pipeline_src.spec.schema import SchemaError, evaluation_keys, filled
+from pipeline_src.spec.schema import InputError, SchemaError, evaluation_keys, filled
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A params problem, described in one line."""
 
 
