@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from pipeline_src.__main__ import main
-from pipeline_src.spec.config import REPO_ROOT, RunConfig, expand_runs, validate_params
-from pipeline_src.spec.method_spec import resolve_method
+from pipeline_src.spec.config import REPO_ROOT, expand_runs, validate_params
 
 from helpers import ENV, SNAKEMAKE, TINY, snakemake
 
@@ -286,16 +285,9 @@ def test_fastvit_passes_check_and_its_sites_resolve(tmp_path, capsys):
 
 # ---------------------------------------------------------------- a diverged training writes nothing
 
-def test_training_whose_loss_becomes_nan_stops_naming_run_and_epoch(tmp_path, capsys):
-    from pipeline_src.data.prepared import prepare
-
-    data = tmp_path / "digits"
-    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, data, REPO_ROOT)
-    run = RunConfig(run_id="digits-dnn3-baseline-s0", experiment_set="baseline", set_kind="baseline",
-                    dataset="digits", model="dnn3", model_cfg={"arch": "dnn3", "hidden": 32},
-                    method=resolve_method({"label": "baseline", "name": "baseline"}, 64, 128), seed=0, epochs=3,
-                    batch_size=64, eval_batch_size=128, device="cpu",
-                    optimizer={"name": "sgd", "lr": 1e30, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"})
+def test_training_whose_loss_becomes_nan_stops_naming_run_and_epoch(tmp_path, capsys, digits_dir, make_run):
+    data = digits_dir
+    run = make_run(optimizer={"name": "sgd", "lr": 1e30, "schedule": "none"})
     out = tmp_path / "run"
     code = main(["train", "--run-json", run.to_json(), "--data", str(data), "--model", str(out / "model.pt")])
     lines = capsys.readouterr().err.splitlines()
