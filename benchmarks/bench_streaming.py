@@ -61,7 +61,7 @@ def phase_stream(root: Path, out: Path, workers: int) -> dict:
     from pipeline_src.spec.method_spec import resolve_method
     from pipeline_src.methods.base import predict
     from pipeline_src.data.stream import to_input
-    from pipeline_src.training.whole import train_and_evaluate
+    from pipeline_src.__main__ import train_and_evaluate
 
     started = time.perf_counter()
     manifest = prepare("folder", _spec(root, True), out / "streamed", REPO_ROOT)

@@ -148,10 +148,22 @@ def cmd_evaluate(args) -> None:
     _finish_tracking(metrics, live, args.tracking, Path(args.metrics))
 
 
+def train_and_evaluate(cfg: RunConfig, data, out_dir: Path, base_checkpoint: Path | None = None,
+                       threads: int | None = None, on_epoch=None) -> dict:
+    """Train cfg into out_dir, then evaluate it, in one process (`run`, the tests, benchmarks); returns
+    metrics.json's record ({} on a torchrun process other than the first). Here in the CLI, which may
+    import every stage, so training never imports evaluation; the DAG runs the two as separate jobs."""
+    from pipeline_src.evaluation.evaluate import evaluate_run
+    from pipeline_src.training.train import train_run
+
+    out_dir = Path(out_dir)
+    if not train_run(cfg, data, out_dir, base_checkpoint, threads=threads, on_epoch=on_epoch):
+        return {}
+    return evaluate_run(cfg, data, out_dir / "model.pt", out_dir / "metrics.json", threads=threads)
+
+
 def cmd_run(args) -> None:
     """Train and evaluate one run in one process, by hand (the DAG runs train and evaluate as two jobs)."""
-    from pipeline_src.training.whole import train_and_evaluate
-
     cfg = _run_config(args)
     out = Path(args.out)
     metrics = train_and_evaluate(cfg, _prepared(args), out, Path(args.base_checkpoint) if args.base_checkpoint

@@ -27,14 +27,15 @@ def test_training_runs_the_modules_no_hand_list_named():
             "methods/registry", "methods/base", "data/prepared", "data/fashion_mnist", "methods/models",
             "methods/sites"} <= train
     assert {"results/aggregate", "results/audit", "results/verdicts", "results/report", "results/plots",
-            "methods/model_check", "spec/preflight", "spec/code_hash", "evaluation/evaluate",
-            "training/whole"}.isdisjoint(train)
+            "methods/model_check", "spec/preflight", "spec/code_hash"}.isdisjoint(train)
+    assert not {name for name in train if name.startswith(("evaluation/", "tracking/audit"))}
 
 
 def test_evaluation_runs_the_methods_and_no_training_module():
     evaluate = names("evaluate")
     assert {"evaluation/evaluate", "methods/vpn", "methods/generators", "methods/noisynn", "data/prepared",
             "spec/predictions"} <= evaluate
+    assert {"tracking/live", "tracking/runs", "tracking/store", "tracking/entities"} <= evaluate  # its MLflow run
     assert not {name for name in evaluate if name.startswith(("training/", "results/"))}
 
 

@@ -16,7 +16,7 @@ from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.methods.registry import build_method
 from pipeline_src.methods.models import build_model
 from pipeline_src.training.train import make_optimizer, train_epoch
-from pipeline_src.training.whole import train_and_evaluate
+from pipeline_src.__main__ import train_and_evaluate
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -17,7 +17,7 @@ from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.methods.registry import build_run_method
 from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.training.train import train_run
-from pipeline_src.training.whole import train_and_evaluate
+from pipeline_src.__main__ import train_and_evaluate
 
 from test_train import make_run
 

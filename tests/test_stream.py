@@ -15,7 +15,7 @@ from pipeline_src.spec.config import REPO_ROOT, RunConfig
 from pipeline_src.data.prepared import load_prepared, prepare
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.data.stream import ImageStream
-from pipeline_src.training.whole import train_and_evaluate
+from pipeline_src.__main__ import train_and_evaluate
 
 CLASSES = ["cat", "dog", "fox"]
 

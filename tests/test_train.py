@@ -19,7 +19,7 @@ from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.data.stream import to_input
 from pipeline_src.methods.registry import build_run_method
 from pipeline_src.training.train import CHECKPOINT_NAME
-from pipeline_src.training.whole import train_and_evaluate
+from pipeline_src.__main__ import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
