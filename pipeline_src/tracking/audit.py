@@ -14,8 +14,8 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from pipeline_src.provenance import git_state
 from pipeline_src.tracking.entities import _text
-from pipeline_src.tracking.store import (_attempt, _ensure_experiment, _experiment_name, _filter, _open_client,
-                                         _parent_run, _reason, _store_lock, _supersede, _warn, tracking_uri)
+from pipeline_src.tracking.store import (_attempt_or_warn, _ensure_experiment, _experiment_name, _filter,
+                                         _open_client, _parent_run, _store_lock, _supersede, tracking_uri)
 
 AUDIT_RUN_NAME = "audit"
 
@@ -36,10 +36,9 @@ def log_audit(results_dir, tables: list, files: list = (), *, attempts: int | No
     missing = [str(p) for p in tables + files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"audit files to track do not exist: {', '.join(missing)}")
-    run_id, exc = _attempt(results_dir, lambda: _audit_once(results_dir, tables, files), attempts, backoff_s)
-    if exc is not None:
-        _warn(f"MLflow logging of the audit FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
-              f"The audit itself is in {tables[0].parent}; rerun the tracking step to log it.")
+    run_id, _ = _attempt_or_warn(results_dir, lambda: _audit_once(results_dir, tables, files), attempts, backoff_s,
+                                 f"MLflow logging of the audit FAILED ({tracking_uri(results_dir)})",
+                                 f"The audit itself is in {tables[0].parent}; rerun the tracking step to log it.")
     return run_id
 
 
@@ -55,10 +54,9 @@ def log_set_summaries(results_dir, folder, *, attempts: int | None = None, backo
     counts 0).
     """
     results_dir, folder = Path(results_dir).resolve(), Path(folder)
-    done, exc = _attempt(results_dir, lambda: _summaries_once(results_dir, folder), attempts, backoff_s)
-    if exc is not None:
-        _warn(f"MLflow: the sets' summaries were NOT logged ({tracking_uri(results_dir)}): {_reason(exc)}",
-              f"They are in {folder}; rerun the tracking step to log them.")
+    done, _ = _attempt_or_warn(results_dir, lambda: _summaries_once(results_dir, folder), attempts, backoff_s,
+                               f"MLflow: the sets' summaries were NOT logged ({tracking_uri(results_dir)})",
+                               f"They are in {folder}; rerun the tracking step to log them.")
     return done or 0
 
 

@@ -23,9 +23,9 @@ from mlflow import MlflowClient
 
 from pipeline_src.provenance import write_json
 from pipeline_src.tracking.entities import _content_hash, _dataset_input, _metric_points, _number, _params, _run_tags
-from pipeline_src.tracking.store import (ServerTimeout, _attempt, _budget, _filter, _find_parent, _init_once,
-                                         _is_transient, _open_client, _read_json, _reason, _store_lock, _supersede,
-                                         _warn, tracking_uri)
+from pipeline_src.tracking.store import (ServerTimeout, _attempt, _attempt_or_warn, _budget, _filter, _find_parent,
+                                         _init_once, _is_transient, _open_client, _read_json, _reason, _store_lock,
+                                         _supersede, _warn, tracking_uri)
 
 PENDING_MARKER = "mlflow_pending"
 
@@ -114,10 +114,10 @@ def end_set(results_dir, experiment_set: str, *, attempts: int | None = None,
             client.set_terminated(parent_id, "FINISHED")
         return parent_id is not None
 
-    ended, exc = _attempt(results_dir, once, attempts, backoff_s)
+    ended, exc = _attempt_or_warn(results_dir, once, attempts, backoff_s,
+                                  f"MLflow: could not end the parent run of set {experiment_set}",
+                                  "Its runs are logged; the parent stays RUNNING until the set is tracked again.")
     if exc is not None:
-        _warn(f"MLflow: could not end the parent run of set {experiment_set}: {_reason(exc)}",
-              "Its runs are logged; the parent stays RUNNING until the set is tracked again.")
         return False
     if not ended:
         print(f"MLflow: set {experiment_set} has no parent run in {tracking_uri(results_dir)}; nothing to end",

@@ -90,12 +90,11 @@ def init_store(results_dir, experiment_sets: list[str], params_hash: str | None,
     a pending marker for resync).
     """
     results_dir = Path(results_dir).resolve()
-    info, exc = _attempt(results_dir, lambda: _init_once(results_dir, experiment_sets, params_hash),
-                         attempts, backoff_s)
+    info, exc = _attempt_or_warn(results_dir, lambda: _init_once(results_dir, experiment_sets, params_hash),
+                                 attempts, backoff_s, f"MLflow store setup FAILED ({tracking_uri(results_dir)})",
+                                 "Training results are still written to metrics.json; log them later with resync().")
     if exc is None:
         return info
-    _warn(f"MLflow store setup FAILED ({tracking_uri(results_dir)}): {_reason(exc)}",
-          "Training results are still written to metrics.json; log them later with resync().")
     info = {"tracking_uri": tracking_uri(results_dir), "experiment_id": None, "parents": {}, "error": _reason(exc)}
     write_json(results_dir / TRACKING_INFO, info)
     return info
@@ -240,6 +239,15 @@ def _attempt(results_dir: Path, action, attempts: int | None, backoff_s: float |
                 f"the tracking server {uri} sent no answer within {wait_s} s (MLFLOW_HTTP_REQUEST_TIMEOUT); "
                 f"this process asks it no more ({_reason(exc)[:200]})")
         return None, exc
+
+
+def _attempt_or_warn(results_dir: Path, action, attempts: int | None, backoff_s: float | None, failed: str,
+                     *details: str):
+    """_attempt, and when it gives up a warning: the headline `failed: <the last error>`, then details."""
+    value, exc = _attempt(results_dir, action, attempts, backoff_s)
+    if exc is not None:
+        _warn(f"{failed}: {_reason(exc)}", *details)
+    return value, exc
 
 
 def _budget(attempts: int | None, backoff_s: float | None) -> tuple[int, float]:
