@@ -67,7 +67,7 @@ def repo_copy(tmp_path: Path) -> Path:
 
 
 def make_run(method: dict | None = None, epochs: int = 3, arch: str = "dnn3", seed: int = 0, hidden: int = 32,
-             device: str = "cpu", **training):
+             device: str = "cpu", experiment_set: str = "test", **training):
     """One run of digits through the run table (validate_params, then expand_runs), as the DAG makes it:
     every default filled, the method resolved. `training` overrides keys of the params' training block
     (an `optimizer` dict is merged over the default one)."""
@@ -80,7 +80,7 @@ def make_run(method: dict | None = None, epochs: int = 3, arch: str = "dnn3", se
                            **training},
               "datasets": {"digits": {"source": "digits"}},
               "models": {arch: {"arch": arch, "hidden": hidden}},
-              "experiment_sets": {"test": {"kind": "baseline", "datasets": ["digits"], "models": [arch],
+              "experiment_sets": {experiment_set: {"kind": "baseline", "datasets": ["digits"], "models": [arch],
                                            "methods": [method or {"label": "baseline", "name": "baseline"}]}}}
     (run,) = expand_runs(validate_params(params))
     return run
