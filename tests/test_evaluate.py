@@ -19,18 +19,11 @@ from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.training.train import train_run
 from pipeline_src.__main__ import train_and_evaluate
 
-from test_train import make_run
+from helpers import make_run
 
 VPN = {"label": "vpn_dnn3", "name": "vpn", "generator": "dnn3", "generator_hidden": 16}
 NOISY = {"label": "clean_train", "name": "noisynn", "noise": {"kind": "optimal_q"}, "apply_at": "test",
          "test_batches": "class_sorted"}
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "digits"
-    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
-    return out
 
 
 def cli(*args):

@@ -19,24 +19,9 @@ from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.data.stream import to_input
 from pipeline_src.methods.registry import build_run_method
 from pipeline_src.training.train import CHECKPOINT_NAME
+
+from helpers import make_run  # the run table's run; digits_dir comes from conftest.py
 from pipeline_src.__main__ import train_and_evaluate
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "digits"
-    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
-    return out
-
-
-def make_run(method=None, epochs=3, arch="dnn3", seed=0, hidden=32) -> RunConfig:
-    return RunConfig(
-        run_id="digits-dnn3-test-s0", experiment_set="test", set_kind="baseline", dataset="digits", model=arch,
-        model_cfg={"arch": arch, "hidden": hidden},
-        method=resolve_method(method or {"label": "baseline", "name": "baseline"}, 64, 128),
-        seed=seed, epochs=epochs, batch_size=64, eval_batch_size=128,
-        optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine"},
-        device="cpu")
 
 
 def comparable(metrics: dict) -> dict:
