@@ -188,7 +188,7 @@ def test_a_live_job_against_a_server_that_never_answers_loses_seconds_not_minute
     """Live tracking with the retry budget and HTTP settings as shipped: the train job's start and the evaluate
     job's start each wait one 10 s timeout, the finished run goes straight to its pending marker (b9881d5: 20 s
     per start, then six tries of 20 s for the run itself), and the result is intact."""
-    from test_track import silent_server
+    from tracking_fakes import silent_server
 
     results, run_dir = tmp_path / "results", tmp_path / "results" / "runs" / "live" / "digits-dnn3-live-s0"
     with silent_server() as uri:
@@ -216,7 +216,7 @@ def _rest(uri: str, path: str, body: dict | None = None) -> dict:
 def test_rest_api_lists_a_sets_dataset_inputs_and_the_audit_table(tmp_path):
     """The pipeline's own commands (track-init, track-set, track-audit) against a server; then only
     what the UI would read: the server's REST API."""
-    from test_track import make_metrics, write_audit, write_run
+    from tracking_fakes import make_metrics, write_audit, write_run
 
     port, results = _free_port(), tmp_path / "results"
     uri = f"http://127.0.0.1:{port}"
@@ -273,7 +273,7 @@ def test_track_set_against_a_server_that_never_answers_takes_seconds(tmp_path):
     """The rule's own command with MLflow's settings as we leave them (a 10 s request timeout): a server that
     accepts and never answers costs one timeout for the whole set, not minutes per run (b9881d5: 6 tries of
     20 s per run, then the set's end); both runs are pending, and track-resync logs them once it can."""
-    from test_track import make_metrics, silent_server, write_run
+    from tracking_fakes import make_metrics, silent_server, write_run
 
     results = tmp_path / "results"
     paths = [write_run(results, make_metrics(seed=seed)) / "metrics.json" for seed in (0, 1)]

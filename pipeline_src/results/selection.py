@@ -49,7 +49,7 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
     runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     for column in ("noise", "apply_at", "site"):
         if column in runs:
-            runs[column] = runs[column].fillna("").astype(str)
+            runs[column] = runs[column].astype(object).fillna("").astype(str)  # an all-empty column reads as float
     runs["dataset_paper"] = runs["dataset"].map(lambda d: set_info.get("datasets", {}).get(d) or d)
     runs["model_paper"] = runs["model"].map(lambda m: set_info.get("models", {}).get(m) or m)
     runs["evidence"] = runs["set"] + "/" + runs["run_id"].astype(str)
