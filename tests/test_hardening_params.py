@@ -327,3 +327,29 @@ def test_dry_run_with_results_outside_the_project_writes_nothing_there(tmp_path)
     assert [line for line in out.stderr.splitlines() if line.startswith("error:")] == [
         f"error: invalid params: results_dir: '{outside}' may leave the project; give a relative path without '..' "
         f"(or set {RESULTS_ANYWHERE_ENV}=1 to write results outside it)"]
+
+
+UNREADABLE = {  # file text, Snakemake's own sentence, the line `check` prints (after "params file <path> ")
+    "yaml syntax error": ("a: [1,\n", "Config file is not valid JSON or YAML.",
+                          "is not valid YAML at line 2, column 1: expected the node content, but found '<stream end>'"),
+    "empty file": ("", "Config file must be given as JSON or YAML with keys at top level.",
+                   "is empty: it must hold a mapping of keys, as params/default.yaml does"),
+    "top-level list": ("- a\n- b\n", "Config file must be given as JSON or YAML with keys at top level.",
+                       "must hold a mapping of keys, not a list"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+def test_unreadable_params_file_bare_snakemake_and_check(case, tmp_path, capsys):
+    """Bare `snakemake --configfile` reads the file before this workflow's code runs, so its words are
+    Snakemake's: docs/usage.md quotes them and points to `check`, which names the file and the line."""
+    text, snakemake_says, check_says = UNREADABLE[case]
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    out = subprocess.run([SNAKEMAKE, "-n", "--cores", "1", "--configfile", str(path)], capture_output=True,
+                         text=True, cwd=REPO_ROOT, env=ENV)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0 and snakemake_says in said and "Job stats" not in said
+    assert f"`{snakemake_says}`" in " ".join((REPO_ROOT / "docs" / "usage.md").read_text().split())
+    assert main(["check", "--params", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: params file {path} {check_says}"]

@@ -118,8 +118,10 @@ def load_params(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ParamsError(f"params file {path} is not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raise ParamsError(f"params file {path} is empty: it must hold a mapping of keys, as params/default.yaml does")
     if not isinstance(raw, dict):
-        raise ParamsError(f"params file {path} must hold a mapping of keys, not {type(raw).__name__}")
+        raise ParamsError(f"params file {path} must hold a mapping of keys, not a {type(raw).__name__}")
     return validate_params(raw)
 
 
