@@ -222,3 +222,134 @@ def _check_prepare_train(params: dict, tmp_path, dataset: str, experiment_set: s
         done = subprocess.run([*cli, *args], capture_output=True, text=True, cwd=REPO_ROOT)
         assert done.returncode == 0, done.stderr[-2000:]
     return load_record(tmp_path / "run" / "metrics.json")
+
+
+# ---- the residual branch of a ResNet block, apart from its skip path
+
+SHIFT = {"kind": "circular_shift", "strength": 0.4}
+
+
+@pytest.fixture(scope="module")
+def small_resnet18():
+    """A real timm resnet18 at tiny widths with weights, in eval mode, and a class-sorted batch."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", (1, 8, 8), 3, small_stem=True, timm_kwargs={"channels": [4, 4, 8, 8]}).eval()
+    with torch.no_grad():  # timm zeroes each block's last BN scale, so a fresh branch adds nothing to mix
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    g = torch.Generator().manual_seed(2)
+    y = torch.arange(3).repeat_interleave(3)  # sorted: batch neighbours share a class except at the joins
+    return model, torch.randn(9, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1)
+
+
+def _captured(model, x, paths, site=None, spec=SHIFT):
+    """Inputs of the modules in `paths` (pre-hooks registered after any noise hook, so they see what the
+    module is given) and the model output, with noise at `site` when given."""
+    from pipeline_src.methods.hooks import attach_noise
+
+    seen, handles = {}, []
+    if site is not None:
+        handles.append(attach_noise(model, site, spec, lambda: True))
+    for path in paths:  # clone: the block adds the shortcut in place further on
+        handles.append(model.get_submodule(path).register_forward_pre_hook(
+            lambda _m, args, path=path: seen.__setitem__(path, args[0].clone())))
+    with torch.no_grad():
+        out = model(x)
+    for handle in handles:
+        handle.remove()
+    return seen, out
+
+
+def test_branch_sites_address_the_first_layer_of_each_residual_block(small_resnet18):
+    model, _ = small_resnet18
+    assert resolve_site(model, "branch:-1") == ("layer4.1.conv1", 0)  # the last block, as `default`
+    assert resolve_site(model, "branch:0") == ("layer1.0.conv1", 0)
+    assert resolve_site(model, "branch:-2") == ("layer4.0.conv1", 0)
+    with pytest.raises(ValueError, match=r"^site 'branch:8' is out of range: ResNet has 8 residual blocks "
+                                         r"\(indices -8 to 7\)$"):
+        resolve_site(model, "branch:8")
+
+
+def test_branch_site_mixes_the_branch_and_leaves_the_shortcut_clean(small_resnet18):
+    from pipeline_src.methods.noise import apply_noise
+
+    model, x = small_resnet18
+    block = "layer4.1"  # no downsample: its shortcut is its input itself
+    clean, clean_out = _captured(model, x, [block])
+    seen, _ = _captured(model, x, [block, f"{block}.conv1", f"{block}.bn2"], site="branch:-1")
+    mixed = apply_noise(clean[block], SHIFT)
+    assert not torch.allclose(mixed, clean[block])
+    assert torch.equal(seen[block], clean[block])  # the block, so its shortcut, gets the clean input
+    assert torch.equal(seen[f"{block}.conv1"], mixed)  # the branch gets the mixed one
+
+    # the block's output is relu(branch + clean input): the clean tensor is what the skip path added
+    branch_out, outputs = {}, {}
+    hooks = [model.get_submodule(f"{block}.bn2").register_forward_hook(
+                 lambda _m, _a, out: branch_out.__setitem__("v", out.clone())),
+             model.get_submodule(block).register_forward_hook(lambda _m, _a, out: outputs.__setitem__("v", out.clone()))]
+    _captured(model, x, [], site="branch:-1")
+    for hook in hooks:
+        hook.remove()
+    assert torch.allclose(outputs["v"], torch.relu(branch_out["v"] + clean[block]))
+    assert not torch.allclose(outputs["v"], torch.relu(branch_out["v"] + mixed))
+
+    # a block with a downsample: the downsample works on the clean input too
+    first = "layer4.0"
+    clean, _ = _captured(model, x, [first])
+    seen, _ = _captured(model, x, [f"{first}.downsample", f"{first}.conv1"], site="branch:-2")
+    assert torch.equal(seen[f"{first}.downsample"], clean[first])
+    assert torch.equal(seen[f"{first}.conv1"], apply_noise(clean[first], SHIFT))
+
+
+def test_branch_mixing_changes_the_output_unlike_clean_or_whole_block_mixing(small_resnet18):
+    model, x = small_resnet18
+    _, clean = _captured(model, x, [])
+    _, branch = _captured(model, x, [], site="branch:-1")
+    _, whole = _captured(model, x, [], site="block:-1")
+    assert not torch.allclose(branch, clean) and not torch.allclose(branch, whole)
+    _, identity = _captured(model, x, [], site="branch:-1", spec={"kind": "circular_shift", "strength": 0.0})
+    assert torch.equal(identity, clean)  # strength 0 is the identity: the hook itself changes nothing
+    _, after = _captured(model, x, [])
+    assert torch.equal(after, clean)  # removing the handle restores the model exactly
+
+
+@pytest.mark.parametrize("make", [lambda: meta_model("test_vit", img_size=32), lambda: build_model("sr", (1, 8, 8), 5),
+                                  lambda: build_model("dnn3", (1, 8, 8), 5, hidden=16)])
+def test_branch_site_refused_without_residual_blocks(make):
+    model = make()
+    with pytest.raises(ValueError) as err:
+        resolve_site(model, "branch:-1")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"site 'branch:-1' needs residual blocks with a known branch (timm ResNet "
+                              f"BasicBlock or Bottleneck), and {type(model).__name__} has none; valid: image")
+    assert "branch:<i>" not in message
+
+
+def _fashion_mnist_model(name):
+    """A model of params/fashion_mnist.yaml, structure only, at Fashion-MNIST's input shape."""
+    import yaml
+
+    from pipeline_src.methods.models import build_from_cfg
+    from pipeline_src.spec.config import REPO_ROOT
+
+    cfg = yaml.safe_load((REPO_ROOT / "params" / "fashion_mnist.yaml").read_text())["models"][name]
+    with torch.device("meta"):
+        return build_from_cfg(cfg, (1, 28, 28), 10, load_weights=False)
+
+
+@pytest.mark.parametrize("name, sites, modules", [
+    ("resnet18_w8", ["block:0", "block:4", "block:-1", "branch:-1"],
+     ["layer1.0", "layer3.0", "layer4.1", "layer4.1.conv1"]),
+    ("vit6", ["block:0", "block:3", "block:-1"], ["blocks.0.attn", "blocks.3.attn", "blocks.5.attn"]),
+])
+def test_site_sweep_first_middle_last_are_distinct_modules(name, sites, modules):
+    """The injection-site sweep's first, middle (len // 2) and last block, and the residual branch of the
+    last block, on the Fashion-MNIST models: each a different module, the last one the authors' default."""
+    model = _fashion_mnist_model(name)
+    resolved = [resolve_site(model, site)[0] for site in sites]
+    assert resolved == modules and len(set(resolved)) == len(resolved)
+    blocks = block_sites(model)
+    assert resolved[1] == blocks[len(blocks) // 2]
+    assert resolve_site(model, "default")[0] == resolved[2]

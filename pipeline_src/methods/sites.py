@@ -14,6 +14,11 @@ every model timm builds, because stages come from timm's own `feature_info`:
   BasicBlocks, RegNet Bottlenecks, ConvNeXt blocks, MobileNet/EfficientNet inverted residuals). ViT: the authors' site
   in block i, its `attn` (input: norm1's output; the residual path is untouched). DNN3: fc2, head;
   softmax regression: head.
+- `branch:<i>`: the residual branch of block i (counted as for `block:<i>`), the skip path left clean:
+  the input of the block's first layer, where a timm ResNet BasicBlock or Bottleneck has already kept
+  its input aside as the shortcut (and any downsample works on that copy). `block:<i>` mixes both paths,
+  so `branch:-1` against `block:-1` isolates what mixing the skip path adds. Only models whose blocks are
+  all such residual blocks have branch sites (a ViT's `block:<i>` already leaves its skip path clean).
 - `default`: the authors' site, the last block (ViT: the last block's attn; ResNet: the last block of
   the last stage; DNN3 and SR: `head`, the last hidden layer's output or the flattened image).
 - `image`: the model root, so the input batch itself.
@@ -31,6 +36,10 @@ from torch import nn
 # ViT modules outside `blocks.` whose input is still the (B, N, D) token sequence
 _VIT_TOKEN_MODULES = ("pos_drop", "patch_drop", "norm_pre", "norm")
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
+# Residual blocks whose forward keeps its input aside as the shortcut before calling the named child, so
+# that child's input is the residual branch alone. Known by class, not by a child's name: a `conv1` in a
+# block of another family says nothing about where that block takes its shortcut.
+_BRANCH_ENTRY = {("timm.models.resnet", "BasicBlock"): "conv1", ("timm.models.resnet", "Bottleneck"): "conv1"}
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -117,9 +126,21 @@ def block_sites(model: nn.Module) -> list[str]:
     return []
 
 
+def branch_sites(model: nn.Module) -> list[str]:
+    """Module paths whose input is the residual branch of each block, in block_sites order; [] unless every
+    block is a residual block _BRANCH_ENTRY knows, so that branch:<i> and block:<i> name the same block."""
+    modules = dict(model.named_modules())
+    blocks = block_sites(model)
+    entries = [_BRANCH_ENTRY.get((type(modules[path]).__module__, type(modules[path]).__qualname__))
+               for path in blocks]
+    if not blocks or None in entries:
+        return []
+    return [_join(path, entry) for path, entry in zip(blocks, entries)]
+
+
 def valid_sites(model: nn.Module) -> str:
     """The site names this model accepts, for error messages."""
-    blocks, stages = block_sites(model), stage_sites(model)
+    blocks, stages, branches = block_sites(model), stage_sites(model), branch_sites(model)
     names = ["image", "default"] if blocks else ["image"]
     if _is_vit(model):
         names.append("embedding")
@@ -127,10 +148,13 @@ def valid_sites(model: nn.Module) -> str:
         names.append(f"block:<i> for i in [{-len(blocks)}, {len(blocks) - 1}]")
     if stages:
         names.append(f"stage:<i> for i in [{-len(stages)}, {len(stages) - 1}]")
+    if branches:
+        names.append(f"branch:<i> for i in [{-len(branches)}, {len(branches) - 1}]")
     return ", ".join(names) + ", or a module path from model.named_modules()"
 
 
-def _indexed(model: nn.Module, site: str, kind: str, paths: list[str]) -> str:
+def _indexed(model: nn.Module, site: str, kind: str, paths: list[str], noun: str = "") -> str:
+    noun = noun or kind
     try:
         index = int(site[len(kind) + 1:])
     except ValueError:
@@ -139,7 +163,7 @@ def _indexed(model: nn.Module, site: str, kind: str, paths: list[str]) -> str:
         raise ValueError(f"site {site!r}: {type(model).__name__} has no {kind}s that timm names; "
                          f"valid: {valid_sites(model)}")
     if not -len(paths) <= index < len(paths):
-        raise ValueError(f"site {site!r} is out of range: {type(model).__name__} has {len(paths)} {kind}"
+        raise ValueError(f"site {site!r} is out of range: {type(model).__name__} has {len(paths)} {noun}"
                          f"{'s' if len(paths) > 1 else ''} "
                          f"(indices {-len(paths)} to {len(paths) - 1})")
     return paths[index]
@@ -170,6 +194,12 @@ def resolve_site(model: nn.Module, site: str) -> tuple[str, int]:
         path = _indexed(model, site, "block", block_sites(model))
     elif site.startswith("stage:"):
         path = _indexed(model, site, "stage", stage_sites(model))
+    elif site.startswith("branch:"):
+        branches = branch_sites(model)
+        if not branches:
+            raise ValueError(f"site {site!r} needs residual blocks with a known branch (timm ResNet BasicBlock or "
+                             f"Bottleneck), and {type(model).__name__} has none; valid: {valid_sites(model)}")
+        path = _indexed(model, site, "branch", branches, noun="residual block")
     else:
         path = site
     if not path or path not in dict(model.named_modules()):
