@@ -1,4 +1,6 @@
 """NoisyNN as a method: where noise applies, how test batches are formed, what is reported."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,3 +182,62 @@ def test_test_batch_sizes_each_evaluated_at_their_own_size(data):
         expected = sr_optimal_q_predictions(method, x, eval_batch_order(how, y, 0), size)
         assert scores[mode] == pytest.approx(100.0 * (expected == y).float().mean().item())
     assert method.resolved_spec()["test_batch_size"] == 4 and method.resolved_spec()["site_module"]
+
+
+# ---- the residual branch of a ResNet block (site branch:<i>) through the method
+
+def small_resnet18():
+    """A real timm resnet18 at tiny widths; BN scales drawn at random, since timm zeroes each block's last
+    one and a fresh branch would then add nothing to mix."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", (1, 8, 8), 3, small_stem=True, timm_kwargs={"channels": [4, 4, 8, 8]})
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    return model
+
+
+def resnet_method(model, site, strength=0.4):
+    shift = {"kind": "circular_shift", "strength": strength}
+    return NoisyNNMethod(copy.deepcopy(model), resolve_method(spec(site=site, noise=shift, apply_at="both"), 9, 9),
+                         dict(INFO, num_classes=3, in_shape=(1, 8, 8))).train()
+
+
+def branch_only_logits(model, x, a):
+    """By hand, on a hook-free model: the last block's conv1 gets its input circularly shifted (sample i
+    takes (1 - a) of itself and a of sample i+1), while the skip path adds the unshifted input."""
+    h = model.layer4[0](model.layer3(model.layer2(model.layer1(model.act1(model.bn1(model.conv1(x)))))))
+    block = model.layer4[1]
+    mixed = (1 - a) * h + a * torch.roll(h, shifts=-1, dims=0)
+    branch = block.bn2(block.conv2(block.act1(block.bn1(block.conv1(mixed)))))
+    return model.fc(model.global_pool(torch.relu(branch + h)))
+
+
+def test_branch_site_mixes_only_the_branch_in_the_training_forward():
+    model = small_resnet18()
+    g = torch.Generator().manual_seed(4)
+    y = torch.arange(3).repeat_interleave(3)  # a class-sorted batch, as the authors' test loader gives
+    x = torch.randn(9, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1)
+    methods = {site: resnet_method(model, site) for site in ("branch:-1", "block:-1")}
+    assert methods["branch:-1"].site_path == "layer4.1.conv1"
+    assert methods["branch:-1"].resolved_spec()["site_module"] == "layer4.1.conv1"
+    with torch.no_grad():
+        loss = {site: method.training_loss(x, y) for site, method in methods.items()}
+        clean = F.cross_entropy(copy.deepcopy(model).train()(x), y)
+        by_hand = F.cross_entropy(branch_only_logits(copy.deepcopy(model).train(), x, 0.4), y)
+        identity = resnet_method(model, "branch:-1", strength=0.0).training_loss(x, y)
+    assert torch.allclose(loss["branch:-1"], by_hand, rtol=1e-5, atol=0)
+    assert not torch.allclose(loss["branch:-1"], clean) and not torch.allclose(loss["branch:-1"], loss["block:-1"])
+    assert torch.equal(identity, clean)  # strength 0 mixes nothing
+
+
+def test_branch_site_refused_for_a_vit_before_training():
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        vit = timm.create_model("test_vit", num_classes=3, in_chans=1, img_size=8, patch_size=4)
+    with pytest.raises(ValueError) as err:
+        NoisyNNMethod(vit, resolve_method(spec(site="branch:-1"), 8, 8), dict(INFO))
+    assert str(err.value).startswith("site 'branch:-1' needs residual blocks with a known branch (timm ResNet "
+                                     "BasicBlock or Bottleneck), and VisionTransformer has none; valid: ")
+    assert "\n" not in str(err.value)
