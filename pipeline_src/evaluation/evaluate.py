@@ -1,5 +1,8 @@
 """The evaluate stage: a trained run's model.pt and trained.json -> metrics.json and predictions.npz.
 
+An evaluation-only NoisyNN run (apply_at test, base_set/base_label) is measured on its clean-trained
+base's model.pt; its record names that run (`model_from`) and carries no training history of its own.
+
 It rebuilds the run's method, loads what training learned (model.pt "method") and measures it under
 every evaluation the run's spec asks for. Its own job, so a new test protocol, test batch size or
 diagnostic reruns this and never the training. The global RNG continues from where training ended
@@ -8,6 +11,7 @@ diagnostic reruns this and never the training. The global RNG continues from whe
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,6 +21,7 @@ from pipeline_src.methods.device import autocast, select_device
 from pipeline_src.methods.registry import build_run_method
 from pipeline_src.provenance import code_version, git_state, read_json, torch_load, write_json
 from pipeline_src.spec.config import RunConfig
+from pipeline_src.spec.preflight import base_problem, evaluation_only, model_run_of
 from pipeline_src.spec.predictions import predictions_path, save_predictions
 from pipeline_src.spec.run_record import (FORMAT as RECORD_FORMAT, TRAINED_REMEDY, method_runtime, run_head, trained_for,
                                           trained_path)
@@ -24,7 +29,20 @@ from pipeline_src.data.stream import to_input
 
 
 def check_trained(cfg: RunConfig, trained: dict, source: Path) -> None:
-    """A trained record of another training identity is refused in one line, before any work."""
+    """A trained record of another training identity is refused in one line, before any work. An
+    evaluation-only run measures its base's model: the record must be that run's, trained clean with the
+    run's own training (preflight.base_problem); a model it trained itself (`run` by hand) also fits."""
+    if trained_for(trained, cfg):
+        return
+    if evaluation_only(cfg.method):
+        base_set, base_id = model_run_of(cfg)
+        params = trained.get("params") or {}
+        if (params.get("experiment_set"), params.get("run_id")) != (base_set, base_id):
+            raise ValueError(f"{source} is the trained record of {params.get('experiment_set')}/{params.get('run_id')}, "
+                             f"not of run {cfg.run_id}'s base {base_set}/{base_id}; give the base's model.pt")
+        if problem := base_problem(asdict(cfg), params):
+            raise ValueError(f"{source}: run {cfg.run_id}: {problem}")
+        return
     if not trained_for(trained, cfg):
         wanted = json.loads(cfg.training_identity().to_json())
         differing = sorted(k for k in wanted if (trained.get("params") or {}).get(k) != wanted[k])
@@ -68,13 +86,18 @@ def evaluate_run(cfg: RunConfig, data, model_path: Path, metrics_path: Path, thr
     method.save_figures(metrics_path.parent, x_test, y_test)
 
     head = run_head(cfg, trained["provenance"]["snakemake_rule"])
+    # the run whose training made the measured weights: this run, or an evaluation-only run's base
+    model_from = {key: trained.get(key) for key in ("experiment_set", "run_id", "params_hash")}
+    own_model = (model_from["experiment_set"], model_from["run_id"]) == (cfg.experiment_set, cfg.run_id)
     metrics = {
         "format": RECORD_FORMAT,
         **head,
         # the run table's RunConfig, and what the built method resolved beyond it (run_record.py)
         "params": dict(cfg.__dict__),
         "method_runtime": method_runtime(cfg.method, method.resolved_spec()),
-        "history": trained["history"],
+        "model_from": model_from,
+        # the base's epochs are in the base's record: here they would be counted twice (time, curves)
+        "history": trained["history"] if own_model else [],
         "startup_cpu_seconds": trained["startup_cpu_seconds"],
         "distributed": trained["distributed"],
         "evaluations": evaluations,

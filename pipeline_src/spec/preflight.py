@@ -1,7 +1,8 @@
 """Checks every run can start, before the DAG launches a single job, without importing torch.
 
-Names exist, noise and VPN settings are in range, a frozen run has a base run to load, a weights
-file is where params say. What needs a built model (the input shape a model accepts, a site name)
+Names exist, noise and VPN settings are in range, a frozen run has a base run to load, an
+evaluation-only NoisyNN run has a clean-trained base of its own training to measure, a weights file is
+where params say. What needs a built model (the input shape a model accepts, a site name)
 is checked by model_check.py in a subprocess, once per distinct set of models: its clean answer is
 cached under the results folder, so a DAG rebuilt with the same models starts without torch.
 """
@@ -12,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +32,48 @@ def base_run_of(run: RunConfig) -> tuple[str, str] | None:
     if "base_set" not in spec or "base_label" not in spec:
         raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
     return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
+
+
+def evaluation_only(method: dict) -> bool:
+    """A NoisyNN method naming a base run: its noise is switched on at test only, on that run's trained
+    model, so it has no training of its own (train once, evaluate many)."""
+    return method["name"] == "noisynn" and ("base_set" in method or "base_label" in method)
+
+
+def model_run_of(run: RunConfig) -> tuple[str, str]:
+    """(experiment_set, run_id) of the run whose model.pt this run's evaluate job measures: its own, or
+    for an evaluation-only run its base's (same dataset, model, reading and seed)."""
+    spec = run.method
+    if not evaluation_only(spec):
+        return run.experiment_set, run.run_id
+    if "base_set" not in spec or "base_label" not in spec:
+        raise ValueError("an evaluation-only run needs both base_set and base_label naming the clean-trained run "
+                         "whose model it measures")
+    return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
+
+
+# What an evaluation-only run shares with its base: everything that decides the trained weights (the
+# audit pairs the two on this recipe), so its numbers are those of the model its own params describe
+SHARED_WITH_BASE = ("dataset", "model", "model_cfg", "seed", "epochs", "batch_size", "optimizer", "protocol",
+                    "reading", "label_smoothing", "scale")
+
+
+def base_problem(run: dict, base: dict) -> str | None:
+    """Why `base` (a run's fields: a RunConfig as a dict, or a trained.json's params) cannot be the base
+    whose model the evaluation-only `run` measures; None when it can. One line naming the key."""
+    method = base["method"]
+    if evaluation_only(method):
+        return f"base run {base['run_id']!r} is itself evaluation-only: it has no model of its own"
+    noisy = ((method["name"] == "noisynn" and method.get("apply_at") != "test") or method["name"] == "vpn"
+             or bool(method.get("augment")))
+    if noisy:
+        return (f"base run {base['run_id']!r} (method {method['label']!r}) trains with noise; the base of an "
+                "evaluation-only run must be trained clean (a baseline, or NoisyNN noise switched on at test only)")
+    for key in SHARED_WITH_BASE:
+        if run.get(key) != base.get(key):
+            return (f"{key} {run.get(key)!r} differs from base run {base['run_id']!r}'s {base.get(key)!r}: an "
+                    "evaluation-only run measures its base's model, so it must declare the same training")
+    return None
 
 
 def gpus_for(run: RunConfig, train_gpus: int) -> int:
@@ -65,10 +109,29 @@ def check_runs(params: dict, runs: list[RunConfig], models: bool = True) -> None
         if base is not None and base not in runs_by_key:
             raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: frozen mode: "
                               f"no run {base[1]!r} in experiment set {base[0]!r} to take the base model from")
+        if problem := _evaluation_only_problem(run, runs_by_key):
+            raise ParamsError(f"invalid params: experiment_sets.{run.experiment_set} run {run.run_id}: {problem}")
     if models:
         errors = checked_models(model_requests(runs, datasets), Path(params["results_dir"]) / "preflight")
         if errors:
             raise ParamsError(f"invalid params: {errors[0]}")
+
+
+def _evaluation_only_problem(run: RunConfig, runs_by_key: dict) -> str | None:
+    """Why an evaluation-only run cannot measure its base's model (None for every other run)."""
+    if not evaluation_only(run.method):
+        return None
+    try:
+        base = model_run_of(run)
+    except ValueError as err:
+        return str(err)
+    if run.method["apply_at"] != "test":
+        return (f"apply_at {run.method['apply_at']!r}: a run that names base_set/base_label measures another run's "
+                "model and trains nothing, so its noise applies at test only (apply_at: test)")
+    if base not in runs_by_key:
+        return (f"base_set {base[0]!r}, base_label {run.method['base_label']!r}: no run {base[1]!r} in the params "
+                "to take the trained model from")
+    return base_problem(asdict(run), asdict(runs_by_key[base]))
 
 
 def model_requests(runs: list[RunConfig], datasets: dict[str, dict]) -> list[dict]:

@@ -10,7 +10,7 @@ from pipeline_src.spec.code_hash import command_code
 from pipeline_src.spec.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.data.dvc_versions import dataset_dvc_hash, raw_inputs
 from pipeline_src.spec.locks import clear_stale_locks, drop_own_locks, hold_results_folder, record_owner
-from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for
+from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for, model_run_of
 from pipeline_src.tracking.switch import LIVE_ENV, switch_on
 from pipeline_src import worker
 
@@ -131,6 +131,14 @@ def get_train_inputs(wildcards):
     if base is not None:
         inputs["base"] = expand(rules.train.output.model, experiment_set=base[0], run_id=base[1])[0]
     return inputs
+
+
+def get_model_inputs(wildcards):
+    """The model.pt (and trained.json) the evaluate job measures: the run's own, or for an evaluation-only
+    run its clean-trained base's, so such a run schedules no train job of its own."""
+    experiment_set, run_id = model_run_of(get_run(wildcards))
+    return {"model": expand(rules.train.output.model, experiment_set=experiment_set, run_id=run_id)[0],
+            "trained": expand(rules.train.output.trained, experiment_set=experiment_set, run_id=run_id)[0]}
 
 
 def get_base_flag(wildcards, input):

@@ -29,10 +29,10 @@ rule train:
 
 rule evaluate:
     input:
+        # model and trained: the run's own, or an evaluation-only run's base's (common.smk)
+        unpack(get_model_inputs),
         data=get_data_file,
         manifest=get_manifest_file,
-        model=rules.train.output.model,
-        trained=rules.train.output.trained,
     output:
         metrics=f"{RESULTS}/runs/{{experiment_set}}/{{run_id}}/metrics.json",
         # written by evaluate next to metrics.json (pipeline_src/spec/predictions.py)
