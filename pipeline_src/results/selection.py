@@ -36,9 +36,10 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
         runs_dir = Path(path).parent.parent / "runs" / name  # a results or report folder's layout
         frame["predictions"] = [str(runs_dir / str(r) / PREDICTIONS_FILE)
                                 if (runs_dir / str(r) / PREDICTIONS_FILE).exists() else "" for r in frame["run_id"]]
-        configs = {run: configuration(runs_dir / str(run) / "metrics.json", label)  # one line per eval mode
+        records = {run: _record_fields(runs_dir / str(run) / "metrics.json", name, run, label)  # one line per eval mode
                    for run, label in dict(zip(frame["run_id"], frame["method"])).items()}
-        frame["config"] = frame["run_id"].map(configs)
+        frame["config"] = frame["run_id"].map(lambda run: records[run][0])
+        frame["model_from"] = frame["run_id"].map(lambda run: records[run][1])
         if "kind" not in frame:
             frame["kind"] = info.get("kind", name)
         if "scale" not in frame.columns:
@@ -59,10 +60,20 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
 def configuration(record: Path, label: str) -> str:
     """A run's method label and sweep point (config.run_configuration), from its record beside the runs
     table; a runs table without its records (hand-made, as in tests) names no sweep point: its label."""
+    return _record_fields(record, "", "", label)[0]
+
+
+def _record_fields(record: Path, experiment_set: str, run_id: str, label: str) -> tuple[str, str]:
+    """(configuration, model_from) of a run: model_from is `set/run_id` of the run whose training made the
+    weights it measured (an evaluation-only run's base; else the run itself, as in records from before
+    the field and runs tables without their records)."""
+    own = f"{experiment_set}/{run_id}"
     if not record.is_file():
-        return str(label)
+        return str(label), own
     fields = load_record(record)
-    return run_configuration(fields["method"], fields["sweep"])
+    source = fields.get("model_from") or {}
+    model_from = f"{source['experiment_set']}/{source['run_id']}" if source.get("run_id") else own
+    return run_configuration(fields["method"], fields["sweep"]), model_from
 
 
 def at_best_scale(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -114,10 +125,13 @@ def select_side(runs: pd.DataFrame, kind: str | None, side: dict) -> pd.DataFram
 
 
 def _with_run_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs tables from before readings and predictions (and hand-made ones in tests)."""
+    """Runs tables from before readings, predictions and model_from (and hand-made ones in tests)."""
     reading = runs["reading"].fillna("").replace("", DEFAULT_READING) if "reading" in runs else DEFAULT_READING
     predictions = runs["predictions"].fillna("") if "predictions" in runs else ""
-    return runs.assign(reading=reading, predictions=predictions)
+    # a run measured its own model unless its record names another run's (evidence: the run itself)
+    own = runs["evidence"] if "evidence" in runs else ""
+    model_from = runs["model_from"].where(runs["model_from"].fillna("") != "", own) if "model_from" in runs else own
+    return runs.assign(reading=reading, predictions=predictions, model_from=model_from)
 
 
 
@@ -149,14 +163,16 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
     if any(column not in runs for column in pair_on):  # runs tables from before the column: nothing pairs
         return empty
     keep = list(dict.fromkeys(["set", "dataset", "model", "dataset_paper", "model_paper", "method", "config",
-                               "eval_mode", "seed", "top1", "scale", "evidence", "predictions", *pair_on]))
+                               "eval_mode", "seed", "top1", "scale", "evidence", "model_from", "predictions", *pair_on]))
     sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
     pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
     # the nearest legitimate control only: a treatment run that is among its own controls (trained clean,
     # noise switched on at test) is compared with itself, whose no-noise evaluation has exactly its weights;
-    # else with a control of its own set; controls of other sets (same recipe) only where its set has none
+    # an evaluation-only run with the base whose model it measured (the same weights too); else with a
+    # control of its own set; controls of other sets (same recipe) only where its set has none
     same_set = pairs.get("set_t", pairs.get("set")) == pairs.get("set_c", pairs.get("set"))
-    rank = np.where(pairs["evidence_t"] == pairs["evidence_c"], 0, np.where(same_set, 1, 2))
+    rank = np.where(pairs["evidence_t"] == pairs["evidence_c"], 0,
+                    np.where(pairs["model_from_t"] == pairs["evidence_c"], 1, np.where(same_set, 2, 3)))
     pairs = pairs[rank == pd.Series(rank, index=pairs.index).groupby(pairs["evidence_t"]).transform("min")]
     if pairs.empty:
         return empty

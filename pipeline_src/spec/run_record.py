@@ -6,6 +6,8 @@ Format 2 (written by training since this module exists):
     sweep, params_hash
     params:          the RunConfig exactly as the run table built it (config.RunConfig fields)
     method_runtime:  what the method resolved only once built (the module a site named, the test batch size)
+    model_from:      experiment_set, run_id and params_hash of the run whose model.pt was measured (the run
+                     itself, or an evaluation-only run's base; records from before it name none)
     history, evaluations, eval_plan, test_top1, diagnostics, distributed, startup_cpu_seconds
     provenance:      commits (code_versions), data version, device, library versions, determinism
     mlflow_run_id
