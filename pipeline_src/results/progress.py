@@ -25,6 +25,7 @@ from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.collect import record_path, same_run
 from pipeline_src.provenance import read_json
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_NAME
+from pipeline_src.spec.preflight import evaluation_only
 from pipeline_src.spec.run_record import CHECKPOINT_NAME, RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for
 
 MODEL_NAME = "model.pt"  # the train rule's model output, beside trained.json
@@ -100,6 +101,9 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
             state.done += 1
             finished.setdefault((run.experiment_set, *_cell(run)), []).append(
                 metrics.get("history") or [])
+            continue
+        if evaluation_only(run.method):  # measures its base's model: no epochs of its own to come
+            todo.append((run, 0))
             continue
         run_dir = record_path(results_dir, run).parent
         trained = _trained(run, run_dir)
