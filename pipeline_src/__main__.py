@@ -179,7 +179,9 @@ def _finish_tracking(metrics: dict, live, tracking: str | None, metrics_path: Pa
     if live or tracking:  # in the DAG without live tracking, track_set logs a whole set at once
         from pipeline_src.tracking.runs import log_evaluated
 
-        log_evaluated(metrics, metrics_path, live, Path(tracking) if tracking else None)
+        mlflow_id = log_evaluated(metrics, metrics_path, live, Path(tracking) if tracking else None)
+        print(f"{metrics['run_id']}: MLflow run {mlflow_id}" if mlflow_id else
+              f"{metrics['run_id']}: NOT logged to MLflow (run track-resync later)")
     print(f"{metrics['run_id']}: test_top1 {metrics['test_top1']:.2f} ({json.dumps(metrics['evaluations'])})")
 
 
@@ -203,7 +205,12 @@ def cmd_aggregate(args) -> None:
     from pipeline_src.results.aggregate import SetFiles, aggregate_set
 
     files = SetFiles(Path(args.table), Path(args.markdown), Path(args.runs), Path(args.figure))
-    table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], files)
+    mlflow_ids = None
+    if args.tracked:
+        from pipeline_src.tracking.ids import read_set_ids
+
+        mlflow_ids = read_set_ids(args.tracked)
+    table = aggregate_set(args.set, args.kind, [Path(p) for p in args.metrics], files, mlflow_ids)
     print(f"{args.set}: {len(table)} rows -> {args.table}")
 
 
@@ -261,11 +268,11 @@ def cmd_track_init(args) -> None:
 def cmd_track_set(args) -> None:
     """Mirror a set's finished runs into MLflow: one process per set rather than one per training job,
     since importing MLflow and opening the store costs each job seconds of CPU."""
-    from pipeline_src.provenance import write_json
+    from pipeline_src.tracking.ids import write_set_ids
     from pipeline_src.tracking.runs import log_set
 
     ids = log_set(Path(args.results), args.set, [Path(p) for p in args.metrics])
-    write_json(args.out, {"experiment_set": args.set, "mlflow_run_ids": ids})
+    write_set_ids(args.out, args.set, ids)
     missing = [r for r, i in ids.items() if i is None]
     print(f"{args.set}: {len(ids) - len(missing)} runs in MLflow" +
           (f"; NOT logged (run track-resync later): {' '.join(missing)}" if missing else ""))
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", required=True, help="the same table in markdown")
     p.add_argument("--runs", required=True, help="every run and eval mode, one line each (csv)")
     p.add_argument("--figure", required=True, help="the set's figure (png)")
+    p.add_argument("--tracked", help="the set's tracking file (tracking/<set>.json): the runs' MLflow ids")
     p.add_argument("metrics", nargs="+", help="the runs' metrics.json files")
     p.set_defaults(func=cmd_aggregate)
 

@@ -20,12 +20,13 @@ from mlflow import MlflowClient
 
 from pipeline_src.tracking.entities import _content_hash
 from pipeline_src.tracking.live import LIVE_MARKER
+from pipeline_src.tracking.ids import read_set_ids, set_ids_path
 from pipeline_src.tracking.runs import PENDING_MARKER, log_run, resync
 from pipeline_src.tracking.store import EXPERIMENT_NAME
 from pipeline_src.spec.config import REPO_ROOT, RunConfig
-from pipeline_src.data.prepared import prepare
-from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.tracking.switch import LIVE_ENV, live_store, switch_on
+
+from helpers import make_run  # the run table's run; digits_dir comes from conftest.py
 
 EPOCHS = 3
 
@@ -65,21 +66,12 @@ def mlflow_server(folder: Path, port: int):
         log.close()
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "digits"
-    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
-    return out
-
-
 def _run() -> RunConfig:
     # a wide DNN3: about half a second per epoch, so there is time to look while it trains
-    return RunConfig(
-        run_id="digits-dnn3-live-s0", experiment_set="live", set_kind="baseline", dataset="digits", model="dnn3",
-        model_cfg={"arch": "dnn3", "hidden": 2048}, method=resolve_method({"label": "live", "name": "baseline"}, 64, 128),
-        seed=0, epochs=EPOCHS, batch_size=64, eval_batch_size=128,
-        optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "none"},
-        device="cpu")
+    run = make_run({"label": "live", "name": "baseline"}, epochs=EPOCHS, hidden=2048, experiment_set="live",
+                   optimizer={"schedule": "none"})
+    assert run.run_id == "digits-dnn3-live-s0"  # the run key the checks below search MLflow for
+    return run
 
 
 def _start_job(cfg: RunConfig, data: Path, run_dir: Path, results: Path, uri: str,
@@ -140,7 +132,8 @@ def test_epochs_appear_while_the_job_trains_and_the_run_finishes(digits_dir, tmp
 
         metrics = json.loads((run_dir / "metrics.json").read_text())
         [run] = _live_runs(client)
-        assert run.info.run_id == seen.info.run_id == metrics["mlflow_run_id"]
+        assert run.info.run_id == seen.info.run_id
+        assert f"digits-dnn3-live-s0: MLflow run {run.info.run_id}" in job.stdout.read()
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
@@ -168,8 +161,9 @@ def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
         assert job.wait(timeout=300) == 0, "training must go on without the server"
         output = job.stdout.read()
     assert "MLflow live logging stopped" in output
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["mlflow_run_id"] is None and (run_dir / PENDING_MARKER).exists()
+    assert "digits-dnn3-live-s0: NOT logged to MLflow" in output and (run_dir / PENDING_MARKER).exists()
+    record = (run_dir / "metrics.json").read_bytes()
+    metrics = json.loads(record)
 
     with mlflow_server(tmp_path / "server", port), pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -180,7 +174,8 @@ def test_server_killed_mid_run_loses_nothing_after_resync(digits_dir, tmp_path):
         assert client.get_run(partial.info.run_id).info.lifecycle_stage == "deleted"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
         assert run.data.metrics["test_top1"] == pytest.approx(metrics["test_top1"])
-        assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run.info.run_id
+        assert read_set_ids(set_ids_path(results, "live")) == {"digits-dnn3-live-s0": run.info.run_id}
+        assert (run_dir / "metrics.json").read_bytes() == record  # the id went to the set's tracking file
 
 
 @pytest.mark.slow
@@ -199,7 +194,7 @@ def test_a_live_job_against_a_server_that_never_answers_loses_seconds_not_minute
         output = job.stdout.read()
     assert elapsed < 90, f"{elapsed:.0f} s:\n{output[-3000:]}"
     assert output.count("sent no answer within 10 s") >= 2  # train's start, evaluate's start
-    assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] is None
+    assert "digits-dnn3-live-s0: NOT logged to MLflow" in output and (run_dir / "metrics.json").exists()
     assert "no answer in time, not retried" in (run_dir / PENDING_MARKER).read_text()
 
 

@@ -14,6 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline_src.tracking.audit import log_audit, log_set_summaries
+from pipeline_src.__main__ import main
+from pipeline_src.tracking.ids import read_set_ids, set_ids_path
 from pipeline_src.tracking.runs import PENDING_MARKER, end_set, log_run, resync
 from pipeline_src.tracking.store import EXPERIMENT_NAME, TRACKING_INFO, init_store, tracking_uri
 from tracking_fakes import DIAGNOSTICS, EPOCHS, EVALUATIONS, make_metrics, silent_server, write_audit, write_run
@@ -171,7 +173,7 @@ def test_outage_marks_pending_then_resync_logs_once(tmp_path, monkeypatch, capsy
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert resync(results) == (1, 0)
     assert not (run_dir / PENDING_MARKER).exists()
-    run_id = json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"]
+    run_id = read_set_ids(set_ids_path(results, "baseline"))[metrics["run_id"]]
     assert [r.info.run_id for r in children(results)] == [run_id]
     assert resync(results) == (0, 1)
     assert len(children(results)) == 1
@@ -208,10 +210,30 @@ def test_resync_finds_logged_run_instead_of_duplicating(tmp_path):
     metrics = make_metrics()
     run_dir = write_run(results, metrics)
     run_id = log_run(metrics, run_dir, results)  # no init_store: log_run creates experiment + parent
-    assert run_id is not None  # ...but the caller never stored the id in metrics.json
+    assert run_id is not None  # ...but the caller never stored the id in the set's tracking file
+    record = (run_dir / "metrics.json").read_bytes()
     assert resync(results) == (1, 0)
-    assert json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"] == run_id
+    assert read_set_ids(set_ids_path(results, "baseline")) == {metrics["run_id"]: run_id}
+    assert (run_dir / "metrics.json").read_bytes() == record
     assert len(children(results)) == 1
+
+
+def test_tracking_a_set_writes_its_ids_apart_and_leaves_every_record_as_it_was(tmp_path, capsys):
+    """metrics.json is the evaluate job's output, written once: track-set (and a later resync) put the
+    MLflow ids in the set's tracking file, so no stage after evaluate sees its input change."""
+    results = tmp_path / "results"
+    init_store(results, ["baseline"], "study1")
+    run_dirs = [write_run(results, make_metrics(seed=seed)) for seed in range(2)]
+    records = [(d / "metrics.json").read_bytes() for d in run_dirs]
+    out = set_ids_path(results, "baseline")
+    main(["track-set", "--results", str(results), "--set", "baseline", "--out", str(out),
+          *(str(d / "metrics.json") for d in run_dirs)])
+    ids = read_set_ids(out)
+    assert sorted(ids) == [d.name for d in run_dirs]
+    assert sorted(ids.values()) == sorted(r.info.run_id for r in children(results))
+    assert [(d / "metrics.json").read_bytes() for d in run_dirs] == records
+    assert resync(results) == (0, 2)  # every run has its id: nothing logged again, nothing written
+    assert [(d / "metrics.json").read_bytes() for d in run_dirs] == records
 
 
 def test_children_nest_under_their_set_parent(store):

@@ -39,8 +39,11 @@ def recipe(metrics: dict) -> str:
     return hashlib.sha256(json.dumps(block, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
-    """Long table: one line per run and eval mode, with sweep values and diagnostics as columns."""
+def load_runs(metrics_paths: list[Path], mlflow_ids: dict[str, str | None] | None = None) -> pd.DataFrame:
+    """Long table: one line per run and eval mode, with sweep values and diagnostics as columns.
+    mlflow_ids: run id -> MLflow run id, from the set's tracking file (records written before that file
+    existed carry their own mlflow_run_id, read where the file has none)."""
+    mlflow_ids = mlflow_ids or {}
     rows, sweep_keys = [], set()
     for path in metrics_paths:
         metrics = load_record(path)
@@ -59,7 +62,8 @@ def load_runs(metrics_paths: list[Path]) -> pd.DataFrame:
                          "test_batches": how.get("test_batches"), "test_batch_size": how.get("test_batch_size"),
                          "train_noise": method["name"] == "noisynn" and method["apply_at"] != "test",
                          **method_traits(method), "recipe": recipe(metrics),
-                         "mlflow_run_id": metrics.get("mlflow_run_id"), "scale": metrics["scale"],
+                         "mlflow_run_id": mlflow_ids.get(metrics["run_id"]) or metrics.get("mlflow_run_id"),
+                         "scale": metrics["scale"],
                          **metrics.get("diagnostics", {})})
     if not rows:
         raise ValueError("no metrics files given")
@@ -152,10 +156,11 @@ ID_COLUMNS = {"experiment_set", "kind", "dataset", "model", "method", "eval_mode
               "apply_at", "site", "trained_clean", "recipe"}
 
 
-def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], files: SetFiles) -> pd.DataFrame:
+def aggregate_set(experiment_set: str, kind: str, metrics_paths: list[Path], files: SetFiles,
+                  mlflow_ids: dict[str, str | None] | None = None) -> pd.DataFrame:
     from pipeline_src.results.plots import plot_set
 
-    long = load_runs(metrics_paths)
+    long = load_runs(metrics_paths, mlflow_ids)
     readings = ["reading"] if long["reading"].ne("").any() else []  # a set without readings keeps its columns
     keys = ["dataset", "model", "method", *long.attrs["sweep"], *readings, "eval_mode"]
     protocol = ["test_batches", "test_batch_size"] if kind == "eval_protocol" else []

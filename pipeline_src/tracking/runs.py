@@ -3,12 +3,14 @@ retries, a pending marker when the store stays out of reach, and resync() for th
 
 Identity of a child run: tags run_key = "<experiment_set>/<run_id>" and params_hash. When an
 active run with the same key and hash exists:
-  - same metrics_sha256 (metrics.json content without mlflow_run_id) and FINISHED: it is reused and
-    nothing is logged (a retry, or a resync of a run that was in fact logged);
+  - same metrics_sha256 (metrics.json content without mlflow_run_id, a key older records carry) and
+    FINISHED: it is reused and nothing is logged (a retry, or a resync of a run that was in fact logged);
   - otherwise (the same config rerun with new results, or an attempt that died half-way): a fresh
     run is logged and the old one soft-deleted (tag pipeline_superseded_by; restorable until
     `mlflow gc`). So the store holds one live run per (run_key, params_hash); a changed config
     (new params_hash) is a new run and the old one stays.
+
+A run's MLflow id goes to its set's tracking file (ids.py), never into metrics.json.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline_src.provenance import write_json
 from pipeline_src.tracking.entities import _content_hash, _dataset_input, _metric_points, _number, _params, _run_tags
+from pipeline_src.tracking.ids import read_set_ids, set_ids_path, write_set_ids
 from pipeline_src.tracking.store import (ServerTimeout, _attempt, _attempt_or_warn, _budget, _filter, _find_parent,
                                          _init_once, _is_transient, _open_client, _read_json, _reason, _store_lock,
                                          _supersede, _warn, tracking_uri)
@@ -36,7 +38,7 @@ def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
 
     None means the store stayed unreachable (or refused the run): a warning went to stderr and
     run_dir/mlflow_pending was written for resync(). Never raises for tracking errors. It does not
-    edit metrics.json: the caller stores the returned id (resync does so for the runs it logs).
+    edit metrics.json: the caller keeps the returned id in the set's tracking file (set_ids_path).
     """
     run_dir, results_dir = Path(run_dir), Path(results_dir).resolve()
     now_ms = int(time.time() * 1000)  # fixed across retries, so re-logged points are duplicates the store drops
@@ -49,12 +51,12 @@ def log_run(metrics: dict, run_dir, results_dir, *, attempts: int | None = None,
 
 
 def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None = None) -> tuple[int, int]:
-    """Log every run under results_dir/runs/*/* that is pending or has no mlflow_run_id.
+    """Log every run under results_dir/runs/*/* that is pending or has no MLflow id in its set's tracking file.
 
-    Returns (synced, skipped). Synced runs get their MLflow id written into metrics.json and lose
-    their marker; skipped counts runs already synced plus any that failed again (those keep their
-    marker and were warned about). A run already in the store is found by run_key + params_hash,
-    not logged twice.
+    Returns (synced, skipped). Synced runs get their MLflow id in tracking/<set>.json (the next workflow
+    run then rebuilds that set's tables with it) and lose their marker; metrics.json stays as it is.
+    skipped counts runs already synced plus any that failed again (those keep their marker and were
+    warned about). A run already in the store is found by run_key + params_hash, not logged twice.
     """
     results_dir = Path(results_dir).resolve()
     synced = skipped = 0
@@ -64,36 +66,33 @@ def resync(results_dir, *, attempts: int | None = None, backoff_s: float | None 
             print(f"WARNING: resync skipped unreadable {path}", file=sys.stderr)
             skipped += 1
             continue
-        if metrics.get("mlflow_run_id") and not (path.parent / PENDING_MARKER).exists():
+        ids_path = set_ids_path(results_dir, metrics["experiment_set"])
+        ids = read_set_ids(ids_path)
+        if ids.get(metrics["run_id"]) and not (path.parent / PENDING_MARKER).exists():
             skipped += 1
             continue
         run_id = log_run(metrics, path.parent, results_dir, attempts=attempts, backoff_s=backoff_s)
         if run_id is None:
             skipped += 1
             continue
-        write_json(path, {**metrics, "mlflow_run_id": run_id})
+        write_set_ids(ids_path, metrics["experiment_set"], {**ids, metrics["run_id"]: run_id})
         synced += 1
     return synced, skipped
 
 
 def log_evaluated(metrics: dict, metrics_path: Path, live=None, results_dir=None) -> str | None:
-    """Log a run its evaluate job has just recorded (its live run's finish(), else log_run) and keep the
-    MLflow id in that record: metrics.json is the job's own output, written again before the job ends."""
-    metrics["mlflow_run_id"] = live.finish(metrics) if live else log_run(metrics, metrics_path.parent, results_dir)
-    write_json(metrics_path, metrics)
-    return metrics["mlflow_run_id"]
+    """Log a run its evaluate job has just recorded: its live run's finish(), else log_run. The id is
+    the caller's to show; the set's tracking file gets it when track_set finds the run logged."""
+    return live.finish(metrics) if live else log_run(metrics, metrics_path.parent, results_dir)
 
 
 def log_set(results_dir, experiment_set: str, metrics_paths: list[Path]) -> dict[str, str | None]:
-    """Log a set's finished runs (run id -> MLflow run id, None where not logged), then end its parent run."""
+    """Log a set's finished runs (run id -> MLflow run id, None where not logged), then end its parent run.
+    The records are read only: the ids are for the set's tracking file."""
     ids = {}
     for path in metrics_paths:
         metrics = json.loads(Path(path).read_text())
-        run_id = log_run(metrics, Path(path).parent, results_dir)
-        if run_id != metrics.get("mlflow_run_id"):
-            metrics["mlflow_run_id"] = run_id
-            write_json(path, metrics)
-        ids[metrics["run_id"]] = run_id
+        ids[metrics["run_id"]] = log_run(metrics, Path(path).parent, results_dir)
     end_set(results_dir, experiment_set)  # every run of the set is in: its parent run ends
     return ids
 

@@ -3,7 +3,7 @@ rule aggregate_set:
     localrule: True
     input:
         metrics=get_set_metrics,
-        tracked=rules.track_set.output.ids,
+        tracked=rules.track_set.output.ids,  # the runs' MLflow ids, for the runs table's mlflow_run_id column
     output:
         table=report(f"{RESULTS}/tables/{{experiment_set}}.csv", category="Tables", caption="../report/table.rst"),
         markdown=f"{RESULTS}/tables/{{experiment_set}}.md",
@@ -19,4 +19,4 @@ rule aggregate_set:
     shell:
         "python -m pipeline_src aggregate --set {wildcards.experiment_set} --kind {params.kind} "
         "--table {output.table} --markdown {output.markdown} --runs {output.runs} --figure {output.figure} "
-        "{input.metrics} > {log} 2>&1"
+        "--tracked {input.tracked} {input.metrics} > {log} 2>&1"

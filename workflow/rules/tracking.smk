@@ -15,7 +15,8 @@ rule init_tracking:
 
 
 rule track_set:
-    # like init_tracking: on the submit host, which reaches the tracking server (compute nodes may not)
+    # like init_tracking: on the submit host, which reaches the tracking server (compute nodes may not).
+    # The runs' MLflow ids go to its own output; the metrics.json files are only read.
     localrule: True
     input:
         metrics=get_set_metrics,
