@@ -67,11 +67,15 @@ def repo_copy(tmp_path: Path) -> Path:
 
 
 def make_run(method: dict | None = None, epochs: int = 3, arch: str = "dnn3", seed: int = 0, hidden: int = 32,
-             device: str = "cpu", experiment_set: str = "test", **training):
+             device: str = "cpu", experiment_set: str = "test", model: dict | None = None, **training):
     """One run of digits through the run table (validate_params, then expand_runs), as the DAG makes it:
     every default filled, the method resolved. `training` overrides keys of the params' training block
-    (an `optimizer` dict is merged over the default one)."""
+    (an `optimizer` dict is merged over the default one); `model`, a model spec of the params (a timm
+    model with its kwargs), replaces the DNN3 of `arch` and `hidden`."""
     from pipeline_src.spec.config import expand_runs, validate_params
+
+    if model is not None:
+        arch = model["arch"]
 
     optimizer = {"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine",
                  **training.pop("optimizer", {})}
@@ -79,7 +83,7 @@ def make_run(method: dict | None = None, epochs: int = 3, arch: str = "dnn3", se
               "training": {"epochs": epochs, "batch_size": 64, "eval_batch_size": 128, "optimizer": optimizer,
                            **training},
               "datasets": {"digits": {"source": "digits"}},
-              "models": {arch: {"arch": arch, "hidden": hidden}},
+              "models": {arch: model or {"arch": arch, "hidden": hidden}},
               "experiment_sets": {experiment_set: {"kind": "baseline", "datasets": ["digits"], "models": [arch],
                                            "methods": [method or {"label": "baseline", "name": "baseline"}]}}}
     (run,) = expand_runs(validate_params(params))

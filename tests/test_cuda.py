@@ -18,6 +18,8 @@ from pipeline_src.methods.models import build_model
 from pipeline_src.training.train import make_optimizer, train_epoch
 from pipeline_src.__main__ import train_and_evaluate
 
+from helpers import make_run  # the run table's run; digits_dir comes from conftest.py
+
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -26,19 +28,9 @@ NOISY = {"label": "q", "name": "noisynn", "noise": {"kind": "optimal_q"}, "apply
 VPN = {"label": "v", "name": "vpn", "generator": "dnn3", "generator_hidden": 64, "mode": "joint"}
 
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared") / "digits"
-    prepare("digits", {"source": "digits", "test_fraction": 0.25, "seed": 0}, out, REPO_ROOT)
-    return out
-
-
-def _run(spec: dict, model_cfg: dict, **changes) -> RunConfig:
-    fields = dict(run_id="digits-m-test-s0", experiment_set="test", set_kind="baseline", dataset="digits", model="m",
-                  model_cfg=model_cfg, method=resolve_method(spec, 64, 128), seed=0, epochs=4, batch_size=64,
-                  eval_batch_size=128, optimizer={"name": "adam", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0,
-                                                  "schedule": "none"}, device="cuda")
-    return RunConfig(**{**fields, **changes})
+def _run(method: dict, model: dict, **training) -> RunConfig:
+    """Four epochs on the GPU at a constant lr, through the run table (`training`: keys of its training block)."""
+    return make_run(method, epochs=4, model=model, device="cuda", optimizer={"schedule": "none"}, **training)
 
 
 def _sync_warnings(method_spec: dict, batches: int) -> int:
@@ -49,7 +41,7 @@ def _sync_warnings(method_spec: dict, batches: int) -> int:
     method = build_method(model, resolve_method(method_spec, 32, 32),
                           {"num_classes": 10, "in_shape": (1, 8, 8), "seed": 0, "batch_size": 32,
                            "eval_batch_size": 32, "label_smoothing": 0.0, "base_checkpoint": None}).to(device)
-    optimizer = make_optimizer(list(method.parameters()), {"name": "adam", "lr": 1e-3, "weight_decay": 0.0})
+    optimizer = make_optimizer(list(method.parameters()), make_run(optimizer={"lr": 1e-3}).optimizer)
     x = torch.randint(0, 256, (32 * batches, 1, 8, 8), dtype=torch.uint8, device=device)
     y = torch.randint(0, 10, (32 * batches,), device=device)
     train_epoch(method, optimizer, x, y, 32)  # warm-up: first-call allocations and library setup
@@ -111,8 +103,8 @@ def test_streamed_folder_matches_in_memory_on_the_gpu(tmp_path):
         spec = {"source": "imagefolder", "train_dir": str(tmp_path / "jpegs" / "train"),
                 "test_dir": str(tmp_path / "jpegs" / "val"), "image_size": 32, "streaming": streaming}
         prepare("folder", spec, tmp_path / f"prepared-{streaming}", REPO_ROOT)
-        cfg = _run(NOISY, {"arch": "test_resnet", "small_stem": True}, dataset="folder", batch_size=8,
-                   eval_batch_size=6, method=resolve_method(NOISY, 8, 6))
+        # the run's dataset name stays the run table's; what it trains on is the folder prepared here
+        cfg = _run(NOISY, {"arch": "test_resnet", "small_stem": True}, batch_size=8, eval_batch_size=6)
         results[streaming] = train_and_evaluate(cfg, tmp_path / f"prepared-{streaming}", tmp_path / f"run-{streaming}",
                                        threads=2)
     for mode, value in results[False]["evaluations"].items():  # 18 test images: one differing image is 5.6

@@ -13,9 +13,10 @@ from PIL import Image
 
 from pipeline_src.spec.config import REPO_ROOT, RunConfig
 from pipeline_src.data.prepared import load_prepared, prepare
-from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.data.stream import ImageStream
 from pipeline_src.__main__ import train_and_evaluate
+
+from helpers import make_run  # the run table's run
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -75,11 +76,9 @@ def test_auto_streams_only_above_the_threshold(jpeg_folder, tmp_path):
 
 
 def _run(method: dict) -> RunConfig:
-    return RunConfig(
-        run_id="folder-sr-test-s0", experiment_set="test", set_kind="baseline", dataset="folder", model="sr",
-        model_cfg={"arch": "sr"}, method=resolve_method(method, 8, 6), seed=0, epochs=3, batch_size=8,
-        eval_batch_size=6, optimizer={"name": "adam", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
-                                      "schedule": "none"}, device="cpu")
+    # through the run table; its dataset name stays digits, what it trains on is the folder prepared here
+    return make_run(method, epochs=3, model={"arch": "sr"}, batch_size=8, eval_batch_size=6,
+                    optimizer={"lr": 0.01, "schedule": "none"})
 
 
 @pytest.mark.parametrize("method", [

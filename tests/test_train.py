@@ -186,7 +186,7 @@ def test_lr_warms_up_linearly_then_follows_cosine_to_its_floor():
     assert factors[2] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 6)))
     assert factors[3] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the 6 epochs
     assert factors[6] == pytest.approx(0.1)              # min_lr / lr at the end
-    assert [lr_factor(e, {"lr": 1.0, "schedule": "none"}, 5) for e in range(5)] == [1.0] * 5
+    assert [lr_factor(e, {**spec, "schedule": "none", "warmup_epochs": 0}, 5) for e in range(5)] == [1.0] * 5
 
 
 @pytest.mark.slow

@@ -41,13 +41,14 @@ def make_optimizer(params, spec: dict) -> torch.optim.Optimizer:
 def lr_factor(epoch: int, spec: dict, epochs: int) -> float:
     """Multiplier of the base lr in `epoch` (0-based): linear warm-up from 0 over warmup_epochs, then
     constant or cosine down to min_lr. As timm's CosineLRScheduler (the NoisyNN authors'; warmup_prefix
-    False), the cosine runs over all epochs from epoch 0 and the warm-up replaces its start."""
-    warmup = spec.get("warmup_epochs", 0)
+    False), the cosine runs over all epochs from epoch 0 and the warm-up replaces its start. `spec` is a run's
+    optimizer as the run table gives it: the schema has filled every key."""
+    warmup = spec["warmup_epochs"]
     if epoch < warmup:
         return epoch / warmup
     if spec["schedule"] != "cosine":
         return 1.0
-    floor = spec.get("min_lr", 0.0) / spec["lr"]
+    floor = spec["min_lr"] / spec["lr"]
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
 
