@@ -73,8 +73,8 @@ def test_check_refuses_a_base_trained_with_noise_in_one_line(base, why, tmp_path
     params = harm_params(tmp_path / "results", [base, gaussian([0.1], base_label="noisy")])
     code, lines = check_lines(tmp_path, params, capsys)
     assert code == 2 and len(lines) == 1
-    assert lines[0].startswith("error: invalid params: experiment_sets.harm run digits-dnn3-gaussian_image-strength0.1-s0: "
-                               + why)
+    run = "experiment_sets.harm run digits-dnn3-gaussian_image-strength0.1-s0"
+    assert lines[0].startswith(f"error: invalid params: {run}: {why}")
 
 
 def test_check_refuses_noise_in_training_or_another_training_block(tmp_path):

@@ -37,9 +37,10 @@ def check_trained(cfg: RunConfig, trained: dict, source: Path) -> None:
     if evaluation_only(cfg.method):
         base_set, base_id = model_run_of(cfg)
         params = trained.get("params") or {}
-        if (params.get("experiment_set"), params.get("run_id")) != (base_set, base_id):
-            raise ValueError(f"{source} is the trained record of {params.get('experiment_set')}/{params.get('run_id')}, "
-                             f"not of run {cfg.run_id}'s base {base_set}/{base_id}; give the base's model.pt")
+        found = f"{params.get('experiment_set')}/{params.get('run_id')}"
+        if found != f"{base_set}/{base_id}":
+            raise ValueError(f"{source} is the trained record of {found}, not of run {cfg.run_id}'s base "
+                             f"{base_set}/{base_id}; give the base's model.pt")
         if problem := base_problem(asdict(cfg), params):
             raise ValueError(f"{source}: run {cfg.run_id}: {problem}")
         return

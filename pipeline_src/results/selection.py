@@ -163,7 +163,8 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
     if any(column not in runs for column in pair_on):  # runs tables from before the column: nothing pairs
         return empty
     keep = list(dict.fromkeys(["set", "dataset", "model", "dataset_paper", "model_paper", "method", "config",
-                               "eval_mode", "seed", "top1", "scale", "evidence", "model_from", "predictions", *pair_on]))
+                               "eval_mode", "seed", "top1", "scale", "evidence", "model_from", "predictions",
+                               *pair_on]))
     sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
     pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
     # the nearest legitimate control only: a treatment run that is among its own controls (trained clean,
