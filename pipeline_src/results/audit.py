@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline_src.provenance import write_atomic
 from pipeline_src.results.claims import deviation_markers, load_claims, load_deviations, number_claims
 from pipeline_src.results.effects import AUDIT_COLUMNS, CELL_COLUMNS, EFFECT_TESTS, audit_effects, image_variance
-from pipeline_src.results.pages import audit_markdown, write_paper_table
+from pipeline_src.results.pages import audit_markdown, run_seeds, write_paper_table
 from pipeline_src.results.selection import _with_run_columns, at_best_scale, claim_family, load_runs
 from pipeline_src.results.verdicts import number_verdict
 
@@ -109,7 +109,8 @@ def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, files: 
     write_atomic(files.csv, audit.to_csv(index=False, float_format="%.6g"))
     write_atomic(files.cells, cells.to_csv(index=False, float_format="%.6g"))
     family_size = int((effects["reading"].fillna("") != "").sum())  # the pairs outside it have no reading
-    write_atomic(files.markdown, audit_markdown(audit, cells, claims, table_md, deviations, family_size))
+    write_atomic(files.markdown, audit_markdown(audit, cells, claims, table_md, deviations, family_size,
+                                                run_seeds(runs)))
     from pipeline_src.results.plots import plot_audit  # matplotlib only when the figure is drawn
 
     plot_audit(audit, cells, files.figure)

@@ -9,7 +9,6 @@ committed files is the same page.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pandas as pd
 from pipeline_src.provenance import write_atomic
 from pipeline_src.results.not_run import (SMOKE_PARAMS, datasets_run, effect_kinds, load_params_file,
                                           not_run_reason, smoke_text)
-from pipeline_src.results.pages import runs_text
+from pipeline_src.results.pages import run_seeds, runs_text
 
 SHORT = 70  # characters of a claim's sentence in the claim table
 
@@ -29,11 +28,17 @@ def page_name(claim_id: str) -> str:
 
 
 def short_text(text: str, limit: int = SHORT) -> str:
-    """A claim's sentence in a few words: without its 'Hypothesis:' label, cut at a word before `limit`."""
-    text = re.sub(r"^Hypothesis:\s*", "", " ".join(str(text).split()))
+    """A claim's sentence in a few words: without its 'Hypothesis:' label, its first words while they and
+    the space after them fit in `limit` characters, then an ellipsis (a first word longer than that is cut)."""
+    text = " ".join(str(text).split()).removeprefix("Hypothesis:").lstrip()
     if len(text) <= limit:
         return text
-    return text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+    kept: list[str] = []
+    for word in text.split(" "):
+        if len(" ".join([*kept, word])) >= limit:
+            break
+        kept.append(word)
+    return (" ".join(kept) or text[:limit]).rstrip(",;:") + " …"
 
 
 def _cell(value) -> str:
@@ -162,6 +167,15 @@ def _interval(low, high) -> str:
     return "-" if pd.isna(low) and pd.isna(high) else f"{_fmt(low)} to {_fmt(high)}"
 
 
+def _seeds(report_dir: Path, evidence) -> dict[str, int]:
+    """Each evidence run's seed, from the runs tables (tables/<set>_runs.csv) of the sets it names."""
+    paths = [report_dir / "tables" / f"{name}_runs.csv" for name in _sets_of(evidence)]
+    frames = [pd.read_csv(path) for path in paths if path.exists()]
+    if not frames:
+        return {}
+    return run_seeds(pd.concat([f.assign(evidence=f["experiment_set"] + "/" + f["run_id"]) for f in frames]))
+
+
 def _per_seed(report_dir: Path, evidence: str, eval_mode: str, metric: str, tables: dict) -> str:
     """A number cell's per-seed values, read from its sets' run tables (tables: path -> frame, read once)."""
     values = []
@@ -212,10 +226,11 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
                       for _, c in mine.iterrows()]) or "No cell has runs."]
     sets = _sets_of(mine["evidence"] if len(mine) else ran["evidence"])
     figures = _figures(report_dir, sets)
+    seeds = _seeds(report_dir, mine["evidence"]) if len(mine) else {}
     parts += ["## Figures", *(figures or ["None drawn for these sets."]),
               "## Departures from the papers", _departures(list(ran["deviations"]), deviations),
               "## Runs", "Each run's `metrics.json` is under `runs/<set>/<run id>/`:",
-              "\n".join(f"- {c['reading'] or '-'}, {c['cell']}: {runs_text(c['evidence'])}"
+              "\n".join(f"- {c['reading'] or '-'}, {c['cell']}: {runs_text(c['evidence'], seeds)}"
                         for _, c in mine.iterrows()) or "None."]
     if set(sets):
         parts.append("Sets: " + ", ".join(f"[{s}](../tables/{s}.md)" for s in sets
@@ -236,13 +251,14 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
     parts += ["## Cells with runs"]
     tables: dict = {}
     if len(ran):
+        seeds = _seeds(report_dir, ran["evidence"])
         parts.append(_table([{"row": r["row"], "column": r["column"], "reading": r["reading"] or "-",
                               "paper": f"{r['paper']:g}", "ours": f"{r['mean']:.2f} ± {r['std']:.2f}",
                               "95% CI": _interval(r["ci_low"], r["ci_high"]), "n": int(r["n"]),
                               "per seed": _per_seed(report_dir, r["evidence"], spec["row_map"][r["row"]][1],
                                                     spec.get("metric", "top1"), tables),
                               "verdict": r["verdict"], "departures": r["deviations"] or "",
-                              "runs": runs_text(r["evidence"])} for _, r in ran.iterrows()]))
+                              "runs": runs_text(r["evidence"], seeds)} for _, r in ran.iterrows()]))
         figures = _figures(report_dir, _sets_of(ran["evidence"]))
         parts += ["## Figures", *(figures or ["None drawn for these sets."])]
     else:

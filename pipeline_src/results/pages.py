@@ -5,6 +5,7 @@ themselves come from audit.py and verdicts.py; this module only renders them.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -182,7 +183,8 @@ def manipulation_rules(claims: dict) -> list[str]:
 
 
 def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table_md: list[str],
-                   deviations: list[dict], family_size: int) -> str:
+                   deviations: list[dict], family_size: int, seeds: Mapping[str, int]) -> str:
+    """audit.md; seeds: each evidence run's seed from its record (run_seeds), to fold the runs per cell."""
     numbers, effects = audit[audit["table"] != "effects"], audit[audit["table"] == "effects"]
     board = pd.concat([numbers["verdict"].value_counts().rename("number claims"),
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
@@ -212,7 +214,7 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         "counting cells; paper_effect: the effect the paper's table implies; manipulation: the outcome of the "
         "cell's manipulation check (blank where none is declared).",
         _clean(cells[cell_cols]).to_markdown(index=False, floatfmt=".3g") if len(cells) else "No cell has runs.",
-        "## Claims one by one", claim_sections(effects, cells, claims),
+        "## Claims one by one", claim_sections(effects, cells, claims, seeds),
         "## Paper tables", *table_md,
         "## Deviations from the papers and the authors' code", deviations_markdown(deviations, audit)]) + "\n"
 
@@ -232,14 +234,21 @@ def gate_summary(cells: pd.DataFrame) -> str:
             "decide nothing.\n\n" + table.rename_axis(index="reading", columns=None).to_markdown())
 
 
-def runs_text(evidence: str) -> str:
-    """A cell's runs, seeds folded: 'vpn_joint/fmnist-sr-baseline-s{0,1,2,3,4}'."""
+def runs_text(evidence: str, seeds: Mapping[str, int]) -> str:
+    """A cell's runs, seeds folded: 'vpn_joint/fmnist-sr-baseline-s{0,1,2,3,4}'. seeds: '<set>/<run id>' ->
+    the seed its record gives (run_seeds); a run id ends in its seed (config.format_run_id), so the runs of
+    one configuration share what comes before it. A run without a known seed is shown whole."""
     groups: dict[str, list[str]] = {}
     for run in str(evidence).split():
-        match = re.match(r"(.*-s)(\d+)$", run)
-        stem, seed = (match.group(1), match.group(2)) if match else (run, "")
-        groups.setdefault(stem, []).append(seed)
+        seed = seeds.get(run)
+        stem = run if seed is None else run.removesuffix(str(seed))
+        groups.setdefault(stem, []).append("" if seed is None else str(seed))
     return "; ".join(f"{stem}{{{','.join(seeds)}}}" if seeds != [""] else stem for stem, seeds in groups.items())
+
+
+def run_seeds(runs: pd.DataFrame) -> dict[str, int]:
+    """'<set>/<run id>' (a run's `evidence`) -> its seed, from runs tables as the audit reads them."""
+    return {run: int(seed) for run, seed in zip(runs["evidence"], runs["seed"])}
 
 
 def claim_heading(claim_id: str, reading: str) -> str:
@@ -251,7 +260,7 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-")
 
 
-def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> str:
+def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict, seeds: Mapping[str, int]) -> str:
     """One section per effect claim and reading with runs: the claim, its verdict and why, and its cells."""
     texts = {e["id"]: e["claim"] for e in claims["effects"]}
     parts = []
@@ -269,7 +278,7 @@ def claim_sections(effects: pd.DataFrame, cells: pd.DataFrame, claims: dict) -> 
         for column in ("manipulation", "note"):
             facts += [f"{cell}: {text}" for cell, text in zip(mine["cell"], mine[column]) if isinstance(text, str) and text]
         # which committed runs each cell pairs (sets and run ids, seeds folded): a claim may draw on any set
-        runs = [f"- {cell}: {runs_text(evidence)}" for cell, evidence in zip(mine["cell"], mine["evidence"])]
+        runs = [f"- {cell}: {runs_text(evidence, seeds)}" for cell, evidence in zip(mine["cell"], mine["evidence"])]
         parts += [f"### {claim_heading(line['claim_id'], line['reading'])}", texts.get(line["claim_id"], ""),
                   "\n".join(f"- {fact}" for fact in facts), _clean(shown).to_markdown(index=False, floatfmt=".3g"),
                   "Runs per cell (`runs/<set>/<run id>/`):\n\n" + "\n".join(runs)]
