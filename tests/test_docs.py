@@ -1,5 +1,9 @@
 """The README and docs say what the code and the committed report hold: every departure of the registry,
-only numbers the report holds, the report's claim table, and how-to examples that pass `check`."""
+each number from the report row it names, the report's claim table, and how-to examples that pass `check`."""
+import json
+import re
+
+import pandas as pd
 import pytest
 import yaml
 
@@ -18,36 +22,90 @@ def test_the_departures_page_lists_every_deviation_of_the_registry():
     assert not missing, f"docs/departures.md does not list {missing}"
 
 
-def _report_numbers() -> set[str]:
-    """Every number the committed report's generated files hold, as written and at 0 to 3 decimals, sign
-    dropped."""
-    import re
+# Each bullet of the findings ends in a comment naming where its numbers are read, row by row:
+#   <!-- sources f3: tables/<set>.csv[column=value, ...] | effects_cells.csv[claim_id=..., reading=..., cell=...]
+#        | params/fashion_mnist.yaml[readings.sgd_code.training.optimizer] -->
+# (a csv under reports/fashion-mnist/ and the one row those columns select; or a params file and a dotted key).
+# A README bullet of "What we found" ends in <!--f3--> (or <!--f5,f6-->): the sources of those findings bullets.
+SOURCES = re.compile(r"<!-- sources (f\d+): (.*?) -->", re.S)
+README_SOURCES = re.compile(r"<!--(f\d+(?:,f\d+)*)-->")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")
 
-    numbers = set()
-    for path in [*REPORT.glob("*.md"), *REPORT.glob("*.csv"), *REPORT.glob("tables/*")]:
-        for token in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", path.read_text()):
-            value = abs(float(token))
-            numbers.update({token.lstrip("-"), f"{value:.0f}", f"{value:.1f}", f"{value:.2f}", f"{value:.3f}"})
-    return numbers
+
+def _source_numbers(source: str) -> list[float]:
+    """The numbers of one source: every cell of the one csv row it selects, or everything under a params key."""
+    path, _, selector = source.strip().partition("[")
+    selector = selector.removesuffix("]")
+    if path.startswith("params/"):
+        node = yaml.safe_load((REPO_ROOT / path).read_text())
+        for part in selector.split("."):
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        text = json.dumps(node)
+    else:
+        wanted = dict(pair.split("=", 1) for pair in re.split(r",\s*(?=\w+=)", selector))
+        table = pd.read_csv(REPORT / path, dtype=str, keep_default_na=False)
+        rows = table[(table[list(wanted)] == pd.Series(wanted)).all(axis=1)]
+        assert len(rows) == 1, f"{source}: selects {len(rows)} rows of {path}, not one"
+        text = " ".join(rows.iloc[0])
+    return [float(token) for token in NUMBER.findall(text)]
+
+
+def _as_printed(token: str, value: float) -> bool:
+    """Whether `value` rounds to `token` at the places it is printed with (sign aside: prose says 'costs 1.71')."""
+    digits, exponent = re.fullmatch(r"[-+]?\d+\.(\d+)(?:e(-?\d+))?", token).groups()
+    return abs(abs(value) - abs(float(token))) <= 0.5 * 10 ** (int(exponent or 0) - len(digits)) + 1e-12
 
 
 def _decimals(text: str) -> list[str]:
-    import re
-
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     text = re.sub(r"\[[^\]]*\]\([^)]*\)", "", text)  # links name threads, not results
     text = re.sub(r"`[^`]*`", "", text)  # code: set and file names
-    return re.findall(r"(?<![\w.])[-+]?\d+\.\d+", text)
+    return re.findall(r"(?<![\w.])[-+]?\d+\.\d+(?:e-?\d+)?", text)
 
 
-def test_every_number_in_the_findings_is_in_the_committed_report():
+def _unsourced(text: str, marker: re.Pattern, numbers_of) -> list[str]:
+    """Numbers of `text` not in the sources of the marker that ends their stretch of text, and numbers after
+    the last marker ('<number> (no source)')."""
+    missing, start = [], 0
+    for match in marker.finditer(text):
+        values = numbers_of(match)
+        missing += [f"{d} (not in {match.group(1)})" for d in _decimals(text[start:match.start()])
+                    if not any(_as_printed(d, v) for v in values)]
+        start = match.end()
+    return missing + [f"{d} (no source)" for d in _decimals(text[start:])]
+
+
+def _findings_sources(findings: str) -> dict[str, list[float]]:
+    return {m.group(1): [v for source in m.group(2).split(" | ") for v in _source_numbers(source)]
+            for m in SOURCES.finditer(findings)}
+
+
+def test_every_number_in_the_findings_is_in_the_row_it_names():
+    """Every number of docs/findings.md (before the section on reruns, which quotes records the report has
+    since replaced) and of the README's "What we found" is read from the file and row its bullet names."""
+    findings = (REPO_ROOT / "docs" / "findings.md").read_text().split("\n## A rerun can be exact", 1)[0]
     readme = README.read_text().split("## What we found", 1)[1].split("\n## ", 1)[0]
-    # the findings; the section on reruns after them quotes records the report replaced (git history)
-    full = (REPO_ROOT / "docs" / "findings.md").read_text().split("\n## A rerun can be exact", 1)[0]
-    assert len(_decimals(readme)) > 10 and len(_decimals(full)) > 30, "the findings should quote the report's numbers"
-    known = _report_numbers()
-    for name, text in (("README.md", readme), ("docs/findings.md", full)):
-        missing = [d for d in _decimals(text) if d.lstrip("+-") not in known]
-        assert not missing, f"{name}'s findings quote numbers the report does not hold: {missing}"
+    assert len(_decimals(readme)) > 10 and len(_decimals(findings)) > 30, "the findings should quote the report"
+    sources = _findings_sources(findings)
+    assert len(sources) >= 7
+    missing = _unsourced(findings, SOURCES, lambda m: sources[m.group(1)])
+    assert not missing, f"docs/findings.md quotes numbers its sources do not hold: {missing}"
+    missing = _unsourced(readme, README_SOURCES,
+                         lambda m: [v for name in m.group(1).split(",") for v in sources[name]])
+    assert not missing, f"the README's findings quote numbers their sources do not hold: {missing}"
+
+
+def test_a_changed_number_in_the_findings_is_caught():
+    """The check above fails on a number moved in its last printed place, in each bullet with numbers."""
+    findings = (REPO_ROOT / "docs" / "findings.md").read_text().split("\n## A rerun can be exact", 1)[0]
+    sources = _findings_sources(findings)
+    for match in SOURCES.finditer(findings):
+        bullet = findings[:match.start()].rsplit("\n- **", 1)[1]
+        number = max(_decimals(bullet), key=len)  # the longest: the least likely to recur in its rows
+        places = len(number.split(".")[1].split("e")[0])
+        moved = f"{abs(float(number)) + 7 * 10 ** -places:.{places}f}"
+        edited = findings.replace(bullet, bullet.replace(number, moved, 1), 1)
+        assert _unsourced(edited, SOURCES, lambda m: sources[m.group(1)]), f"{match.group(1)}: {number} -> {moved}"
 
 
 def test_the_readme_is_a_front_door_with_the_reports_claim_table():
