@@ -243,7 +243,7 @@ def runs_text(evidence: str, seeds: Mapping[str, int]) -> str:
         seed = seeds.get(run)
         stem = run if seed is None else run.removesuffix(str(seed))
         groups.setdefault(stem, []).append("" if seed is None else str(seed))
-    return "; ".join(f"{stem}{{{','.join(seeds)}}}" if seeds != [""] else stem for stem, seeds in groups.items())
+    return "; ".join(f"{stem}{{{','.join(folded)}}}" if folded != [""] else stem for stem, folded in groups.items())
 
 
 def run_seeds(runs: pd.DataFrame) -> dict[str, int]:
