@@ -3,7 +3,7 @@ retries, a pending marker when the store stays out of reach, and resync() for th
 
 Identity of a child run: tags run_key = "<experiment_set>/<run_id>" and params_hash. When an
 active run with the same key and hash exists:
-  - same metrics_sha256 (metrics.json content without mlflow_run_id, a key older records carry) and
+  - same metrics_sha256 (metrics.json content without mlflow_run_id, which older records filled in) and
     FINISHED: it is reused and nothing is logged (a retry, or a resync of a run that was in fact logged);
   - otherwise (the same config rerun with new results, or an attempt that died half-way): a fresh
     run is logged and the old one soft-deleted (tag pipeline_superseded_by; restorable until
