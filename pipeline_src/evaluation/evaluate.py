@@ -109,7 +109,6 @@ def evaluate_run(cfg: RunConfig, data, model_path: Path, metrics_path: Path, thr
         "provenance": {**trained["provenance"],
                        "evaluation": {**git_state(), "package_hash": code_version(), "snakemake_rule": rule,
                                       "device": str(device)}},
-        "mlflow_run_id": None,
     }
     # first, so a metrics.json (what Snakemake and the report look for) never lacks its predictions
     save_predictions(predictions_path(metrics_path), {m: p.cpu().numpy() for m, p in predictions.items()},

@@ -10,7 +10,8 @@ Format 2 (written by training since this module exists):
                      itself, or an evaluation-only run's base; records from before it name none)
     history, evaluations, eval_plan, test_top1, diagnostics, distributed, startup_cpu_seconds
     provenance:      commits (code_versions), data version, device, library versions, determinism
-    mlflow_run_id
+    (the MLflow run id is the tracking rule's, in tracking/<set>.json; records from before it carry
+    mlflow_run_id themselves)
 
 A trained record (trained.json, beside model.pt) is what the train job knows once it has trained: the
 head, params (the run's training identity), history, startup_cpu_seconds, distributed and provenance.
