@@ -27,7 +27,7 @@ import yaml
 
 from bench_startup import JOB_PARAMS  # the same three jobs bench_startup.py times
 from pipeline_src.spec.config import REPO_ROOT
-from pipeline_src.worker import OFF_ENV, SOCKET_ENV
+from pipeline_src.plumbing.worker import OFF_ENV, SOCKET_ENV
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
@@ -57,7 +57,7 @@ def cpu_of(cmd: list[str], env: dict, cwd=REPO_ROOT) -> tuple[float, float, str]
 
 def start_worker(folder: Path) -> tuple[subprocess.Popen, str]:
     path = str(folder / "w.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.server", "--socket", path], cwd=REPO_ROOT,
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not os.path.exists(path):
         if proc.poll() is not None:

@@ -8,7 +8,7 @@ names, whose REPO_ROOT then points there. `_OwnFolder`, first in line, takes the
 submodules from this folder or not at all (deeper ones Python already looks up in their parent's folder).
 
 Nothing of the package is imported here: every job imports this file first, the start-up worker's client
-among them (pipeline_src/worker/ imports nothing else of the package).
+among them (pipeline_src/plumbing/worker/ imports nothing else of the package).
 """
 import sys
 from importlib.machinery import PathFinder

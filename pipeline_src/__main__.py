@@ -38,11 +38,11 @@ from __future__ import annotations
 import os
 import sys
 
-# A worker that has imported torch and the rest already (pipeline_src/worker/) runs the command in a
+# A worker that has imported torch and the rest already (pipeline_src/plumbing/worker/) runs the command in a
 # forked child, with this process's output, working directory and environment: this process then only
 # waits for its exit status. The child itself, and a torchrun rank, run the command here as usual.
 if __name__ == "__main__" and os.environ.get("PIPELINE_WORKER_SOCKET") and "LOCAL_RANK" not in os.environ:
-    from pipeline_src.worker.client import run_in_worker
+    from pipeline_src.plumbing.worker.client import run_in_worker
 
     _status = run_in_worker(os.environ["PIPELINE_WORKER_SOCKET"], ["pipeline_src", *sys.argv[1:]])
     if _status is not None:
@@ -279,7 +279,7 @@ def cmd_track_set(args) -> None:
 
 
 def cmd_track_audit(args) -> None:
-    from pipeline_src.provenance import write_json
+    from pipeline_src.fileio import write_json
     from pipeline_src.tracking.audit import log_audit, log_set_summaries
 
     run_id = log_audit(Path(args.results), args.tables, args.files)

@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from pipeline_src.spec import code_hash
-from pipeline_src.spec.code_hash import command_code, command_modules
+from pipeline_src.plumbing import code_hash
+from pipeline_src.plumbing.code_hash import command_code, command_modules
 
 STAGES = {"prepare": "prepare_data", "train": "train", "evaluate": "evaluate", "aggregate": "aggregate_set"}
 
@@ -27,7 +27,7 @@ def test_training_runs_the_modules_no_hand_list_named():
             "methods/registry", "methods/base", "data/prepared", "data/fashion_mnist", "methods/models",
             "methods/sites"} <= train
     assert {"results/aggregate", "results/audit", "results/verdicts", "results/report", "results/plots",
-            "methods/model_check", "spec/preflight", "spec/code_hash"}.isdisjoint(train)
+            "methods/model_check", "spec/preflight", "plumbing/code_hash"}.isdisjoint(train)
     assert not {name for name in train if name.startswith(("evaluation/", "tracking/audit"))}
 
 
@@ -109,9 +109,9 @@ def test_comments_docstrings_and_layout_rerun_nothing_a_changed_constant_does(pa
 
 
 def test_hashing_imports_nothing():
-    code = ("import sys; from pipeline_src.spec.code_hash import command_code; [command_code(c) for c in "
+    code = ("import sys; from pipeline_src.plumbing.code_hash import command_code; [command_code(c) for c in "
             "('prepare', 'train', 'aggregate', 'check-models')]; "
-            "print(sorted(m for m in sys.modules if m.startswith('pipeline_src.') and m not in ('pipeline_src.spec', 'pipeline_src.spec.code_hash')),"
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline_src.') and m not in ('pipeline_src.plumbing', 'pipeline_src.plumbing.code_hash')),"
             " 'torch' in sys.modules, 'yaml' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] False False"

@@ -22,7 +22,7 @@ from pipeline_src.evaluation.evaluate import evaluate_run
 from pipeline_src.results.progress import progress
 from pipeline_src.results.report import record_path
 from pipeline_src.spec.config import REPO_ROOT, expand_runs, validate_params
-from pipeline_src.spec.locks import RESULTS_LOCK, hold_results_folder
+from pipeline_src.plumbing.locks import RESULTS_LOCK, hold_results_folder
 from pipeline_src.spec.predictions import load_predictions
 from pipeline_src.spec.run_record import load_record
 from pipeline_src.training.train import CHECKPOINT_NAME, train_run
@@ -187,7 +187,7 @@ def test_a_predictions_file_of_objects_or_other_arrays_is_named(tmp_path):
 
 # ---- 12: two runs in one results folder ---------------------------------------------------------------
 
-HOLD = ("import sys, time\nfrom pipeline_src.spec.locks import hold_results_folder\n"
+HOLD = ("import sys, time\nfrom pipeline_src.plumbing.locks import hold_results_folder\n"
         "print(hold_results_folder(sys.argv[1]), flush=True)\ntime.sleep(300)\n")
 
 

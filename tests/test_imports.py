@@ -9,24 +9,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline_src.spec import code_hash
+from pipeline_src.plumbing import code_hash
 
 from helpers import ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-STAGES = ("spec", "data", "methods", "training", "evaluation", "tracking", "results", "worker")
-# stage -> the stages it may import; provenance.py (files, hashes, git) is shared by all
+STAGES = ("plumbing", "spec", "data", "methods", "training", "evaluation", "tracking", "results")
+# stage -> the stages it may import; provenance.py (git, environment) and fileio.py (atomic writes,
+# readers) are shared by all
 ALLOWED = {
-    "spec": set(),
+    "plumbing": set(),  # the Snakemake process's own code: rule code hashes, locks, the start-up worker
+    "spec": {"plumbing"},  # preflight caches the model check under the code hash of check-models
     "data": {"spec"},
     "methods": {"spec"},
     "evaluation": {"spec", "data", "methods"},
     "training": {"spec", "data", "methods"},
     "tracking": set(),
     "results": {"spec"},
-    "worker": set(),  # it runs the CLI in its children by name, and imports none of the package itself
 }
+# the start-up worker runs the CLI in its children by name and imports none of the package itself; Python
+# runs its parent packages' __init__.py first, so they import nothing of the package either
+WORKER = "pipeline_src.plumbing.worker"
+WORKER_PARENTS = ("pipeline_src", "pipeline_src.plumbing")
 HEAVY = ("torch", "torchvision", "timm")
 
 
@@ -67,18 +72,23 @@ def crossings(graph: dict[str, frozenset[str]]) -> list[str]:
                   if stage(a) and stage(b) and stage(b) != stage(a) and stage(b) not in ALLOWED[stage(a)])
 
 
+def in_worker(module: str) -> bool:
+    return module == WORKER or module.startswith(WORKER + ".")
+
+
 def worker_imports(graph: dict[str, frozenset[str]]) -> list[str]:
-    """Package modules outside worker/ that the start-up worker's files import (its __init__.py, which every
-    job's client runs, among them). There must be none: the worker would hold a module imported before the
-    fork, and an edited module would not be the code that runs. (worker/__init__.py names worker.server as
-    a string: the command of a process of its own.)"""
-    return sorted(f"{a} -> {b}" for a, imported in graph.items() if stage(a) == "worker"
-                  for b in imported if stage(b) != "worker")
+    """Package modules outside plumbing/worker/ that the start-up worker's files import (its __init__.py,
+    which every job's client runs, among them), and any package module its parent packages' __init__.py
+    import. There must be none: the worker would hold a module imported before the fork, and an edited
+    module would not be the code that runs. (worker/__init__.py names worker.server as a string: the
+    command of a process of its own.)"""
+    return sorted(f"{a} -> {b}" for a, imported in graph.items() if in_worker(a) or a in WORKER_PARENTS
+                  for b in imported if not (in_worker(b) and in_worker(a)))
 
 
-def test_every_module_is_in_a_stage_package_but_the_cli_and_provenance():
+def test_every_module_is_in_a_stage_package_but_the_cli_and_the_shared_files():
     loose = {m for m in package_modules() if stage(m) is None}
-    assert loose == {"pipeline_src", "pipeline_src.__main__", "pipeline_src.provenance"}
+    assert loose == {"pipeline_src", "pipeline_src.__main__", "pipeline_src.provenance", "pipeline_src.fileio"}
 
 
 def test_the_package_is_a_regular_one_that_imports_nothing_of_itself():
@@ -120,14 +130,21 @@ def _planted(tmp_path: Path, file: str, line: str) -> dict[str, frozenset[str]]:
 
 
 def test_a_planted_import_in_the_worker_package_fails_the_worker_check(tmp_path):
-    graph = _planted(tmp_path, "worker/__init__.py", "from pipeline_src.data import prepared")
-    assert worker_imports(graph) == ["pipeline_src.worker -> pipeline_src.data",
-                                     "pipeline_src.worker -> pipeline_src.data.prepared"]
-    assert "pipeline_src.worker -> pipeline_src.data.prepared" in crossings(graph)
+    graph = _planted(tmp_path, "plumbing/worker/__init__.py", "from pipeline_src.data import prepared")
+    assert worker_imports(graph) == ["pipeline_src.plumbing.worker -> pipeline_src.data",
+                                     "pipeline_src.plumbing.worker -> pipeline_src.data.prepared"]
+    assert "pipeline_src.plumbing.worker -> pipeline_src.data.prepared" in crossings(graph)
     # the worker's other modules count too
-    graph = _planted(tmp_path / "b", "worker/client.py", "from pipeline_src.spec import config")
-    assert worker_imports(graph) == ["pipeline_src.worker.client -> pipeline_src.spec",
-                                     "pipeline_src.worker.client -> pipeline_src.spec.config"]
+    graph = _planted(tmp_path / "b", "plumbing/worker/client.py", "from pipeline_src.spec import config")
+    assert worker_imports(graph) == ["pipeline_src.plumbing.worker.client -> pipeline_src.spec",
+                                     "pipeline_src.plumbing.worker.client -> pipeline_src.spec.config"]
+    # the rest of plumbing counts too: the stage rules allow it, the worker's guarantee does not
+    graph = _planted(tmp_path / "c", "plumbing/worker/__init__.py", "from pipeline_src.plumbing import locks")
+    assert worker_imports(graph) == ["pipeline_src.plumbing.worker -> pipeline_src.plumbing.locks"]
+    assert crossings(graph) == []
+    # and the plumbing package's own __init__.py, which Python runs before the worker's
+    graph = _planted(tmp_path / "d", "plumbing/__init__.py", "from pipeline_src.plumbing import code_hash")
+    assert worker_imports(graph) == ["pipeline_src.plumbing -> pipeline_src.plumbing.code_hash"]
 
 
 def test_a_sub_package_init_is_held_to_its_stage_rules(tmp_path):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pipeline_src.spec.locks import LOCK_DIR, clear_stale_locks, record_owner, this_host
+from pipeline_src.plumbing.locks import LOCK_DIR, clear_stale_locks, record_owner, this_host
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="owner checks read Linux /proc")
 

@@ -1,4 +1,4 @@
-"""Provenance: code hashes follow the code, writes are atomic, hardware and determinism are recorded."""
+"""Provenance: code hashes follow the code, hardware and determinism are recorded."""
 import os
 import shutil
 import subprocess
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_src.provenance import (HARDWARE_KEYS, PACKAGE_DIR, REPO_ROOT, apply_determinism, code_version,
-                                     environment, git_state, hardware, nvidia_driver_version, write_atomic)
+                                     environment, git_state, hardware, nvidia_driver_version)
 
 
 def test_code_version_covers_every_module_of_every_stage(tmp_path):
@@ -30,20 +30,6 @@ def test_code_version_covers_every_module_of_every_stage(tmp_path):
 def test_git_state_names_a_commit():
     state = git_state()
     assert len(state["git_commit"]) == 40 and state["git_dirty"] in (True, False)
-
-
-def test_write_atomic_leaves_no_partial_file(tmp_path):
-    target = tmp_path / "metrics.json"
-    write_atomic(target, "old")
-
-    class Boom(str):
-        def encode(self, *args):
-            raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(target, Boom("new"))
-    assert target.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_environment_names_the_hardware_of_the_device_and_none_on_cpu():

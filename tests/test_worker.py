@@ -1,4 +1,4 @@
-"""The start-up worker (pipeline_src/worker/): a command run through it gives the same output, exit
+"""The start-up worker (pipeline_src/plumbing/worker/): a command run through it gives the same output, exit
 status and training numbers as run plainly; an edited module is the code that runs; without a worker the
 command runs in-process; signals reach the job, and a job whose client was killed is ended."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_src.worker import PID_FILE, SOCKET_ENV
+from pipeline_src.plumbing.worker import PID_FILE, SOCKET_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO_ROOT),
@@ -38,7 +38,7 @@ def worker():
     """A real worker on a socket in a short temporary folder (unix socket paths are short)."""
     folder = tempfile.mkdtemp(prefix="pw-", dir="/tmp")
     path = os.path.join(folder, "w.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.server", "--socket", path], cwd=REPO_ROOT,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not os.path.exists(path):
@@ -53,7 +53,7 @@ def worker():
 
 def client(cwd: Path, *args, socket_path=None, **kwargs) -> subprocess.CompletedProcess:
     env = {**ENV, "EXPECT_CWD": str(cwd), "MARK": "m1", **({SOCKET_ENV: socket_path} if socket_path else {})}
-    return subprocess.run([sys.executable, "-m", "pipeline_src.worker.client", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "pipeline_src.plumbing.worker.client", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, **kwargs)
 
 
@@ -85,7 +85,7 @@ def test_a_job_started_while_its_worker_imports_waits_for_it(tmp_path):
     started = time.monotonic()
     assert client(tmp_path, "job", socket_path=path).stdout == "here\n"
     assert time.monotonic() - started < 20
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.server", "--socket", path], cwd=REPO_ROOT,
                             env=ENV, stderr=subprocess.PIPE, text=True)
     (folder / PID_FILE).write_text(str(proc.pid))
     try:
@@ -126,7 +126,7 @@ def sleeping_job(worker: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """A job that sleeps in the worker: (its client process, the worker's child running it)."""
     (tmp_path / "job.py").write_text(SCRIPT)
     env = {**ENV, "EXPECT_CWD": str(tmp_path), SOCKET_ENV: worker}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.client", "job", "sleep"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.client", "job", "sleep"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, int(wait_for(tmp_path / "child.pid"))
 
@@ -179,7 +179,7 @@ def test_a_training_run_through_the_worker_has_the_plain_run_s_numbers(worker, t
 
 def test_a_worker_leaves_when_the_snakemake_that_started_it_is_killed(tmp_path):
     """What onstart does, in a parent that is then killed too hard for onsuccess/onerror to run."""
-    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline_src import worker\n"
+    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline_src.plumbing import worker\n"
                                f"print(worker.start({str(tmp_path / 'worker.log')!r})[1], flush=True)\ntime.sleep(300)"],
                               cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     path = parent.stdout.readline().strip()
@@ -198,7 +198,7 @@ def test_a_worker_leaves_when_the_snakemake_that_started_it_is_killed(tmp_path):
 def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
     folder = tempfile.mkdtemp(prefix="pw-", dir="/tmp")
     path = os.path.join(folder, "w.sock")
-    server = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path], cwd=REPO_ROOT,
+    server = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.server", "--socket", path], cwd=REPO_ROOT,
                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not os.path.exists(path):
@@ -219,7 +219,7 @@ def test_a_job_whose_worker_died_fails_and_ends(tmp_path):
 
 def as_a_rule_runs_it(tmp_path: Path, *args: str) -> list[str]:
     """The job's command line as a rule's shell line runs it: output and errors into its log."""
-    return ["bash", "-c", f"{sys.executable} -m pipeline_src.worker.client {' '.join(args)} > job.log 2>&1"]
+    return ["bash", "-c", f"{sys.executable} -m pipeline_src.plumbing.worker.client {' '.join(args)} > job.log 2>&1"]
 
 
 def test_a_job_killed_by_a_signal_says_so_in_its_log(worker, tmp_path):
@@ -257,7 +257,7 @@ def test_a_hard_kill_of_the_snakemake_that_started_the_worker_ends_its_jobs(tmp_
     """What onstart does, then a job through the worker, then a kill -9 of the parent: the job, its client
     and its shell end, the worker exits and its /tmp/pw-* folder goes with it."""
     (tmp_path / "job.py").write_text(SCRIPT)
-    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\nfrom pipeline_src import worker\n"
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\nfrom pipeline_src.plumbing import worker\n"
                                f"print(worker.start({str(tmp_path / 'worker.log')!r})[1], flush=True)\n"
                                f"shell = subprocess.Popen({as_a_rule_runs_it(tmp_path, 'job', 'sleep')!r}, "
                                f"cwd={str(tmp_path)!r})\nprint(shell.pid, flush=True)\ntime.sleep(300)"],

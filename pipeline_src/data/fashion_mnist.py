@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.data.files import DataError, input_label, search_places, sha256_file
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

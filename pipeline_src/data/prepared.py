@@ -24,7 +24,7 @@ import torch
 from pipeline_src.data import generated
 
 from pipeline_src.data import cifar, fashion_mnist, image_folders
-from pipeline_src.provenance import atomic_path, write_json
+from pipeline_src.fileio import atomic_path, write_json
 from pipeline_src.data.files import DataError, sha256_file
 from pipeline_src.spec.datasets import resolve_spec
 from pipeline_src.data.stream import ImageStream

@@ -19,7 +19,8 @@ import torch
 from pipeline_src.methods.base import top1
 from pipeline_src.methods.device import autocast, select_device
 from pipeline_src.methods.registry import build_run_method
-from pipeline_src.provenance import code_version, git_state, read_json, torch_load, write_json
+from pipeline_src.fileio import read_json, torch_load, write_json
+from pipeline_src.provenance import code_version, git_state
 from pipeline_src.spec.config import RunConfig
 from pipeline_src.spec.preflight import base_problem, evaluation_only, model_run_of
 from pipeline_src.spec.predictions import predictions_path, save_predictions

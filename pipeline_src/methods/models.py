@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline_src.methods.base import eval_mode
-from pipeline_src.provenance import torch_load
+from pipeline_src.fileio import torch_load
 from pipeline_src.spec.config import weights_path
 
 WEIGHTS_REMEDY = "give weights_file a state_dict of this model (torch.save(model.state_dict(), path))"

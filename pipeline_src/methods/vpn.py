@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline_src.methods.generators import ResNet18Generator, build_generator
-from pipeline_src.provenance import torch_load
+from pipeline_src.fileio import torch_load
 from pipeline_src.spec.method_spec import VPN_SETTINGS
 from pipeline_src.methods.base import Method, eval_mode, predict
 

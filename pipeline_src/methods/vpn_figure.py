@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline_src.provenance import save_figure  # noqa: E402
+from pipeline_src.fileio import save_figure  # noqa: E402
 
 
 def _as_image(t):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.spec.run_record import load_record, method_as_run
 
 def method_traits(method: dict) -> dict:

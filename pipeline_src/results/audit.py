@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.results.claims import deviation_markers, load_claims, load_deviations, number_claims
 from pipeline_src.results.effects import AUDIT_COLUMNS, CELL_COLUMNS, EFFECT_TESTS, audit_effects, image_variance
 from pipeline_src.results.pages import audit_markdown, run_seeds, write_paper_table

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.results.not_run import (SMOKE_PARAMS, datasets_run, effect_kinds, load_params_file,
                                           not_run_reason, smoke_text)
 from pipeline_src.results.pages import run_seeds, runs_text

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.provenance import cpu_model, read_json, write_atomic, write_json
+from pipeline_src.fileio import read_json, write_atomic, write_json
+from pipeline_src.provenance import cpu_model
 from pipeline_src.spec.config import RunConfig, expand_runs, model_identity, run_configuration
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.spec.predictions import predictions_path

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.results.verdicts import PAPER_SCALE
 
 

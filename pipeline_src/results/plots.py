@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from pipeline_src.provenance import save_figure  # noqa: E402
+from pipeline_src.fileio import save_figure  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.collect import record_path, same_run
-from pipeline_src.provenance import read_json
+from pipeline_src.fileio import read_json
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_NAME
 from pipeline_src.spec.preflight import evaluation_only
 from pipeline_src.spec.run_record import CHECKPOINT_NAME, RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline_src.provenance import REPO_ROOT, write_atomic, write_json
+from pipeline_src.fileio import write_atomic, write_json
+from pipeline_src.provenance import REPO_ROOT
 from pipeline_src.results.collect import collect, missing_runs, record_path, run_metrics
 from pipeline_src.spec.config import audit_set_info, expand_runs, load_params, own_reading_text
 from pipeline_src.spec.run_record import load_record

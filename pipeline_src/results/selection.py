@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline_src.provenance import read_csv
+from pipeline_src.fileio import read_csv
 from pipeline_src.results.aggregate import method_traits
 from pipeline_src.results.claims import DEFAULT_READING
 from pipeline_src.results.verdicts import PAPER_SCALE, join_scales

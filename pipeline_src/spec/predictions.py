@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 
 FILE_NAME = "predictions.npz"
 TARGET = "target"  # the true labels, in the test set's own order

@@ -17,9 +17,9 @@ from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
-from pipeline_src.spec.code_hash import command_code
+from pipeline_src.plumbing.code_hash import command_code
 from pipeline_src.spec.config import REPO_ROOT, ParamsError, RunConfig, dataset_spec, format_run_id, weights_path
-from pipeline_src.provenance import write_json
+from pipeline_src.fileio import write_json
 from pipeline_src.spec.datasets import DataError
 from pipeline_src.spec.datasets import given_path_problem, input_shape, resolve_spec
 

@@ -27,7 +27,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline_src.provenance import git_state, read_json
+from pipeline_src.fileio import read_json
+from pipeline_src.provenance import git_state
 
 if TYPE_CHECKING:
     from pipeline_src.spec.config import RunConfig

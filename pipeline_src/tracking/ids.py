@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline_src.provenance import read_json, write_json
+from pipeline_src.fileio import read_json, write_json
 
 # a damaged tracking file loses only ids: logging the set again finds its runs in the store
 IDS_REMEDY = "delete it and run Snakemake again (or track-resync): the runs already logged are found, not duplicated"

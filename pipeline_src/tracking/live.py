@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline_src.provenance import write_atomic
+from pipeline_src.fileio import write_atomic
 from pipeline_src.tracking.entities import _content_hash, _epoch_points, _final_points, _params, _run_tags
 from pipeline_src.tracking.runs import _log_dataset, _log_files, log_run
 from pipeline_src.tracking.store import (_attempt, _filter, _find_parent, _http_defaults, _init_once, _open_client,

@@ -42,7 +42,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from pipeline_src.provenance import write_json
+from pipeline_src.fileio import write_json
 from pipeline_src.tracking.switch import is_server
 
 EXPERIMENT_NAME = "beneficial-noise"

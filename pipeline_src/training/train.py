@@ -23,7 +23,8 @@ from pipeline_src.methods.base import predict, top1
 from pipeline_src.methods.device import autocast as device_autocast, select_device
 from pipeline_src.methods.registry import build_run_method
 from pipeline_src.spec.run_record import CHECKPOINT_NAME, TRAINED_FORMAT, run_head, trained_path
-from pipeline_src.provenance import apply_determinism, code_version, environment, torch_save_atomic, write_json
+from pipeline_src.fileio import torch_save_atomic, write_json
+from pipeline_src.provenance import apply_determinism, code_version, environment
 from pipeline_src.data.files import sha256_file
 from pipeline_src.data.stream import ImageStream, to_input
 

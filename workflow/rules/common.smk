@@ -6,13 +6,13 @@ from pathlib import Path
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from pipeline_src.spec.code_hash import command_code
+from pipeline_src.plumbing.code_hash import command_code
 from pipeline_src.spec.config import ParamsError, dataset_spec, expand_runs, validate_params
 from pipeline_src.data.dvc_versions import dataset_dvc_hash, raw_inputs
-from pipeline_src.spec.locks import clear_stale_locks, drop_own_locks, hold_results_folder, record_owner
+from pipeline_src.plumbing.locks import clear_stale_locks, drop_own_locks, hold_results_folder, record_owner
 from pipeline_src.spec.preflight import base_run_of, check_runs, gpus_for, model_run_of
 from pipeline_src.tracking.switch import LIVE_ENV, switch_on
-from pipeline_src import worker
+from pipeline_src.plumbing import worker
 
 try:
     PARAMS = validate_params(config)
@@ -22,7 +22,7 @@ except ParamsError as err:
     sys.exit(f"error: {err}")
 
 # After a hard kill the next run would stop at Snakemake's LockException: locks whose owner is
-# provably gone are removed here, others named with how to unlock (pipeline_src/spec/locks.py). Only in the
+# provably gone are removed here, others named with how to unlock (pipeline_src/plumbing/locks.py). Only in the
 # main process: a cluster job step cannot see the submit host's processes.
 if workflow.is_main_process:
     for note in clear_stale_locks(Path.cwd()):
@@ -30,7 +30,7 @@ if workflow.is_main_process:
 
 
 # Jobs run here hand their command to one worker that has imported torch and the rest once
-# (pipeline_src/worker/); jobs on a cluster, or in a conda env of their own, start as plain processes.
+# (pipeline_src/plumbing/worker/); jobs on a cluster, or in a conda env of their own, start as plain processes.
 _WORKER = []
 _WORKER_HERE = not (workflow.non_local_exec or workflow.remote_exec) and (
     DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method)
@@ -40,7 +40,7 @@ onstart:
     # Snakemake holds its locks now (never in a dry run): record whose they are. Its lock files say
     # only what they lock; `_lockfile` (Snakemake's own record of the files it wrote) names them.
     # A run ending removes every run's locks in this folder: our own lock on the results folder keeps a
-    # second run out of it (spec/locks.py). A refused run leaves by os._exit, not SystemExit, after which
+    # second run out of it (plumbing/locks.py). A refused run leaves by os._exit, not SystemExit, after which
     # Snakemake's unlock would remove the first run's locks too.
     if workflow.is_main_process and (refused := hold_results_folder(Path(PARAMS["results_dir"]))):
         print(refused, file=sys.stderr, flush=True)
@@ -73,7 +73,7 @@ if workflow.is_main_process and (note := switch_on(PARAMS["tracking"]["live"], R
 if os.environ.get(LIVE_ENV):  # a cluster job gets the switch and the server exported with its command
     workflow.register_envvars(LIVE_ENV, "MLFLOW_TRACKING_URI")
 SETS = list(PARAMS["experiment_sets"])
-# Hashes of the code each rule's command runs, found from the package's imports (pipeline_src/spec/code_hash.py):
+# Hashes of the code each rule's command runs, found from the package's imports (pipeline_src/plumbing/code_hash.py):
 # editing a module a rule may import reruns that rule, editing any other module does not.
 PREPARE_CODE = command_code("prepare")
 TRAIN_CODE = command_code("train")

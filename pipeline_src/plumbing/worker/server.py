@@ -1,4 +1,4 @@
-"""`python -m pipeline_src.worker.server --socket PATH [--idle-exit S]`: import the heavy libraries once,
+"""`python -m pipeline_src.plumbing.worker.server --socket PATH [--idle-exit S]`: import the heavy libraries once,
 then fork one child per client (client.py) and report its exit status.
 
 A child takes the client's stdin/stdout/stderr (passed over the socket), working directory, environment
@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 
-from pipeline_src.worker import PID_FILE, SOCKET_ENV
+from pipeline_src.plumbing.worker import PID_FILE, SOCKET_ENV
 
 # What a training job imports beyond pipeline_src, heaviest first (benchmarks/bench_startup.py
 # measures the effect): importing them here is the start-up every job would otherwise pay.

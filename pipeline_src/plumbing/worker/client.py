@@ -2,7 +2,7 @@
 
 `python -m pipeline_src CMD ...` does so itself when the variable is set (its __main__.py, before any
 other import), and runs the command in-process when no worker answers;
-`python -m pipeline_src.worker.client MODULE ARGS...` does the same for any `python -m MODULE ARGS...`.
+`python -m pipeline_src.plumbing.worker.client MODULE ARGS...` does the same for any `python -m MODULE ARGS...`.
 Standard library only: this is what each job starts.
 
 The client stays until the child ends: SIGTERM, SIGINT and SIGHUP sent to it (Snakemake cancelling a
@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 
-from pipeline_src.worker import PID_FILE, SOCKET_ENV
+from pipeline_src.plumbing.worker import PID_FILE, SOCKET_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # what the kernel sends the client when its parent dies (prctl PR_SET_PDEATHSIG): a signal of its own,
@@ -120,7 +120,7 @@ def _follow_parent(stop) -> None:
 
 def main() -> None:
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m pipeline_src.worker.client MODULE [ARGS...]")
+        sys.exit("usage: python -m pipeline_src.plumbing.worker.client MODULE [ARGS...]")
     argv = sys.argv[1:]
     path = os.environ.get(SOCKET_ENV)
     status = run_in_worker(path, argv) if path else None

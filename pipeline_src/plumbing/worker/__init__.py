@@ -34,7 +34,7 @@ def start(log_path) -> tuple[object, str] | None:
         # its own session, so that a Ctrl-C to Snakemake's terminal reaches the jobs through their
         # clients, not the worker; once this process is gone, however that ended, it ends the jobs it
         # runs, exits and removes its folder
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.worker.server", "--socket", path,
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline_src.plumbing.worker.server", "--socket", path,
                                  "--idle-exit", "3600", "--parent-pid", str(os.getpid()), "--own-folder"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     # the jobs Snakemake starts while the worker is still importing wait for it (client.py)
