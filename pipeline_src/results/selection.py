@@ -206,7 +206,8 @@ def method_fits(side: dict, label: str, spec: dict | None) -> bool:
     trait filters ask for (a method of unknown spec may be anything)."""
     if "methods" in side and not any(fnmatch.fnmatchcase(label, p) for p in side["methods"]):
         return False
-    wanted = {key: _as_list(side[key]) for key in TRAITS if key in side}
+    # `first` / `last` pick a sweep position among the runs (select_side), not a value a method declares
+    wanted = {key: _as_list(side[key]) for key in TRAITS if key in side and side[key] not in ("first", "last")}
     if not wanted or spec is None:
         return True
     traits = method_traits(spec)
