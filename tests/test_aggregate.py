@@ -1,11 +1,12 @@
 """Per-set summaries over seeds, from metrics.json files as train writes them."""
+import copy
 import json
 
 import pytest
 
 import pandas as pd
 
-from pipeline_src.results.aggregate import SetFiles, load_histories, load_runs, summarize, write_table
+from pipeline_src.results.aggregate import SetFiles, load_histories, load_runs, recipe, summarize, write_table
 
 
 def write_run(tmp_path, seed, top1, diagnostics):
@@ -79,6 +80,23 @@ def test_runs_say_what_they_are_and_which_recipe_trained_them(tmp_path):
     assert long.loc["shift_train", ["noise", "apply_at", "trained_clean"]].tolist() == ["circular_shift", "both", False]
     # one training block in two sets is one recipe (a legitimate pair); more epochs are another
     assert long.loc["clean_train", "recipe"] == long.loc["shift_train", "recipe"] != long.loc["clean_long", "recipe"]
+
+
+def test_an_older_record_without_the_filled_optimizer_keys_keeps_its_recipe():
+    """Committed ViT records trained before the schema filled warmup_epochs, min_lr and label_smoothing
+    hashed to another recipe than their bit-identical reruns, so 2 of 5 seeds lost their control."""
+    filled = {"params": {"dataset": "d", "model_cfg": {"arch": "vit"}, "epochs": 20, "batch_size": 128,
+                         "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+                                       "schedule": "cosine", "warmup_epochs": 0, "min_lr": 0.0},
+                         "protocol": "paper", "label_smoothing": 0.0, "scale": "paper"},
+              "model": "m", "reading": "", "provenance": {"data_version": "abc"}}
+    older = copy.deepcopy(filled)
+    del older["params"]["optimizer"]["warmup_epochs"], older["params"]["optimizer"]["min_lr"]
+    older["params"]["label_smoothing"] = None
+    assert recipe(older) == recipe(filled)
+    other = copy.deepcopy(filled)
+    other["params"]["optimizer"]["warmup_epochs"] = 2
+    assert recipe(other) != recipe(filled)
 
 
 def test_noise_at_strength_zero_is_no_noise_to_select(tmp_path):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline_src.fileio import write_atomic
 from pipeline_src.spec.run_record import load_record, method_as_run
+from pipeline_src.spec.schema import filled
 
 def method_traits(method: dict) -> dict:
     """What a method is, for claims that select runs by what they are rather than by label or set kind:
@@ -34,6 +35,10 @@ def recipe(metrics: dict) -> str:
     """A short hash of a run's training recipe (RECIPE_KEYS, its reading and the data version)."""
     params = metrics["params"]
     block = {key: params.get(key) for key in RECIPE_KEYS}
+    # records written before the schema filled every optimizer key (warmup_epochs, min_lr) or had label
+    # smoothing name the same training as today's filled ones: fill them, so one recipe has one hash
+    block["optimizer"] = filled(params.get("optimizer") or {}, "optimizer_defaults")
+    block["label_smoothing"] = params.get("label_smoothing") or 0.0
     block.update(model=metrics["model"], reading=metrics.get("reading", ""),
                  data=metrics["provenance"].get("data_version"))
     return hashlib.sha256(json.dumps(block, sort_keys=True).encode()).hexdigest()[:12]
