@@ -45,11 +45,10 @@ def check_trained(cfg: RunConfig, trained: dict, source: Path) -> None:
         if problem := base_problem(asdict(cfg), params):
             raise ValueError(f"{source}: run {cfg.run_id}: {problem}")
         return
-    if not trained_for(trained, cfg):
-        wanted = json.loads(cfg.training_identity().to_json())
-        differing = sorted(k for k in wanted if (trained.get("params") or {}).get(k) != wanted[k])
-        raise ValueError(f"{source} was trained under other params than run {cfg.run_id} "
-                         f"(differing: {', '.join(differing) or 'format'}); retrain it (delete its model.pt)")
+    wanted = json.loads(cfg.training_identity().to_json())
+    differing = sorted(k for k in wanted if (trained.get("params") or {}).get(k) != wanted[k])
+    raise ValueError(f"{source} was trained under other params than run {cfg.run_id} "
+                     f"(differing: {', '.join(differing) or 'format'}); retrain it (delete its model.pt)")
 
 
 def evaluate_run(cfg: RunConfig, data, model_path: Path, metrics_path: Path, threads: int | None = None,

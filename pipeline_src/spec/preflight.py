@@ -29,8 +29,15 @@ def base_run_of(run: RunConfig) -> tuple[str, str] | None:
     spec = run.method
     if spec["name"] != "vpn" or spec.get("mode", "joint") != "frozen":
         return None
+    return _named_base(run, "frozen mode needs base_set and base_label naming the baseline run to freeze")
+
+
+def _named_base(run: RunConfig, missing: str) -> tuple[str, str]:
+    """(experiment_set, run_id) of the run a method's base_set/base_label name: same dataset, model,
+    reading and seed. ValueError(missing) when either key is absent."""
+    spec = run.method
     if "base_set" not in spec or "base_label" not in spec:
-        raise ValueError("frozen mode needs base_set and base_label naming the baseline run to freeze")
+        raise ValueError(missing)
     return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
 
 
@@ -43,13 +50,10 @@ def evaluation_only(method: dict) -> bool:
 def model_run_of(run: RunConfig) -> tuple[str, str]:
     """(experiment_set, run_id) of the run whose model.pt this run's evaluate job measures: its own, or
     for an evaluation-only run its base's (same dataset, model, reading and seed)."""
-    spec = run.method
-    if not evaluation_only(spec):
+    if not evaluation_only(run.method):
         return run.experiment_set, run.run_id
-    if "base_set" not in spec or "base_label" not in spec:
-        raise ValueError("an evaluation-only run needs both base_set and base_label naming the clean-trained run "
-                         "whose model it measures")
-    return spec["base_set"], format_run_id(run.dataset, run.model, spec["base_label"], "", run.reading, run.seed)
+    return _named_base(run, "an evaluation-only run needs both base_set and base_label naming the clean-trained "
+                            "run whose model it measures")
 
 
 # What an evaluation-only run shares with its base: everything that decides the trained weights (the
