@@ -46,7 +46,32 @@ def load_claims(path: Path) -> dict:
     if not isinstance(variance, int) or variance < 3:
         raise ValueError(f"settings.variance_min_seeds must be an integer >= 3; got {variance!r}")
     settings["variance_min_seeds"] = variance
+    check_proxies(effects)
     return {"settings": settings, "tables": tables, "effects": effects}
+
+
+PROXY_KEYS = {"table", "gain_of", "datasets", "reason"}
+
+
+def check_proxies(effects: list[dict]) -> None:
+    """A claim's `proxy` (a descriptive stand-in, results/proxy.py): its keys, two distinct datasets, and a
+    gain_of claim that pairs on dataset, so no gain ever mixes the two datasets."""
+    by_id = {claim["id"]: claim for claim in effects}
+    for claim in effects:
+        proxy = claim.get("proxy")
+        if proxy is None:
+            continue
+        where = f"{claim['id']}.proxy"
+        if not isinstance(proxy, dict) or set(proxy) != PROXY_KEYS:
+            raise ValueError(f"{where}: needs exactly the keys {', '.join(sorted(PROXY_KEYS))}")
+        datasets = proxy["datasets"]
+        if not isinstance(datasets, dict) or set(datasets) != {"small", "large"} or datasets["small"] == datasets["large"]:
+            raise ValueError(f"{where}.datasets: needs two different datasets, small and large; got {datasets!r}")
+        source = by_id.get(proxy["gain_of"], {}).get("test", {})
+        if source.get("type") != "paired" or "dataset" not in source.get("pair_on", []):
+            raise ValueError(f"{where}.gain_of: {proxy['gain_of']!r} is no paired claim of this registry that pairs on dataset")
+        if not str(proxy["table"]).isidentifier() or not str(proxy["reason"]).strip():
+            raise ValueError(f"{where}: table must be a plain name and reason must say why")
 
 
 def number_claims(tables: dict, default_tolerance: float = 1.0) -> list[dict]:
