@@ -18,6 +18,7 @@ from pipeline_src.fileio import write_atomic
 from pipeline_src.results.not_run import (SMOKE_PARAMS, datasets_run, effect_kinds, load_params_file,
                                           not_run_reason, smoke_text)
 from pipeline_src.results.pages import run_seeds, runs_text
+from pipeline_src.results.proxy import proxy_note
 
 SHORT = 70  # characters of a claim's sentence in the claim table
 
@@ -108,10 +109,11 @@ def claim_rows(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, paper: di
         lines = audit[(audit["table"] == "effects") & (audit["claim_id"] == claim["id"])]
         ran = lines[lines["verdict"] != "not run"]
         mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
+        verdict = (_verdicts_by_reading(ran, count=False) if len(ran)
+                   else not_run_reason(paper, effect_kinds(claim["test"], paper), have=have))
         rows.append({"claim": claim["id"], "what": short_text(claim["claim"]),
                      "evidence": _evidence_text(ran, mine) if len(ran) else smoke_text(smoke, effect_kinds(claim["test"], smoke)),
-                     "verdict": _verdicts_by_reading(ran, count=False) if len(ran)
-                     else not_run_reason(paper, effect_kinds(claim["test"], paper), have=have),
+                     "verdict": "; ".join(filter(None, [verdict, proxy_note(claim)])),  # a proxy beside, never as, it
                      "page": page_name(claim["id"])})
     return rows
 
@@ -191,6 +193,16 @@ def _per_seed(report_dir: Path, evidence: str, eval_mode: str, metric: str, tabl
     return ", ".join(values)
 
 
+def _proxy_section(claim: dict) -> list[str]:
+    """A claim's proxy, linked from its page (tables/ is a sibling of claims/), with why it stands in."""
+    note = proxy_note(claim)
+    if not note:
+        return []
+    table = f"tables/{claim['proxy']['table']}.md"
+    return ["## Proxy", note.replace(table, f"[{table}](../{table})") + ". Why a proxy: "
+            + " ".join(str(claim["proxy"]["reason"]).split())]
+
+
 def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviations: list[dict],
                 report_dir: Path, paper: dict) -> str:
     lines = audit[(audit["table"] == "effects") & (audit["claim_id"] == claim["id"])]
@@ -205,6 +217,7 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
              "## Verdict per reading"]
     if not len(ran):
         parts += [not_run_reason(paper, effect_kinds(test, paper), have=datasets_run(audit)) + ".",
+                  *_proxy_section(claim),
                   "## Departures from the papers", _departures(list(lines["deviations"]), deviations)]
         return "\n\n".join(parts) + "\n"
     text = lambda value: value if isinstance(value, str) else ""  # noqa: E731  (a blank csv cell is NaN)
@@ -224,6 +237,7 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
                        **({"manipulation": text(c["manipulation"])} if "manipulation" in c else {}),
                        "split": text(c["split"]), "note": text(c["note"])}
                       for _, c in mine.iterrows()]) or "No cell has runs."]
+    parts += _proxy_section(claim)
     sets = _sets_of(mine["evidence"] if len(mine) else ran["evidence"])
     figures = _figures(report_dir, sets)
     seeds = _seeds(report_dir, mine["evidence"]) if len(mine) else {}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline_src.fileio import write_atomic
+from pipeline_src.results.proxy import proxy_note
 from pipeline_src.results.verdicts import PAPER_SCALE
 
 
@@ -189,7 +190,10 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
     board = pd.concat([numbers["verdict"].value_counts().rename("number claims"),
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
     texts = {e["id"]: e["claim"] for e in claims["effects"]}
-    shown = effects.assign(claim=effects["claim_id"].map(texts))[
+    # a claim's proxy is named beside its verdict (never as it): the note points to its table
+    proxies = effects["claim_id"].map({e["id"]: proxy_note(e) for e in claims["effects"]}).fillna("")
+    notes = ["; ".join(filter(None, [n if isinstance(n, str) else "", p])) for n, p in zip(effects["note"], proxies)]
+    shown = effects.assign(claim=effects["claim_id"].map(texts), note=notes)[
         ["claim_id", "reading", "claim", "expected", "rule", "mean", "ci_low", "ci_high", "n", "cells", "gated",
          "p_value", "p_family", "verdict", "scale", "uncertainty", "deviations", "sensitivity", "note"]]
     cell_cols = ["claim_id", "reading", "cell", "seeds", "mean", "ci_low", "ci_high", "uncertainty", "test", "p_value",

@@ -173,6 +173,7 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     from pipeline_src.results.aggregate import SetFiles, aggregate_set, load_histories, load_runs
     from pipeline_src.results.audit import main_audit
     from pipeline_src.results.plots import plot_test_batch_study, plot_training_curves
+    from pipeline_src.results.proxy import write_proxies
 
     params = load_params(params_path)
     report_dir = Path(report_dir)
@@ -204,6 +205,8 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
                                  lambda v: "-" if pd.isna(v) else str(v))).to_markdown(index=False, floatfmt=".2f") + "\n")
                 plot_test_batch_study(name, table, report_dir / "figures" / f"{name}_test_batches.png")
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
+    # beside the audit, never in it: a claim's descriptive proxy (tables/<table>.csv and .md)
+    write_proxies(claims, runs_csvs, audit_set_info(params), report_dir / "tables")
     # the pages quote the written tables, so a page rebuilt from the committed files is the same page
     cells = read_audit_table(report_dir / "effects_cells.csv")
     from pipeline_src.results.plots import plot_specification_curve
