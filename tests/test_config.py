@@ -216,6 +216,39 @@ def test_check_refuses_two_run_ids_of_one_training(tmp_path):
         "reading of those it makes equal, or choose another protocol"]
 
 
+def test_the_readings_name_each_noisynn_protocols_source_and_what_neither_changes():
+    from pipeline_src.spec.config import audit_set_info
+
+    readings = audit_set_info(load_params(REPO_ROOT / "params" / "fashion_mnist.yaml"))["readings"]
+    assert "optimal_q at test only" in readings["authors_vit"] and "--tra 0 --inf 1" in readings["authors_vit"]
+    assert "circular_shift strength 0.4 in training and at test" in readings["authors_cnn"]
+    assert "Shawey94/NoisyNN NoisyCNN_CircularShiftQ/script.txt" in readings["authors_cnn"]
+    # `ours` is the training block, and for NoisyNN neither protocol: each such method says what it changes
+    assert ("test_batch_study_vit/noisy_train, test_batch_study_resnet/noisy_train: optimal_q in training and at "
+            "test (authors_vit: optimal_q at test only)") in readings["ours"]
+    assert "harmful_noise_vit/impulse_image, harmful_noise_resnet/impulse_image: impulse at test only" in readings["ours"]
+
+
+@pytest.mark.parametrize("protocols, expected", [
+    ({"authors_vit": {"noise": {"kind": "optimal_q"}, "apply_at": "test"}},
+     "noisynn_protocols.authors_vit: 'source' is a required property"),
+    ({"authors_vit": {"source": "x", "noise": {"kind": "optimal_q"}, "apply_at": "inference"}},
+     "noisynn_protocols.authors_vit.apply_at: 'inference' is not allowed; allowed values: train, test, both"),
+    ({"sgd_code": {"source": "x", "noise": {"kind": "optimal_q"}, "apply_at": "test"}},
+     "noisynn_protocols.sgd_code: the name is already a reading (readings or own_reading); a protocol is judged "
+     "as a reading of its own: give it another name"),
+    ({"a": {"source": "x", "noise": {"kind": "optimal_q"}, "apply_at": "test"},
+      "b": {"source": "y", "noise": {"kind": "optimal_q"}, "apply_at": "test"}},
+     "noisynn_protocols.b: the same noise and apply_at as a; a method would follow both"),
+])
+def test_a_bad_noisynn_protocol_fails_check_in_one_line(tmp_path, protocols, expected):
+    raw = yaml.safe_load((REPO_ROOT / "params" / "fashion_mnist.yaml").read_text())
+    assert set(raw["noisynn_protocols"]) == {"authors_vit", "authors_cnn"}  # as shipped: declared and accepted
+    out = run_check({**raw, "noisynn_protocols": protocols}, tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: invalid params: {expected}"]
+
+
 def test_missing_weights_file_is_one_line_at_preflight(tmp_path, raw_default):
     raw = copy.deepcopy(raw_default)
     raw["models"]["vit"]["weights_file"] = "weights/vit_b16_in21k_ft_in1k.pth"

@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline_src.fileio import write_atomic, write_json
 from pipeline_src.provenance import REPO_ROOT
 from pipeline_src.results.collect import collect, missing_runs, record_path, run_metrics
-from pipeline_src.spec.config import audit_set_info, expand_runs, load_params, own_reading_text
+from pipeline_src.spec.config import audit_set_info, expand_runs, load_params
 from pipeline_src.spec.run_record import load_record
 
 # collecting records lives in collect.py; these stay importable from here for the CLI and older callers
@@ -91,10 +91,9 @@ def provenance(params_path: Path, params: dict, by_set: dict[str, list[Path]], r
 def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
     """Per paper-table cell that has runs under more than one protocol reading: the paper's value and ours
     under each reading (mean ± sd, n, verdict), then each reading's source. None without readings."""
-    if not params["readings"]:
+    if not params["readings"] and not params["noisynn_protocols"]:
         return None
-    sources = {**{params["own_reading"]: own_reading_text(params)},
-               **{name: r["source"] for name, r in params["readings"].items()}}
+    sources = audit_set_info(params)["readings"]  # the NoisyNN protocols too, and what `ours` means for NoisyNN
     key = "Readings declared:\n\n" + "\n".join(f"- `{name}`: {source}" for name, source in sources.items())
     numbers = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
     counts = numbers.groupby(["table", "row", "column"])["reading"].nunique()

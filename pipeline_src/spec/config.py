@@ -20,6 +20,7 @@ import yaml
 from pipeline_src.spec.method_spec import resolve_method
 from pipeline_src.provenance import REPO_ROOT  # also imported from here by callers
 from pipeline_src.spec.protocols import authors_code, merge as _merge
+from pipeline_src.spec.readings import followed_protocol, protocol_departure, reading_sources
 from pipeline_src.spec.schema import InputError, SchemaError, evaluation_keys, filled
 
 
@@ -73,19 +74,28 @@ def validate_params(params: dict) -> dict:
         labels = [m["label"] for m in spec["methods"]]
         if len(set(labels)) != len(labels):
             raise ParamsError(f"invalid params: experiment_sets.{set_name}.methods: duplicate labels in {labels}")
+    check_protocols(params)
     return params
+
+
+def check_protocols(params: dict) -> None:
+    """A NoisyNN protocol is a reading of the audit: its name is no other reading's, and no two protocols
+    fix the same noise and apply_at (a method would follow both)."""
+    seen: dict[str, str] = {}
+    for name, protocol in params["noisynn_protocols"].items():
+        if name in params["readings"] or name == params["own_reading"]:
+            raise ParamsError(f"invalid params: noisynn_protocols.{name}: the name is already a reading (readings or "
+                              "own_reading); a protocol is judged as a reading of its own: give it another name")
+        key = json.dumps([protocol["noise"], protocol["apply_at"]], sort_keys=True)
+        if key in seen:
+            raise ParamsError(f"invalid params: noisynn_protocols.{name}: the same noise and apply_at as "
+                              f"{seen[key]}; a method would follow both")
+        seen[key] = name
 
 
 def dataset_spec(params: dict, name: str) -> dict:
     """What the prepare step reads for a dataset: its spec less the audit-only paper_name."""
     return {k: v for k, v in params["datasets"][name].items() if k != "paper_name"}
-
-
-def own_reading_text(params: dict) -> str:
-    """What the params' own training block is, in a line: the reading runs of sets without readings follow."""
-    opt = params["training"]["optimizer"]
-    return (f"the params' own training block: {opt['name']} lr {opt['lr']:g}, weight decay {opt['weight_decay']:g}, "
-            f"schedule {opt['schedule']}, {params['training']['epochs']} epochs (a set's own training block wins)")
 
 
 def audit_set_info(params: dict) -> dict:
@@ -94,14 +104,23 @@ def audit_set_info(params: dict) -> dict:
     resolved: dict[str, dict] = {}
     for run in expand_runs(params):
         resolved.setdefault(run.experiment_set, {}).setdefault(json.dumps(run.method, sort_keys=True), run.method)
+    protocols = params["noisynn_protocols"]
+    # the NoisyNN methods that follow neither of the authors' protocols, each with what it changes (a grid's
+    # points may change different things: each said once)
+    neither: dict[str, list[str]] = {}
+    for name, methods in resolved.items():
+        for m in methods.values():
+            if protocols and m["name"] == "noisynn" and not followed_protocol(m, protocols):
+                texts = neither.setdefault(f"{name}/{m['label']}", [])
+                texts += [t for t in [protocol_departure(m, protocols)] if t not in texts]
     return {
         **{name: {"kind": spec["kind"], "scale": params["scale"],
                   "readings": spec.get("readings") or [params["own_reading"]],
                   "methods": [m["label"] for m in spec["methods"]],
                   "method_specs": list(resolved.get(name, {}).values())}
            for name, spec in params["experiment_sets"].items()},
-        "readings": {params["own_reading"]: own_reading_text(params),
-                     **{name: r["source"] for name, r in params["readings"].items()}},
+        "readings": reading_sources(params, {k: ", ".join(v) for k, v in neither.items()}),
+        "noisynn_protocols": protocols,
         "datasets": {name: spec.get("paper_name", name) for name, spec in params["datasets"].items()},
         "models": {name: spec.get("paper_name", name) for name, spec in params["models"].items()},
     }
