@@ -898,13 +898,79 @@ def test_the_family_follows_the_run_matching_of_the_fashion_mnist_params():
 
     claims = audit.load_claims(CLAIMS)["effects"]
     family = audit.claim_family(claims, audit_set_info(load_params(REPO_ROOT / "params" / "fashion_mnist.yaml")))
-    assert {(LINEAR[0], "ours"), (LINEAR[1], "ours")} <= family
-    # its evaluation-only harmful-noise sets (on the test-batch study's clean models) put both harmful-noise claims in
-    assert {("noisynn.gaussian_hurts", "ours"), ("noisynn.impulse_hurts", "ours")} <= family
-    # the site sweeps put the injection-site claim in before any of their runs exist: `last` and `first` pick
-    # sweep positions among runs, so no declared method has to spell them
-    assert ("noisynn.last_layer", "ours") in family
-    assert "noisynn.resnet50_gain" not in {c for c, _ in family}  # no set there declares ResNet-50
+    # each NoisyNN claim under each of the authors' protocols its declared treatments follow (the ViT's: optimal
+    # Q at test only, the clean_train methods; the CNN's: a circular shift of 0.4 in training and at test), and
+    # under `ours` where a treatment follows neither (noisy_train: optimal Q in training too; Gaussian, impulse)
+    assert {pair for pair in family if pair[0].startswith("noisynn.")} == {
+        (LINEAR[0], "authors_vit"), (LINEAR[0], "authors_cnn"), (LINEAR[0], "ours"),
+        (LINEAR[1], "authors_vit"), (LINEAR[1], "authors_cnn"), (LINEAR[1], "ours"),
+        # the evaluation-only harmful-noise sets (on the test-batch study's clean models): neither protocol
+        ("noisynn.gaussian_hurts", "ours"), ("noisynn.impulse_hurts", "ours"),
+        # the site sweeps are the CNN protocol swept over site: in before any of their runs exist (`last` and
+        # `first` pick sweep positions among runs, so no declared method has to spell them)
+        ("noisynn.last_layer", "authors_cnn"),
+        # the same clean-trained model, optimal Q switched on at test: the ViT protocol's batches
+        ("noisynn.sorted_vs_shuffled", "authors_vit"), ("noisynn.sorted_vs_clean", "authors_vit")}
+    assert len(family) == 44  # 33 VPN pairs and these 11, from the params and the registry alone
+
+
+def test_the_family_counts_each_protocol_a_declared_treatment_follows():
+    """No run exists: the params alone put a claim in the family once per reading its treatments give."""
+    protocols = {"authors_vit": {"source": "s", "noise": {"kind": "optimal_q"}, "apply_at": "test"}}
+    specs = [{"label": "clean_train", "name": "noisynn", "noise": {"kind": "optimal_q"}, "apply_at": "test",
+              "site": "default"},
+             {"label": "noisy_train", "name": "noisynn", "noise": {"kind": "optimal_q"}, "apply_at": "both",
+              "site": "default"}]
+    set_info = {"tb": {"kind": "eval_protocol", "readings": ["declared"], "methods": ["clean_train", "noisy_train"],
+                       "method_specs": specs}, "noisynn_protocols": protocols}
+    family = audit.claim_family(registry_claims(LINEAR[0]), set_info)
+    assert family == {(LINEAR[0], "authors_vit"), (LINEAR[0], "declared")}
+    # without noisy_train, no treatment follows neither protocol: the own reading leaves the family
+    only_clean = {**set_info, "tb": {**set_info["tb"], "methods": ["clean_train"], "method_specs": specs[:1]}}
+    assert audit.claim_family(registry_claims(LINEAR[0]), only_clean) == {(LINEAR[0], "authors_vit")}
+
+
+def test_a_cell_is_judged_under_the_protocol_its_treatment_follows():
+    """A model trained clean with optimal Q at test follows the authors' ViT protocol; one trained with it
+    on follows neither (the own reading). Both pair with the same clean control, as they always did."""
+    lines = []
+    for s in SEEDS:
+        lines += [tb_line("tb_vit", "vit6", "clean_train", "no_noise", s, 89.0 + 0.1 * s),
+                  tb_line("tb_vit", "vit6", "clean_train", "noise_shuffled", s, 87.0 + 0.12 * s),
+                  tb_line("tb_vit", "vit6", "noisy_train", "noise_shuffled", s, 88.0 + 0.11 * s, apply_at="both")]
+    runs = pd.DataFrame(lines).assign(
+        noisynn_protocol=lambda f: f["method"].map({"clean_train": "authors_vit", "noisy_train": ""}))
+    family = {(LINEAR[0], "authors_vit"), (LINEAR[0], "declared")}
+    frame, cells = audit.audit_effects(registry_claims(LINEAR[0]), runs, SETTINGS, family)
+    by_treatment = cells.set_index("treatment")
+    assert by_treatment.loc["tb_vit/clean_train [noise_shuffled]", "reading"] == "authors_vit"
+    assert by_treatment.loc["tb_vit/noisy_train [noise_shuffled]", "reading"] == "declared"
+    assert set(cells["control"]) == {"tb_vit/clean_train [no_noise]"}
+    assert frame.set_index("reading").loc["authors_vit", "mean"] == pytest.approx(-2.0 + 0.02 * 2)
+    assert frame.set_index("reading").loc["declared", "mean"] == pytest.approx(-1.0 + 0.01 * 2)
+    assert (frame["p_family"] == (2 * frame["p_value"]).clip(upper=1)).all()
+
+
+def test_a_runs_protocol_comes_from_its_records_method(tmp_path):
+    """load_runs reads which protocol a run follows from its record's method: the committed clean_train
+    (optimal Q at test only) follows the ViT protocol, noisy_train (optimal Q in training too) none."""
+    from pipeline_src.spec.config import audit_set_info, load_params
+
+    set_info = audit_set_info(load_params(REPO_ROOT / "params" / "fashion_mnist.yaml"))
+    source = REPO_ROOT / "reports/fashion-mnist"
+    table = tmp_path / "tables" / "test_batch_study_vit_runs.csv"
+    table.parent.mkdir(parents=True)
+    committed = pd.read_csv(source / "tables" / "test_batch_study_vit_runs.csv")
+    committed = committed[committed["seed"] == 0]
+    committed.to_csv(table, index=False)
+    for run in committed["run_id"].unique():
+        target = tmp_path / "runs" / "test_batch_study_vit" / run / "metrics.json"
+        target.parent.mkdir(parents=True)
+        target.write_text((source / "runs" / "test_batch_study_vit" / run / "metrics.json").read_text())
+    runs = audit.load_runs([table], set_info)
+    protocol = runs.drop_duplicates("method").set_index("method")["noisynn_protocol"]
+    assert protocol.to_dict() == {"clean_train": "authors_vit", "noisy_train": ""}
+    assert set(runs["reading"]) == {"ours"}  # the training reading, on which sides still pair
 
 
 def test_a_noise_trained_model_is_paired_with_the_clean_model_of_its_own_seed_and_recipe():

@@ -110,7 +110,7 @@ def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, files: 
     write_atomic(files.cells, cells.to_csv(index=False, float_format="%.6g"))
     family_size = int((effects["reading"].fillna("") != "").sum())  # the pairs outside it have no reading
     write_atomic(files.markdown, audit_markdown(audit, cells, claims, table_md, deviations, family_size,
-                                                run_seeds(runs)))
+                                                run_seeds(runs), set_info.get("readings")))
     from pipeline_src.results.plots import plot_audit  # matplotlib only when the figure is drawn
 
     plot_audit(audit, cells, files.figure)

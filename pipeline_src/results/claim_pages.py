@@ -204,7 +204,7 @@ def _proxy_section(claim: dict) -> list[str]:
 
 
 def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviations: list[dict],
-                report_dir: Path, paper: dict) -> str:
+                report_dir: Path, paper: dict, readings: dict | None = None) -> str:
     lines = audit[(audit["table"] == "effects") & (audit["claim_id"] == claim["id"])]
     ran = lines[lines["verdict"] != "not run"]
     test = claim["test"]
@@ -225,6 +225,9 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
                           "cells counting": r["cells"], **({"gated": text(r["gated"])} if "gated" in r else {}),
                           "p_family": _fmt(r["p_family"]), "note": text(r["note"]),
                           "sensitivity": text(r["sensitivity"])} for _, r in lines.iterrows()]))
+    # each reading the claim is judged under, with its source (a NoisyNN protocol: the authors' code)
+    sources = [f"- `{r}`: {readings[r]}" for r in dict.fromkeys(lines["reading"]) if r in (readings or {})]
+    parts += ["\n".join(sources)] if sources else []
     mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
     parts += ["## Cells", "seeds: the per-seed values (treatment - control; a variance claim: treatment vs "
               "control); mean and 95% CI over seeds (and test images where runs stored predictions); test: the "
@@ -288,8 +291,9 @@ def table_page(name: str, spec: dict, audit: pd.DataFrame, deviations: list[dict
 
 
 def write_claim_pages(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame, claims: dict,
-                      deviations: list[dict], paper: dict | None = None) -> list[Path]:
-    """One page per claim under <report_dir>/claims/; pages of claims no longer in the registry go."""
+                      deviations: list[dict], paper: dict | None = None, readings: dict | None = None) -> list[Path]:
+    """One page per claim under <report_dir>/claims/; pages of claims no longer in the registry go.
+    readings: each reading's source (config.audit_set_info), listed under a claim's verdicts."""
     paper = load_params_file() if paper is None else paper
     folder = Path(report_dir) / "claims"
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,7 +301,7 @@ def write_claim_pages(report_dir: Path, audit: pd.DataFrame, cells: pd.DataFrame
     for name, spec in claims["tables"].items():
         pages[page_name(f"{spec['paper']}.{name}")] = table_page(name, spec, audit, deviations, report_dir, paper)
     for claim in claims["effects"]:
-        pages[page_name(claim["id"])] = effect_page(claim, audit, cells, deviations, report_dir, paper)
+        pages[page_name(claim["id"])] = effect_page(claim, audit, cells, deviations, report_dir, paper, readings)
     for stale in folder.glob("*.md"):
         if stale.name not in pages:
             stale.unlink()

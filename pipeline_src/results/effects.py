@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipeline_src.results.gates import cell_gate
 from pipeline_src.results.selection import (VALUE_COLUMNS, _per_cell_seed, _with_run_columns, at_best_scale,
-                                            paired_values, select_side)
+                                            cell_reading, paired_values, select_side)
 from pipeline_src.results.cell_tests import cell_stats, variance_cell_stats
 from pipeline_src.results.verdicts import (counting_mask, decide_cells, decide_claim, effect_gate, join_scales,
                                            leave_one_out, pooled_description, rule_text)
@@ -73,7 +73,8 @@ def _one_sample(test: dict, runs: pd.DataFrame) -> pd.DataFrame:
     values = rows[test["column"]] if test["column"] in rows.columns else pd.Series(np.nan, index=rows.index)
     if test.get("log"):
         values = np.log(values.where(values > 0))
-    frame = rows.assign(value=values, treatment=rows["config"], control="").dropna(subset=["value"])
+    frame = rows.assign(value=values, treatment=rows["config"], control="",
+                        reading=cell_reading(rows["noisynn_protocol"], rows["reading"])).dropna(subset=["value"])
     if frame.empty:
         return pd.DataFrame(columns=VALUE_COLUMNS)
     frame["cell"] = frame["dataset"] + "/" + frame["model"] + ": " + frame["config"]

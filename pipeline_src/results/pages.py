@@ -114,8 +114,11 @@ def rules_text(claims: dict, family_size: int, by_what: list[str] = ()) -> str:
         "edge → `inconclusive`. Runs not at paper scale: `scale differs`, never `reproduced`.",
         f"- **Tolerances (points):** {bands}; default ±{settings['tolerance']:g}, also the equivalence band of "
         "claims without their own `band`.",
-        "- **Protocol readings.** Where a paper leaves a protocol choice open (the VPN text names no optimizer), "
-        "the params declare readings; every number and claim is judged per reading, never across them.",
+        "- **Protocol readings.** Where a paper leaves a protocol choice open (the VPN text names no optimizer; the "
+        "NoisyNN text, how strong the noise is and whether it is on in training), the params declare readings; "
+        "every number and claim is judged per reading, never across them. The NoisyNN authors' two protocols are "
+        "readings: a NoisyNN cell is judged under the one its treatment's method follows, else under the own "
+        "reading (its treatment and control still pair on their training reading).",
         "- **Cells.** A cell is dataset × model × configuration of each side × reading; its seeds are paired "
         "only within it. Each cell gets its own test: paired claims a two-sided t-test against 0 (and, where the "
         "paper's tables imply an effect, against that effect); equivalence claims two one-sided tests (TOST) at "
@@ -184,8 +187,10 @@ def manipulation_rules(claims: dict) -> list[str]:
 
 
 def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table_md: list[str],
-                   deviations: list[dict], family_size: int, seeds: Mapping[str, int]) -> str:
-    """audit.md; seeds: each evidence run's seed from its record (run_seeds), to fold the runs per cell."""
+                   deviations: list[dict], family_size: int, seeds: Mapping[str, int],
+                   readings: Mapping[str, str] | None = None) -> str:
+    """audit.md; seeds: each evidence run's seed from its record (run_seeds), to fold the runs per cell;
+    readings: each reading's source (config.audit_set_info)."""
     numbers, effects = audit[audit["table"] != "effects"], audit[audit["table"] == "effects"]
     board = pd.concat([numbers["verdict"].value_counts().rename("number claims"),
                        effects["verdict"].value_counts().rename("effect claims")], axis=1).fillna(0).astype(int)
@@ -206,6 +211,8 @@ def audit_markdown(audit: pd.DataFrame, cells: pd.DataFrame, claims: dict, table
         rules_text(claims, family_size, by_what),
         "Evidence (run ids) per claim is in audit.csv, per cell in effects_cells.csv; each claim's section below "
         "lists the runs each of its cells pairs.",
+        *(["## Readings and their sources", "\n".join(f"- `{name}`: {text}" for name, text in readings.items())]
+          if readings else []),
         "## Scoreboard", board.rename_axis("verdict").to_markdown(),
         "## Effect claims", "cells: counting / all; gated: the cells each gate took out (shown, never deciding).",
         _clean(shown).to_markdown(index=False, floatfmt=".3g"),

@@ -226,7 +226,8 @@ def write_pages(params_path: Path, params: dict, prov: dict, report_dir: Path, c
 
     audit, cells = (read_audit_table(report_dir / name) for name in ("audit.csv", "effects_cells.csv"))
     registry = load_claims(claims)
-    write_claim_pages(report_dir, audit, cells, registry, load_deviations(deviations))
+    write_claim_pages(report_dir, audit, cells, registry, load_deviations(deviations),
+                      readings=audit_set_info(params)["readings"])
     rows = claim_rows(audit, cells, registry)
     write_atomic(report_dir / "README.md",
                  index_markdown(params_path, params, prov, report_dir, audit, claim_table(rows, "claims/")))

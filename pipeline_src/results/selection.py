@@ -2,7 +2,11 @@
 paired per cell, and the multiplicity family fixed from the params before any run.
 
 A run's set, kind, reading and configuration (method label and sweep point) come from its record (the
-runs table aggregate.py writes from metrics.json, and the record itself); no run id is cut apart."""
+runs table aggregate.py writes from metrics.json, and the record itself); no run id is cut apart.
+
+Two readings meet here. A run's training reading (params readings) pairs its treatment with a control; a
+cell is then judged under the NoisyNN authors' protocol its treatment's method follows (spec/readings.py),
+else under that training reading, so a clean-trained control pairs as it always did."""
 from __future__ import annotations
 
 import fnmatch
@@ -18,7 +22,8 @@ from pipeline_src.results.claims import DEFAULT_READING
 from pipeline_src.results.verdicts import PAPER_SCALE, join_scales
 from pipeline_src.spec.config import run_configuration
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_FILE
-from pipeline_src.spec.run_record import load_record
+from pipeline_src.spec.readings import followed_protocol
+from pipeline_src.spec.run_record import load_record, method_as_run
 
 
 def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
@@ -36,10 +41,12 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
         runs_dir = Path(path).parent.parent / "runs" / name  # a results or report folder's layout
         frame["predictions"] = [str(runs_dir / str(r) / PREDICTIONS_FILE)
                                 if (runs_dir / str(r) / PREDICTIONS_FILE).exists() else "" for r in frame["run_id"]]
-        records = {run: _record_fields(runs_dir / str(run) / "metrics.json", name, run, label)  # one line per eval mode
-                   for run, label in dict(zip(frame["run_id"], frame["method"])).items()}
+        protocols = set_info.get("noisynn_protocols") or {}
+        records = {run: _record_fields(runs_dir / str(run) / "metrics.json", name, run, label, protocols)
+                   for run, label in dict(zip(frame["run_id"], frame["method"])).items()}  # one line per eval mode
         frame["config"] = frame["run_id"].map(lambda run: records[run][0])
         frame["model_from"] = frame["run_id"].map(lambda run: records[run][1])
+        frame["noisynn_protocol"] = frame["run_id"].map(lambda run: records[run][2])
         if "kind" not in frame:
             frame["kind"] = info.get("kind", name)
         if "scale" not in frame.columns:
@@ -60,20 +67,23 @@ def load_runs(runs_csvs: list[Path], set_info: dict) -> pd.DataFrame:
 def configuration(record: Path, label: str) -> str:
     """A run's method label and sweep point (config.run_configuration), from its record beside the runs
     table; a runs table without its records (hand-made, as in tests) names no sweep point: its label."""
-    return _record_fields(record, "", "", label)[0]
+    return _record_fields(record, "", "", label, {})[0]
 
 
-def _record_fields(record: Path, experiment_set: str, run_id: str, label: str) -> tuple[str, str]:
-    """(configuration, model_from) of a run: model_from is `set/run_id` of the run whose training made the
-    weights it measured (an evaluation-only run's base; else the run itself, as in records from before
-    the field and runs tables without their records)."""
+def _record_fields(record: Path, experiment_set: str, run_id: str, label: str,
+                   protocols: dict) -> tuple[str, str, str]:
+    """(configuration, model_from, noisynn_protocol) of a run: model_from is `set/run_id` of the run whose
+    training made the weights it measured (an evaluation-only run's base; else the run itself, as in records
+    from before the field and runs tables without their records); noisynn_protocol the NoisyNN authors'
+    protocol its method follows ('' for none, and without a record)."""
     own = f"{experiment_set}/{run_id}"
     if not record.is_file():
-        return str(label), own
+        return str(label), own, ""
     fields = load_record(record)
     source = fields.get("model_from") or {}
     model_from = f"{source['experiment_set']}/{source['run_id']}" if source.get("run_id") else own
-    return run_configuration(fields["method"], fields["sweep"]), model_from
+    return (run_configuration(fields["method"], fields["sweep"]), model_from,
+            followed_protocol(method_as_run(fields), protocols))
 
 
 def at_best_scale(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -125,13 +135,19 @@ def select_side(runs: pd.DataFrame, kind: str | None, side: dict) -> pd.DataFram
 
 
 def _with_run_columns(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs tables from before readings, predictions and model_from (and hand-made ones in tests)."""
+    """Runs tables from before readings, predictions, model_from and protocols (and hand-made ones in tests)."""
     reading = runs["reading"].fillna("").replace("", DEFAULT_READING) if "reading" in runs else DEFAULT_READING
     predictions = runs["predictions"].fillna("") if "predictions" in runs else ""
     # a run measured its own model unless its record names another run's (evidence: the run itself)
     own = runs["evidence"] if "evidence" in runs else ""
     model_from = runs["model_from"].where(runs["model_from"].fillna("") != "", own) if "model_from" in runs else own
-    return runs.assign(reading=reading, predictions=predictions, model_from=model_from)
+    protocol = runs["noisynn_protocol"].fillna("") if "noisynn_protocol" in runs else ""
+    return runs.assign(reading=reading, predictions=predictions, model_from=model_from, noisynn_protocol=protocol)
+
+
+def cell_reading(protocol: pd.Series, reading: pd.Series) -> pd.Series:
+    """The reading a cell is judged under: its treatment's NoisyNN protocol, else its training reading."""
+    return protocol.where(protocol.fillna("") != "", reading)
 
 
 
@@ -154,7 +170,8 @@ def _per_cell_seed(frame: pd.DataFrame, values: list[str]) -> pd.DataFrame:
 
 def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
     """treatment - control per cell and seed, matched on `pair_on` (default dataset, model, seed) and always
-    on the protocol reading. pred_t / pred_c: each side's predictions file and eval mode ('' when none)."""
+    on the training reading; the cell's reading is cell_reading's (the treatment's NoisyNN protocol, else
+    that training reading). pred_t / pred_c: each side's predictions file and eval mode ('' when none)."""
     runs = _with_run_columns(runs)
     pair_on = list(dict.fromkeys([*test.get("pair_on", ["dataset", "model", "seed"]), "reading"]))
     if "seed" not in pair_on:
@@ -164,7 +181,7 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
         return empty
     keep = list(dict.fromkeys(["set", "dataset", "model", "dataset_paper", "model_paper", "method", "config",
                                "eval_mode", "seed", "top1", "scale", "evidence", "model_from", "predictions",
-                               *pair_on]))
+                               "noisynn_protocol", *pair_on]))
     sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
     pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
     # the nearest legitimate control only: a treatment run that is among its own controls (trained clean,
@@ -184,7 +201,7 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
     frame = pd.DataFrame({"dataset": pick("dataset"), "model": pick("model"), "method": pick("method"),
                           "method_t": pairs["method_t"] if "method_t" in pairs else pairs["method"],
                           "dataset_paper": pick("dataset_paper"), "model_paper": pick("model_paper"),
-                          "reading": pairs["reading"],
+                          "reading": cell_reading(pairs["noisynn_protocol_t"], pairs["reading"]),
                           "treatment": pairs["config_t"] + " [" + pairs["eval_mode_t"] + "]",
                           "control": pairs["config_c"] + " [" + pairs["eval_mode_c"] + "]",
                           "seed": pairs["seed"], "value": pairs["top1_t"] - pairs["top1_c"],
@@ -216,10 +233,13 @@ def method_fits(side: dict, label: str, spec: dict | None) -> bool:
 
 def claim_family(effects: list[dict], set_info: dict) -> set[tuple[str, str]]:
     """The multiplicity family, fixed by the claims registry and the params before any run: every (claim,
-    reading) whose treatment and control the params declare runs for: under that reading, a set of each
-    side's kind (of any kind for a side of kind `any`) with a method that fits the side (method_fits: its
-    label patterns and what the method is). The family follows the runs' matching, not the set that
-    declares them, so a claim whose runs a set of another kind makes is in it."""
+    reading) whose sides the params declare runs for. A declared method that fits the claim's treatment
+    (its first side; method_fits: its label patterns and what the method is) under a set's training reading
+    gives the claim that reading, or the NoisyNN protocol the method follows (cell_reading's rule), when
+    every other side has a fitting method in a set of its kind (any kind for a side of kind `any`) under the
+    same training reading. The family follows the runs' matching, not the set that declares them, so a
+    claim whose runs a set of another kind makes is in it."""
+    protocols = set_info.get("noisynn_protocols") or {}
     declared = [(info["kind"], reading, info.get("methods", []), info.get("method_specs"))
                 for name, info in set_info.items() if isinstance(info, dict) and "kind" in info
                 for reading in info.get("readings") or [DEFAULT_READING]]
@@ -234,17 +254,26 @@ def claim_family(effects: list[dict], set_info: dict) -> set[tuple[str, str]]:
             out += [side["retraining"]] if "retraining" in side else []
         return out
 
-    def fits(side: dict, labels: list[str], specs: list[dict] | None) -> bool:
-        if not labels:  # a set of unknown methods may hold any
-            return True
-        if specs is None:
-            return any(method_fits(side, label, None) for label in labels)
-        return any(method_fits(side, spec["label"], spec) for spec in specs)
-
-    def runs_for(side: dict, kind: str, reading: str) -> bool:
+    def readings_for(side: dict, kind: str) -> set[tuple[str, str]]:
+        """(training reading, cell reading) of every declared method that can give the side runs (a set of
+        unknown methods may hold any; a method of unknown spec follows no protocol)."""
         wanted = side.get("kind", kind)
-        return any(wanted in (k, ANY_KIND) and r == reading and fits(side, labels, specs)
-                   for k, r, labels, specs in declared)
+        out = set()
+        for k, training, labels, specs in declared:
+            if wanted not in (k, ANY_KIND):
+                continue
+            if specs is None:
+                if not labels or any(method_fits(side, label, None) for label in labels):
+                    out.add((training, training))
+            else:
+                out |= {(training, followed_protocol(spec, protocols) or training) for spec in specs
+                        if method_fits(side, spec["label"], spec)}
+        return out
 
-    return {(claim["id"], reading) for claim in effects for reading in {r for _, r, _, _ in declared}
-            if all(runs_for(side, claim["test"]["kind"], reading) for side in sides(claim["test"]))}
+    family = set()
+    for claim in effects:
+        first, *others = sides(claim["test"])
+        other_trainings = [{t for t, _ in readings_for(side, claim["test"]["kind"])} for side in others]
+        family |= {(claim["id"], reading) for training, reading in readings_for(first, claim["test"]["kind"])
+                   if all(training in trainings for trainings in other_trainings)}
+    return family
