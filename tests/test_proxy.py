@@ -117,7 +117,7 @@ def test_the_tables_rows_are_marked_proxy_and_a_proxy_without_runs_says_so(tmp_p
     assert len(table) == 1 and (table["status"] == "proxy").all()
     assert table.loc[0, "difference"] == pytest.approx(3.0)
     md = written[1].read_text()
-    assert md.startswith("# noisynn.dataset_scale, proxy:") and "| proxy " in md and "3.00 (" in md
+    assert md.startswith("# Proxy for noisynn.dataset_scale:") and "| proxy " in md and "3.00 (" in md
     # no runs at one size: the files are still written (the claim's link resolves), the page in one line
     only_large = [p for p in csvs if "10pct" not in p.name]
     proxy.write_proxies(CLAIMS, only_large, {}, tables)
