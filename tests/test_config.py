@@ -224,9 +224,8 @@ def test_the_readings_name_each_noisynn_protocols_source_and_what_neither_change
     assert "circular_shift strength 0.4 in training and at test" in readings["authors_cnn"]
     assert "Shawey94/NoisyNN NoisyCNN_CircularShiftQ/script.txt" in readings["authors_cnn"]
     # `ours` is the training block, and for NoisyNN neither protocol: each such method says what it changes
-    assert ("test_batch_study_vit/noisy_train, test_batch_study_resnet/noisy_train: optimal_q in training and at "
-            "test (authors_vit: optimal_q at test only)") in readings["ours"]
-    assert "harmful_noise_vit/impulse_image, harmful_noise_resnet/impulse_image: impulse at test only" in readings["ours"]
+    assert "noisy_train: optimal_q in training and at test (authors_vit: optimal_q at test only)" in readings["ours"]
+    assert "gaussian_image, gaussian_latent: gaussian at test only, a kind neither protocol uses" in readings["ours"]
 
 
 @pytest.mark.parametrize("protocols, expected", [

@@ -105,13 +105,13 @@ def audit_set_info(params: dict) -> dict:
     for run in expand_runs(params):
         resolved.setdefault(run.experiment_set, {}).setdefault(json.dumps(run.method, sort_keys=True), run.method)
     protocols = params["noisynn_protocols"]
-    # the NoisyNN methods that follow neither of the authors' protocols, each with what it changes (a grid's
-    # points may change different things: each said once)
+    # the NoisyNN method labels that follow neither of the authors' protocols, each with what it changes (a
+    # label in several sets, or a grid's points, may change different things: each said once)
     neither: dict[str, list[str]] = {}
-    for name, methods in resolved.items():
+    for methods in resolved.values():
         for m in methods.values():
             if protocols and m["name"] == "noisynn" and not followed_protocol(m, protocols):
-                texts = neither.setdefault(f"{name}/{m['label']}", [])
+                texts = neither.setdefault(m["label"], [])
                 texts += [t for t in [protocol_departure(m, protocols)] if t not in texts]
     return {
         **{name: {"kind": spec["kind"], "scale": params["scale"],

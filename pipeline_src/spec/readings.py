@@ -45,14 +45,14 @@ def protocol_departure(method: dict, protocols: dict) -> str:
     noise, where = method["noise"], APPLY_TEXT[method["apply_at"]]
     same_kind = {name: p for name, p in protocols.items() if p["noise"]["kind"] == noise["kind"]}
     if not same_kind:  # its strength is no protocol's either: a grid's points read alike
-        return f"{noise['kind']} {where}, a noise kind neither of the authors' protocols uses"
+        return f"{noise['kind']} {where}, a kind neither protocol uses"
     return f"{_noise_text(noise)} {where} (" + "; ".join(f"{name}: {_noise_text(p['noise'])} {APPLY_TEXT[p['apply_at']]}"
                                    for name, p in same_kind.items()) + ")"
 
 
 def reading_sources(params: dict, neither: dict[str, str] | None = None) -> dict[str, str]:
     """Every reading's name -> where it comes from: the own reading (for NoisyNN: neither of the authors'
-    protocols, each such method with what it changes, from `neither`: 'set/label' -> text), the training
+    protocols, each such method label with what it changes, from `neither`: label -> text), the training
     readings and the NoisyNN protocols with their sources."""
     protocols = params.get("noisynn_protocols") or {}
     own = own_reading_text(params)
@@ -60,8 +60,8 @@ def reading_sources(params: dict, neither: dict[str, str] | None = None) -> dict
         own += ("; a NoisyNN cell under it follows neither of the authors' protocols ("
                 + ", ".join(f"`{name}`" for name in protocols) + ")")
         by_text: dict[str, list[str]] = {}  # methods that change the same thing, said once
-        for method, text in (neither or {}).items():
-            by_text.setdefault(text, []).append(method)
+        for label, text in (neither or {}).items():
+            by_text.setdefault(text, []).append(label)
         if by_text:
             own += ": " + "; ".join(f"{', '.join(methods)}: {text}" for text, methods in by_text.items())
     return {params["own_reading"]: own, **{name: r["source"] for name, r in params["readings"].items()},
