@@ -135,7 +135,7 @@ def test_the_readme_is_a_front_door_with_the_reports_claim_table():
 # ---- the how-to's examples run as written ---------------------------------------------------------
 
 HOWTO = REPO_ROOT / "docs" / "howto.md"
-PARAMS_KEYS = {"datasets", "models", "experiment_sets", "readings", "own_reading"}
+PARAMS_KEYS = {"datasets", "models", "experiment_sets", "readings", "own_reading", "noisynn_protocols"}
 
 
 def _yaml_blocks(path):
@@ -163,7 +163,7 @@ def test_every_params_example_of_the_howto_passes_check(tmp_path):
         used = {name for spec in sets.values() for key in ("datasets", "models") for name in spec.get(key, [])}
         new = set(example.get("datasets", {})) | set(example.get("models", {}))
         assert new <= used, f"example {i} of {HOWTO.name} declares {sorted(new - used)} but no set uses them"
-        params = {**default, **{k: v for k, v in example.items() if k in ("own_reading",)},
+        params = {**default, **{k: v for k, v in example.items() if k in ("own_reading", "noisynn_protocols")},
                   **{k: {**default.get(k, {}), **example[k]} for k in ("datasets", "models", "readings") if k in example},
                   "experiment_sets": sets or default["experiment_sets"], "results_dir": str(tmp_path / f"results{i}")}
         path = tmp_path / f"example{i}.yaml"
