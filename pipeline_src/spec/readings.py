@@ -46,8 +46,8 @@ def protocol_departure(method: dict, protocols: dict) -> str:
     same_kind = {name: p for name, p in protocols.items() if p["noise"]["kind"] == noise["kind"]}
     if not same_kind:  # its strength is no protocol's either: a grid's points read alike
         return f"{noise['kind']} {where}, a kind neither protocol uses"
-    return f"{_noise_text(noise)} {where} (" + "; ".join(f"{name}: {_noise_text(p['noise'])} {APPLY_TEXT[p['apply_at']]}"
-                                   for name, p in same_kind.items()) + ")"
+    theirs = [f"{name}: {_noise_text(p['noise'])} {APPLY_TEXT[p['apply_at']]}" for name, p in same_kind.items()]
+    return f"{_noise_text(noise)} {where} ({'; '.join(theirs)})"
 
 
 def reading_sources(params: dict, neither: dict[str, str] | None = None) -> dict[str, str]:
