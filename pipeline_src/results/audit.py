@@ -21,7 +21,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from pipeline_src.fileio import write_atomic
-from pipeline_src.results.claims import deviation_markers, load_claims, load_deviations, number_claims
+from pipeline_src.results.claims import (deviation_markers, load_claims, load_deviations, number_claims,
+                                         proxy_only_datasets)
 from pipeline_src.results.effects import AUDIT_COLUMNS, CELL_COLUMNS, EFFECT_TESTS, audit_effects, image_variance
 from pipeline_src.results.pages import audit_markdown, run_seeds, write_paper_table
 from pipeline_src.results.selection import _with_run_columns, at_best_scale, claim_family, load_runs
@@ -93,6 +94,10 @@ def main_audit(claims_path: Path, runs_csvs: list[Path], set_info: dict, files: 
     deviations = load_deviations(deviations_path)
     settings = claims["settings"]
     runs = load_runs([Path(p) for p in runs_csvs], set_info)
+    proxy_only = proxy_only_datasets(claims["effects"])
+    runs = runs[~runs["dataset"].isin(proxy_only)]
+    set_info = {name: info for name, info in set_info.items()  # nor do the sets that run only on them
+                if not (isinstance(info, dict) and "kind" in info and set(info.get("datasets") or [None]) <= proxy_only)}
     numbers = audit_numbers(number_claims(claims["tables"], settings["tolerance"]), runs, settings["alpha"],
                             settings["min_seeds"])
     effects, cells = audit_effects(claims["effects"], runs, settings, claim_family(claims["effects"], set_info),

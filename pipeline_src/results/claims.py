@@ -74,6 +74,12 @@ def check_proxies(effects: list[dict]) -> None:
             raise ValueError(f"{where}: table must be a plain name and reason must say why")
 
 
+def proxy_only_datasets(effects: list[dict]) -> set[str]:
+    """The datasets that serve only a proxy (each proxy's small side): their runs answer the proxy's question
+    and no claim's, so they never add cells to, or decide, a verdict (the audit drops them)."""
+    return {claim["proxy"]["datasets"]["small"] for claim in effects if claim.get("proxy")}
+
+
 def number_claims(tables: dict, default_tolerance: float = 1.0) -> list[dict]:
     """One claim per table cell, in the table's own row and column order."""
     claims = []

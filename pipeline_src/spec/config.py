@@ -114,7 +114,7 @@ def audit_set_info(params: dict) -> dict:
                 texts = neither.setdefault(m["label"], [])
                 texts += [t for t in [protocol_departure(m, protocols)] if t not in texts]
     return {
-        **{name: {"kind": spec["kind"], "scale": params["scale"],
+        **{name: {"kind": spec["kind"], "scale": params["scale"], "datasets": spec["datasets"],
                   "readings": spec.get("readings") or [params["own_reading"]],
                   "methods": [m["label"] for m in spec["methods"]],
                   "method_specs": list(resolved.get(name, {}).values())}
