@@ -1,6 +1,7 @@
 """Published reports: rebuilding from the committed metrics.json files gives the committed verdicts."""
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -211,10 +212,16 @@ def test_the_committed_report_is_an_index_with_one_page_per_claim_and_links_that
     pages = sorted((REPORT / "claims").glob("*.md"))
     assert sorted(p.stem for p in pages) == sorted(ids)
     assert all(f"](claims/{claim_id}.md)" in index.read_text() for claim_id in ids)
+    def anchors(md: Path) -> set[str]:  # GitHub's heading slugs
+        return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.*)$", md.read_text(), flags=re.M)}
+
     for page in [index, *pages]:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text()):
             if not target.startswith(("http://", "https://")):
                 assert (page.parent / target).exists(), f"{page.relative_to(REPORT)} links {target}, which is not there"
+                if anchor and target.endswith(".md"):
+                    assert anchor in anchors(page.parent / target), f"{page.relative_to(REPORT)} links {target}#{anchor}"
 
 
 def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs_says_where_it_is_declared():

@@ -94,7 +94,9 @@ def readings_table(params: dict, audit: pd.DataFrame) -> str | None:
     if not params["readings"] and not params["noisynn_protocols"]:
         return None
     sources = audit_set_info(params)["readings"]  # the NoisyNN protocols too, and what `ours` means for NoisyNN
-    key = "Readings declared:\n\n" + "\n".join(f"- `{name}`: {source}" for name, source in sources.items())
+    # each source once, in audit.md: the front page names them, so it stays within its size
+    key = ("Readings declared: " + ", ".join(f"`{name}`" for name in sources)
+           + "; each one's source: [audit.md](audit.md#readings-and-their-sources).")
     numbers = audit[(audit["table"] != "effects") & (audit["verdict"] != "not run")]
     counts = numbers.groupby(["table", "row", "column"])["reading"].nunique()
     several = counts[counts > 1].index
