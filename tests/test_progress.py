@@ -106,3 +106,20 @@ def test_the_checkpoint_name_is_the_one_training_writes_and_status_needs_no_torc
             "main(['status', '--params', 'params/default.yaml']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+def test_an_evaluation_only_set_counts_its_bases_training_while_their_models_are_not_here(tmp_path):
+    """A report keeps records, not weights: a base done there must train again before its evaluation-only
+    runs measure it, so their set's ETA holds the base's epochs, once per base however many runs share it."""
+    noisy = {"label": "gaussian_image", "name": "noisynn", "site": "image", "noise": {"kind": "gaussian"},
+             "apply_at": "test", "base_set": "clean", "base_label": "baseline", "grid": {"noise.strength": [0.1, 0.3]}}
+    params = validate_params({**TINY, "seeds": [0], "results_dir": str(tmp_path / "results"), "experiment_sets": {
+        "clean": {"datasets": ["digits"], "models": ["dnn3"], "methods": [{"label": "baseline", "name": "baseline"}]},
+        "harm": {"kind": "harmful_noise", "datasets": ["digits"], "models": ["dnn3"], "methods": [noisy]}}})
+    runs = {r.experiment_set: r for r in expand_runs(params)}
+    finished(tmp_path / "report", runs["clean"], [4.0, 4.0, 4.0], outputs=False)
+    clean, harm = progress(params, tmp_path / "report")
+    assert (clean.done, clean.seconds_left) == (1, 0.0)
+    assert (harm.declared, harm.done, harm.epochs_left, harm.seconds_left) == (2, 0, 3, 12.0)  # one base, 3 x 4 s
+    finished(tmp_path / "results", runs["clean"], [4.0, 4.0, 4.0])  # the base trained here: its model is here
+    assert progress(params, tmp_path / "report")[1].seconds_left == 0.0

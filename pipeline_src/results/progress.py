@@ -8,7 +8,9 @@ model.pt and trained.json it was measured on (a failed job's outputs are deleted
 its model is to do again), or a metrics.json of the current run in the report folder (which keeps the
 records only); running when its results folder holds a training checkpoint but no finished record (a job
 killed mid-run looks the same until it is restarted, and then resumes there), or a model.pt with a
-trained.json of its training identity (trained, its evaluate job still to run: no epochs left).
+trained.json of its training identity (trained, its evaluate job still to run: no epochs left). An
+evaluation-only run has no epochs of its own; its set counts its base's training (once per base) while the
+base's model.pt is not in the results folder, as after collecting into a report, which keeps no weights.
 The ETA times the epochs still to train by the seconds per epoch the finished runs recorded
 (history[*].seconds) and divides by the number of jobs that run side by side. A run is timed by the
 finished runs closest to it: the same set, model and method label (other seeds); else the same dataset,
@@ -25,7 +27,7 @@ from pipeline_src.spec.config import RunConfig, expand_runs
 from pipeline_src.results.collect import record_path, same_run
 from pipeline_src.fileio import read_json
 from pipeline_src.spec.predictions import FILE_NAME as PREDICTIONS_NAME
-from pipeline_src.spec.preflight import evaluation_only
+from pipeline_src.spec.preflight import evaluation_only, model_run_of
 from pipeline_src.spec.run_record import CHECKPOINT_NAME, RECORD_REMEDY, TRAINED_NAME, TRAINED_REMEDY, trained_for
 
 MODEL_NAME = "model.pt"  # the train rule's model output, beside trained.json
@@ -92,8 +94,11 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
     report_dir = Path(report_dir) if report_dir is not None else None
     sets: dict[str, SetProgress] = {}
     finished: dict[tuple[str, str, str, str], list[list[dict]]] = {}  # (set, dataset, model, label) -> histories
-    todo: list[tuple[RunConfig, int]] = []  # a run still to train, and the epochs it has left
-    for run in expand_runs(params):
+    todo: list[tuple[RunConfig, str, int]] = []  # a run still to train, the set it counts for, its epochs left
+    runs = expand_runs(params)
+    by_key = {(run.experiment_set, run.run_id): run for run in runs}
+    bases_seen: set[tuple[str, str]] = set()  # bases to train again for evaluation-only runs, counted once
+    for run in runs:
         state = sets.setdefault(run.experiment_set, SetProgress(run.experiment_set))
         state.declared += 1
         metrics = _record(run, results_dir, report_dir)
@@ -102,19 +107,26 @@ def progress(params: dict, report_dir: Path | None = None, jobs: int = 1) -> lis
             finished.setdefault((run.experiment_set, *_cell(run)), []).append(
                 metrics.get("history") or [])
             continue
-        if evaluation_only(run.method):  # measures its base's model: no epochs of its own to come
-            todo.append((run, 0))
-            continue
+        owner = run.experiment_set
+        if evaluation_only(run.method):  # no epochs of its own: it measures its base's model.pt
+            base = model_run_of(run)
+            run = by_key[base]
+            retrain = (_record(run, results_dir, None) is None  # no model here, but a record in the report
+                       and _record(run, results_dir, report_dir) is not None and base not in bases_seen)
+            if not retrain:  # the model is here, or the base is still to do and counts for its own set
+                todo.append((run, owner, 0))
+                continue
+            bases_seen.add(base)
         run_dir = record_path(results_dir, run).parent
         trained = _trained(run, run_dir)
         started = trained or (run_dir / CHECKPOINT_NAME).is_file()
         state.running += started
-        todo.append((run, 0 if trained else run.epochs - (epochs_logged(run_dir) if started else 0)))
+        todo.append((run, owner, 0 if trained else run.epochs - (epochs_logged(run_dir) if started else 0)))
     for state in sets.values():
         state.seconds_per_epoch = _mean_epoch_seconds(
             [h for (name, *_), histories in finished.items() if name == state.name for h in histories])
-    for run, left in todo:
-        state = sets[run.experiment_set]
+    for run, owner, left in todo:
+        state = sets[owner]
         same_set = finished.get((run.experiment_set, *_cell(run)), [])
         other_sets = [h for (_, *cell), histories in finished.items() if tuple(cell) == _cell(run) for h in histories]
         per_epoch = next((s for s in (_mean_epoch_seconds(same_set), _mean_epoch_seconds(other_sets),
