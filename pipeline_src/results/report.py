@@ -139,11 +139,11 @@ def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path
     for table in sorted((report_dir / "tables").glob("*.md")):
         if table.name.startswith("paper_"):
             continue
-        title = table.read_text().split("\n", 1)[0].lstrip("# ").strip()
+        # named by file, each page's own title says what it holds: the list grows with every set
         figures = [f"[{label}](figures/{table.stem}{suffix}.png)" for suffix, label in
                    (("", "figure"), ("_training", "training curves"))
                    if (report_dir / "figures" / f"{table.stem}{suffix}.png").exists()]
-        sets.append(f"- [{title}](tables/{table.name}) ([csv](tables/{table.stem}.csv)"
+        sets.append(f"- [{table.stem}](tables/{table.name}) ([csv](tables/{table.stem}.csv)"
                     + "".join(f", {f}" for f in figures) + ")")
     parts = [f"# Reproduction report: {_relative(params_path)}",
              "Rebuilt from the `metrics.json` files under `runs/` by "
