@@ -89,7 +89,6 @@ def _interval(mean: float, low: float, high: float, n: int) -> str:
 
 def proxy_markdown(claim: dict, table: pd.DataFrame, alpha: float) -> str:
     proxy, datasets = claim["proxy"], claim["proxy"]["datasets"]
-    # short: the report's index lists every table by its title, within its size budget
     title = f"# Proxy for {claim['id']}: the gain on {datasets['small']} and {datasets['large']} (descriptive)"
     if table.empty:
         return (f"{title}\n\nNo runs: no model and setting of {proxy['gain_of']} has runs on both "
