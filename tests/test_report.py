@@ -216,7 +216,10 @@ def test_the_committed_report_is_an_index_with_one_page_per_claim_and_links_that
         return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                 for h in re.findall(r"^#+ (.*)$", md.read_text(), flags=re.M)}
 
-    for page in [index, *pages]:
+    tables = REPORT / "tables" / "README.md"
+    set_tables = [t.name for t in (REPORT / "tables").glob("*.md") if not t.name.startswith("paper_")]
+    assert set_tables and all(f"]({name})" in tables.read_text() for name in set_tables if name != "README.md")
+    for page in [index, tables, *pages]:
         for target, anchor in re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", page.read_text()):
             if not target.startswith(("http://", "https://")):
                 assert (page.parent / target).exists(), f"{page.relative_to(REPORT)} links {target}, which is not there"

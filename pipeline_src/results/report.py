@@ -135,16 +135,7 @@ def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path
     board = audit["verdict"].value_counts().rename_axis("verdict").reset_index(name="claims")
     readings = readings_table(params, audit)
     spec_curve = report_dir / "figures" / "specification_curve.png"
-    sets = []
-    for table in sorted((report_dir / "tables").glob("*.md")):
-        if table.name.startswith("paper_"):
-            continue
-        # named by file, each page's own title says what it holds: the list grows with every set
-        figures = [f"[{label}](figures/{table.stem}{suffix}.png)" for suffix, label in
-                   (("", "figure"), ("_training", "training curves"))
-                   if (report_dir / "figures" / f"{table.stem}{suffix}.png").exists()]
-        sets.append(f"- [{table.stem}](tables/{table.name}) ([csv](tables/{table.stem}.csv)"
-                    + "".join(f", {f}" for f in figures) + ")")
+    sets = [f"[{table.stem}](tables/{table.name})" for table in set_tables(report_dir)]
     parts = [f"# Reproduction report: {_relative(params_path)}",
              "Rebuilt from the `metrics.json` files under `runs/` by "
              f"`python -m pipeline_src report --params {_relative(params_path)} --out <this folder>`. "
@@ -164,8 +155,29 @@ def index_markdown(params_path: Path, params: dict, prov: dict, report_dir: Path
              "## What the numbers rest on",
              "\n".join(f"- {key}: {', '.join(map(str, value)) if isinstance(value, list) else value}"
                        for key, value in prov.items() if key != "runs"),
-             "## Set tables and figures", "\n".join(sets) or "None."]
+             "## Set tables and figures",
+             (f"Each with its csv and figures in [tables/README.md](tables/README.md): {', '.join(sets)}."
+              if sets else "None.")]
     return "\n\n".join(parts) + "\n"
+
+
+def set_tables(report_dir: Path) -> list[Path]:
+    """The per-set tables (the paper tables have their claim pages, and README.md is the list itself)."""
+    return [table for table in sorted((report_dir / "tables").glob("*.md"))
+            if not table.name.startswith("paper_") and table.name != "README.md"]
+
+
+def tables_markdown(report_dir: Path) -> str:
+    """tables/README.md: every set table with its csv and figures (the front page names the tables only, so it
+    stays short as sets are added)."""
+    lines = []
+    for table in set_tables(report_dir):
+        figures = [f"[{label}](../figures/{table.stem}{suffix}.png)" for suffix, label in
+                   (("", "figure"), ("_training", "training curves"))
+                   if (report_dir / "figures" / f"{table.stem}{suffix}.png").exists()]
+        lines.append(f"- [{table.stem}]({table.name}) ([csv]({table.stem}.csv)"
+                     + "".join(f", {f}" for f in figures) + ")")
+    return "# Set tables and figures\n\n" + ("\n".join(lines) or "None.") + "\n"
 
 
 def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
@@ -231,6 +243,7 @@ def write_pages(params_path: Path, params: dict, prov: dict, report_dir: Path, c
     write_claim_pages(report_dir, audit, cells, registry, load_deviations(deviations),
                       readings=audit_set_info(params)["readings"])
     rows = claim_rows(audit, cells, registry)
+    write_atomic(report_dir / "tables" / "README.md", tables_markdown(report_dir))
     write_atomic(report_dir / "README.md",
                  index_markdown(params_path, params, prov, report_dir, audit, claim_table(rows, "claims/")))
     update_readme_claims(report_dir, claim_table(rows, f"{_relative(report_dir)}/claims/"))
