@@ -242,7 +242,9 @@ def gate_summary(cells: pd.DataFrame) -> str:
     table = pd.crosstab(checked["reading"], outcome.rename("outcome"))
     return ("Cells under a manipulation check, per protocol reading, over all claims (a set of runs that three "
             "claims use counts three times): those that pass take part in the verdicts; the others are shown and "
-            "decide nothing.\n\n" + table.rename_axis(index="reading", columns=None).to_markdown())
+            "decide nothing. Each generator's sigma by epoch and the predictions its noise changed: "
+            "[tables/generator_activity.md](tables/generator_activity.md).\n\n"
+            + table.rename_axis(index="reading", columns=None).to_markdown())
 
 
 def runs_text(evidence: str, seeds: Mapping[str, int]) -> str:

@@ -185,6 +185,7 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     """Collect (when results_dir is given), then rebuild every table, figure and the audit."""
     from pipeline_src.results.aggregate import SetFiles, aggregate_set, load_histories, load_runs
     from pipeline_src.results.audit import main_audit
+    from pipeline_src.results.generator_activity import write_activity
     from pipeline_src.results.plots import plot_test_batch_study, plot_training_curves
     from pipeline_src.results.proxy import write_proxies
 
@@ -220,6 +221,7 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
     audit = main_audit(claims, runs_csvs, audit_set_info(params), report_dir, deviations)
     # beside the audit, never in it: a claim's descriptive proxy (tables/<table>.csv and .md)
     write_proxies(claims, runs_csvs, audit_set_info(params), report_dir / "tables")
+    write_activity(by_set, claims, report_dir / "tables", params["own_reading"])  # the numbers behind the generator gate, every reading
     # the pages quote the written tables, so a page rebuilt from the committed files is the same page
     cells = read_audit_table(report_dir / "effects_cells.csv")
     from pipeline_src.results.plots import plot_specification_curve
