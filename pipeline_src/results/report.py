@@ -167,17 +167,43 @@ def set_tables(report_dir: Path) -> list[Path]:
             if not table.name.startswith("paper_") and table.name != "README.md"]
 
 
-def tables_markdown(report_dir: Path) -> str:
-    """tables/README.md: every set table with its csv and figures (the front page names the tables only, so it
-    stays short as sets are added)."""
-    lines = []
+def tables_markdown(report_dir: Path, params: dict) -> str:
+    """tables/README.md: every set table with what it holds, its csv and figures, grouped by the kind of set
+    that made it (the front page names the tables only, so it stays short as sets are added). A table of no
+    one set (a proxy, the generator activity) is listed under `across sets` with its own title."""
+    sets = params["experiment_sets"]
+    seeds: dict[str, set] = {}
+    for run in expand_runs(params):
+        seeds.setdefault(run.experiment_set, set()).add(run.seed)
+    def owner(stem: str) -> str | None:
+        names = [name for name in sets if stem == name or stem.startswith(f"{name}_")]
+        return max(names, key=len) if names else None
+
+    def holds(stem: str, name: str | None, table: Path) -> str:
+        if name is None:
+            return table.read_text().split("\n", 1)[0].removeprefix("# ")
+        spec = sets[name]
+        labels = dict.fromkeys(m["label"] for m in spec["methods"])
+        text = (f"{', '.join(spec['models'])} on {', '.join(spec['datasets'])}: {', '.join(labels)}"
+                + (f"; readings {', '.join(spec['readings'])}" if spec.get("readings") else "")
+                + f"; {len(seeds.get(name, ()))} seeds")
+        return text + ("; by test protocol and test batch size" if stem != name else "")
+
+    rows = []
     for table in set_tables(report_dir):
+        name = owner(table.stem)
         figures = [f"[{label}](../figures/{table.stem}{suffix}.png)" for suffix, label in
                    (("", "figure"), ("_training", "training curves"))
                    if (report_dir / "figures" / f"{table.stem}{suffix}.png").exists()]
-        lines.append(f"- [{table.stem}]({table.name}) ([csv]({table.stem}.csv)"
-                     + "".join(f", {f}" for f in figures) + ")")
-    return "# Set tables and figures\n\n" + ("\n".join(lines) or "None.") + "\n"
+        rows.append((sets[name]["kind"] if name else "across sets",
+                     f"| [{table.stem}]({table.name}) | {holds(table.stem, name, table).replace('|', '/')} | "
+                     f"{', '.join([f'[csv]({table.stem}.csv)', *figures])} |"))
+    order = list(dict.fromkeys([*(spec["kind"] for spec in sets.values()), "across sets"]))
+    lines = []
+    for group in sorted({kind for kind, _ in rows}, key=order.index):
+        lines += [f"\n## {group}\n", "| table | what it holds | files |", "|---|---|---|",
+                  *(row for kind, row in rows if kind == group)]
+    return "# Set tables and figures\n" + ("\n".join(lines) or "\nNone.") + "\n"
 
 
 def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
@@ -245,7 +271,8 @@ def write_pages(params_path: Path, params: dict, prov: dict, report_dir: Path, c
     write_claim_pages(report_dir, audit, cells, registry, load_deviations(deviations),
                       readings=audit_set_info(params)["readings"])
     rows = claim_rows(audit, cells, registry)
-    write_atomic(report_dir / "tables" / "README.md", tables_markdown(report_dir))
+    write_atomic(report_dir / "tables" / "README.md",
+                 tables_markdown(report_dir, params))
     write_atomic(report_dir / "README.md",
                  index_markdown(params_path, params, prov, report_dir, audit, claim_table(rows, "claims/")))
     update_readme_claims(report_dir, claim_table(rows, f"{_relative(report_dir)}/claims/"))
