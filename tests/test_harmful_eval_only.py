@@ -187,3 +187,26 @@ def test_the_claim_pairs_an_evaluation_only_run_with_its_base_before_any_other_c
     # a record from before model_from (an empty field) measured its own model: the same-set control is nearest
     lines = [{**line, "model_from": ""} for line in lines]
     assert set(paired_values(pd.DataFrame(lines), claim["test"])["control"]) == {"noisy/other_clean [no_noise]"}
+
+
+def test_an_evaluation_only_run_tested_clean_is_its_bases_control_not_a_second_one():
+    from pipeline_src.results.audit import load_claims
+    from pipeline_src.results.selection import paired_values
+    from pipeline_src.spec.config import REPO_ROOT
+
+    claim = next(c for c in load_claims(REPO_ROOT / "params" / "claims.yaml")["effects"]
+                 if c["id"] == "noisynn.linear_helps")
+    lines = []
+    for s in range(3):
+        lines += [run_line("base", "clean_train", "no_noise", s, 92.0),
+                  # evaluation-only on the base's model (its clean evaluation: the base's weights again)
+                  run_line("branch", "branch_only", "no_noise", s, 92.0, model_from="base/fmnist-vit6-clean_train-s{seed}",
+                           noise="optimal_q", apply_at="test"),
+                  run_line("shift", "shift_train", "noise_shuffled", s, 89.0 + s, noise="circular_shift",
+                           apply_at="both", trained_clean=False)]
+    lines = [{**line, "site": "default" if line["noise"] else ""} for line in lines]
+    pairs = paired_values(pd.DataFrame(lines), claim["test"])
+    assert set(pairs["control"]) == {"base/clean_train [no_noise]"} and len(pairs) == 3
+    # without its base among the runs, the evaluation-only run's clean evaluation is the control
+    alone = [line for line in lines if line["set"] != "base"]
+    assert set(paired_values(pd.DataFrame(alone), claim["test"])["control"]) == {"branch/branch_only [no_noise]"}

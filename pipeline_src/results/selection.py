@@ -184,6 +184,12 @@ def paired_values(runs: pd.DataFrame, test: dict) -> pd.DataFrame:
                                "noisynn_protocol", *pair_on]))
     sides = [at_best_scale(select_side(runs, test["kind"], test[name]))[0][keep] for name in ("treatment", "control")]
     pairs = sides[0].merge(sides[1], on=pair_on, suffixes=("_t", "_c"))
+    # an evaluation-only run tested clean measures its base's weights: where that base is a control of the
+    # same treatment too, it is one control, not two (else a cell appears twice, once per set that measured it)
+    candidates = set(zip(pairs["evidence_t"], pairs["evidence_c"]))
+    borrowed = (pairs["model_from_c"] != pairs["evidence_c"]) & (pairs["evidence_t"] != pairs["evidence_c"])
+    twice = [(t, base) in candidates for t, base in zip(pairs["evidence_t"], pairs["model_from_c"])]
+    pairs = pairs[~(borrowed & np.array(twice, dtype=bool))]
     # the nearest legitimate control only: a treatment run that is among its own controls (trained clean,
     # noise switched on at test) is compared with itself, whose no-noise evaluation has exactly its weights;
     # an evaluation-only run with the base whose model it measured (the same weights too); else with a
