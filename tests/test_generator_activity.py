@@ -54,13 +54,17 @@ def test_a_run_is_inert_only_when_both_measures_are_below_and_unknown_without_pr
     assert blind["state"] == "unknown" and blind["changed_share"] is None
 
 
-def test_baselines_are_left_out_and_a_run_without_a_reading_takes_the_params_own():
+def test_baselines_are_left_out_and_a_run_without_a_reading_takes_the_params_own(tmp_path):
     check = manipulation_check(CLAIMS)
     baseline = REPORT / "runs" / "vpn_joint_default_recipe" / "fmnist-sr-baseline.sgd_default-s0" / "metrics.json"
     assert run_activity(baseline, check, "ours") is None
-    own = sorted((REPORT / "runs" / "vpn_joint").glob("fmnist-sr-vpn_dnn3-s*/metrics.json"))
-    table = activity_table({"vpn_joint": own}, check, "ours")
-    assert table[["reading", "runs", "unknown"]].values.tolist() == [["ours", len(own), len(own)]]
+    # a record from before readings and diagnostics: no reading, no sigma, no predictions
+    path, record = _copy(tmp_path, predictions=False)
+    record.pop("reading")
+    record.pop("diagnostics")
+    path.write_text(json.dumps(record))
+    table = activity_table({"old": [path]}, check, "ours")
+    assert table[["reading", "runs", "unknown"]].values.tolist() == [["ours", 1, 1]]
 
 
 def test_the_committed_table_is_what_the_committed_runs_give():
