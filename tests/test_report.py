@@ -85,6 +85,28 @@ def test_a_rerun_replaces_a_reported_run_only_when_it_measured_other_numbers(tmp
     assert json.loads(target.read_text())["evaluations"]["no_noise"] == 84.1
 
 
+def test_a_rerun_that_adds_a_measure_to_the_same_numbers_is_told_apart_from_one_that_differs(tmp_path, capsys):
+    params, run, key, source, target = _one_run_in_results_and_report(tmp_path)
+
+    def finished(top1, sigma=None):
+        epoch = {"epoch": 1, "train_loss": 0.5, **({} if sigma is None else {"sigma_mean": sigma})}
+        return json.dumps({"params": json.loads(run.to_json()), "history": [epoch],
+                           "evaluations": {"no_noise": top1},
+                           "diagnostics": {} if sigma is None else {"sigma_mean": sigma}})
+
+    source.write_text(finished(84.3))  # recorded before the code measured sigma
+    collect(params, tmp_path / "results", tmp_path / "report")
+    source.write_text(finished(84.3, sigma=0.02))
+    rerun = collect(params, tmp_path / "results", tmp_path / "report")
+    assert (rerun.copied, rerun.reproduced, rerun.extended) == ([], [], [key])
+    assert json.loads(target.read_text())["diagnostics"] == {"sigma_mean": 0.02}
+    assert "other numbers" not in capsys.readouterr().err
+    source.write_text(finished(84.4, sigma=0.03))  # more measures, but the accuracy moved: a different run
+    rerun = collect(params, tmp_path / "results", tmp_path / "report")
+    assert (rerun.copied, rerun.extended) == ([key], [])
+    assert "measured other numbers" in capsys.readouterr().err
+
+
 def test_missing_lists_the_runs_a_report_lacks_with_the_cells_closest_to_done_first(tmp_path, capsys):
     params = load_params(PARAMS)
     declared = expand_runs(params)

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -132,6 +132,19 @@ def within_gpu_tolerance(a, b, key: str = "", percent: bool = False) -> bool:
 class Collected:
     copied: list[str]  # new to the report, or a rerun that measured other numbers (replaced)
     reproduced: list[str]  # a rerun that measured the same numbers: the report keeps its record
+    extended: list[str] = field(default_factory=list)  # a rerun that measured every number the record
+    # holds, and more (a diagnostic the old code did not record): replaced, so the new measures count
+
+
+def measured_more(kept: Measured, new: Measured) -> bool:
+    """new reproduces every number kept holds (by the reproduction rule) and measures more besides."""
+    def cut(values, like):  # values, keeping only the keys and list items `like` has
+        if isinstance(values, dict) and isinstance(like, dict):
+            return {k: cut(values[k], like[k]) for k in like if k in values}
+        if isinstance(values, list) and isinstance(like, list) and len(values) == len(like):
+            return [cut(v, w) for v, w in zip(values, like)]
+        return values
+    return kept != new and Measured(cut(new.values, kept.values), new.on_gpu) == kept
 
 
 def record_path(report_dir: Path, run: RunConfig) -> Path:
@@ -163,13 +176,14 @@ def collect(params: dict, results_dir: Path, report_dir: Path) -> Collected:
             machines.setdefault(key, {"machine": here, "job_wall_s": wall})
             _copy_predictions(source, target)  # a record made before runs stored them gains them
             continue
-        if kept is not None:
+        more = kept is not None and measured_more(measured(kept), measured(new))
+        if kept is not None and not more:
             print(f"report: {key}: the run in {results_dir} measured other numbers than the report's; "
                   "replacing it (git diff shows both)", file=sys.stderr)
         write_atomic(target, source.read_bytes())
         _copy_predictions(source, target)
         machines[key] = {"machine": here, "job_wall_s": wall}
-        done.copied.append(key)
+        (done.extended if more else done.copied).append(key)
     write_json(machines_path, dict(sorted(machines.items())))
     return done
 

@@ -223,6 +223,9 @@ def build(params_path: Path, report_dir: Path, results_dir: Path | None = None,
         if done.reproduced:
             print(f"{len(done.reproduced)} reruns there measured exactly the report's numbers; the report keeps "
                   f"its records: {', '.join(done.reproduced)}")
+        if done.extended:
+            print(f"{len(done.extended)} reruns there measured every number the report holds and more (a measure "
+                  f"its records lack); the report takes the reruns: {', '.join(done.extended)}")
     by_set = run_metrics(params, report_dir)
     if not by_set:
         raise ValueError(f"no finished runs of {params_path} in {report_dir}/runs; run the DAG first, or pass --results")
