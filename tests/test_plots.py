@@ -34,6 +34,18 @@ def test_training_curves_under_readings_name_each_reading_and_log_a_diverging_lo
     assert loss_axes.get_yscale() == "log"
 
 
+def test_a_model_whose_generator_runs_have_not_landed_gets_a_named_empty_panel(drawn, tmp_path):
+    rows = [{"run_id": f"{model}-{method}-s0", "model": model, "method": method, "method_name": method.split("_")[0],
+             "reading": "ours", "epoch": epoch, "train_loss": 0.5, "train_top1": 80.0,
+             "sigma_zero_fraction": 0.0 if method == "vpn_dnn3" else None}
+            for model, methods in (("sr", ("baseline", "vpn_dnn3")), ("dnn3", ("baseline",)))
+            for method in methods for epoch in (1, 2)]
+    plots.plot_training_curves("vpn_joint", pd.DataFrame(rows), tmp_path / "curves.png")
+    sigma_row = drawn[0].axes[4:]
+    assert [len(ax.get_lines()) for ax in sigma_row] == [1, 0]
+    assert [text.get_text() for text in sigma_row[1].texts] == ["no runs log this yet"]
+
+
 def test_an_eval_protocol_figure_draws_each_distinct_evaluation_once_named_by_its_batch(drawn, tmp_path):
     """The method's own test batch (512) is also one of its extra sizes: one bar, not two."""
     from pipeline_src.results.aggregate import eval_protocol_columns, summarize

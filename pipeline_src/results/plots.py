@@ -155,6 +155,10 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
         for row, (measure, label) in enumerate(measures.items()):
             ax = axes[row][col]
             part = data[(data["model"] == model) & data[measure].notna()]
+            if part.empty:  # e.g. a model whose generator runs have not landed yet
+                ax.text(0.5, 0.5, "no runs log this yet", ha="center", va="center", transform=ax.transAxes)
+                ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
+                continue
             sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
                          alpha=0.8, ax=ax, legend=row == 0 and col == 0, hue_order=list(colours), palette=colours,
                          style="reading" if readings else None, style_order=readings or None)
