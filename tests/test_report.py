@@ -276,3 +276,18 @@ def test_a_tables_page_gives_each_cells_per_seed_values_and_a_claim_without_runs
 
     assert smoke_text(paper, {"noisynn_main"}).endswith("smoke scale in `make reproduce` (imagenet, tiny)")
     assert smoke_text(paper, {"noisynn_main"}, ["cifar10/vit_b"]) == "none"  # its sets run other columns
+
+
+def test_a_claim_pages_cells_give_the_p_against_the_papers_effect_that_their_verdict_rests_on():
+    """A cell whose interval ends below the paper's effect but reads `inconclusive` shows why: its p vs paper."""
+    cells = pd.read_csv(REPORT / "effects_cells.csv").set_index(["claim_id", "reading", "cell"])
+    page = (REPORT / "claims" / "vpn.improves.md").read_text()
+    rows = [[field.strip() for field in line.strip("|").split("|")] for line in page.splitlines()
+            if line.startswith("| ") and "fmnist/" in line and " - " in line]
+    header = next([f.strip() for f in line.strip("|").split("|")] for line in page.splitlines()
+                  if line.startswith("| reading") and "p vs paper" in line)
+    shown = {(row[0], row[1]): dict(zip(header, row)) for row in rows}
+    cell = shown[("sgd_default", "fmnist/dnn3: vpn_dnn3 [class_enumeration] - baseline [no_noise]")]
+    p = cells.loc[("vpn.improves", "sgd_default", "fmnist/dnn3: vpn_dnn3 [class_enumeration] - baseline [no_noise]"),
+                  "p_paper_adj"]
+    assert cell["p vs paper"] == f"{p:.3g}" and cell["verdict"] == "inconclusive" and p >= 0.05

@@ -229,14 +229,19 @@ def effect_page(claim: dict, audit: pd.DataFrame, cells: pd.DataFrame, deviation
     sources = [f"- `{r}`: {readings[r]}" for r in dict.fromkeys(lines["reading"]) if r in (readings or {})]
     parts += ["\n".join(sources)] if sources else []
     mine = cells[cells["claim_id"] == claim["id"]] if len(cells) else cells
+    against_paper = "paper_effect" in mine and mine["paper_effect"].notna().any()
     parts += ["## Cells", "seeds: the per-seed values (treatment - control; a variance claim: treatment vs "
               "control); mean and 95% CI over seeds (and test images where runs stored predictions); test: the "
               "cell's test; p_adj: its p adjusted within its claim; paper: the effect the paper's table implies; "
-              "manipulation: whether the mechanism was at work, measured (where the claim declares a check).",
+              + ("p vs paper: the same for our effect against the paper's, its spread and rounding allowed for "
+                 "(what `short of the paper's effect` needs); " if against_paper else "")
+              + "manipulation: whether the mechanism was at work, measured (where the claim declares a check).",
               _table([{"reading": c["reading"] or "-", "cell": c["cell"], "n": c["n"], "seeds": c["seeds"],
                        "mean": _fmt(c["mean"]), "95% CI": _interval(c["ci_low"], c["ci_high"]),
                        **({"test": text(c["test"])} if "test" in c else {}),
-                       "p_adj": _fmt(c["p_adj"]), "paper": _fmt(c["paper_effect"]), "verdict": c["verdict"],
+                       "p_adj": _fmt(c["p_adj"]), "paper": _fmt(c["paper_effect"]),
+                       **({"p vs paper": _fmt(c["p_paper_adj"])} if against_paper else {}),
+                       "verdict": c["verdict"],
                        **({"manipulation": text(c["manipulation"])} if "manipulation" in c else {}),
                        "split": text(c["split"]), "note": text(c["note"])}
                       for _, c in mine.iterrows()]) or "No cell has runs."]
