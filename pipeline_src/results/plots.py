@@ -157,13 +157,12 @@ def plot_training_curves(name: str, history: pd.DataFrame, path: Path) -> None:
             part = data[(data["model"] == model) & data[measure].notna()]
             if part.empty:  # e.g. a model whose generator runs have not landed yet
                 ax.text(0.5, 0.5, "no runs log this yet", ha="center", va="center", transform=ax.transAxes)
-                ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
-                continue
-            sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
-                         alpha=0.8, ax=ax, legend=row == 0 and col == 0, hue_order=list(colours), palette=colours,
-                         style="reading" if readings else None, style_order=readings or None)
+            else:
+                sns.lineplot(data=part, x="epoch", y=measure, hue="method", units="run_id", estimator=None, lw=1,
+                             alpha=0.8, ax=ax, legend=row == 0 and col == 0, hue_order=list(colours),
+                             palette=colours, style="reading" if readings else None, style_order=readings or None)
             values = part[measure]
-            if measure == "train_loss" and (values > 0).all() and values.max() > 100 * values.min():
+            if measure == "train_loss" and len(values) and (values > 0).all() and values.max() > 100 * values.min():
                 ax.set_yscale("log")  # a diverging run would flatten every other curve
             ax.set(ylabel=label if col == 0 else "", title=model if row == 0 else "")
     fig.suptitle(f"{name}: training per epoch, one line per run")
